@@ -1,0 +1,41 @@
+"""mtl_fast: fused kernels for multi-task-learning gradient combination.
+
+Public API (tensor inputs positional, hyperparameters keyword-only):
+
+- :func:`gram` — K = J Jᵀ of per-task gradients (flat or per-parameter);
+- :func:`min_norm` — batched MGDA min-norm weights on the simplex;
+- :func:`combine` — d = Σ_t w_t J_t;
+- :func:`combine_adam` — combine and one Adam step, fused;
+- :class:`MultiAdam` — Adam with one state per task for shared parameters;
+- :class:`TaskGradients` — the (T, P) gradient arena autograd writes into;
+- :func:`backends` — which backends exist here, and why the others do not.
+
+Every op takes ``backend="auto" | "reference" | "triton" | "cuda"``; ``MTL_FAST_BACKEND`` sets the
+default. ``import mtl_fast`` needs neither a GPU, nor Triton, nor a compiler.
+"""
+
+from mtl_fast._arena import TaskGradients
+from mtl_fast._combine import combine
+from mtl_fast._combine_adam import combine_adam
+from mtl_fast._dispatch import BackendStatus, BackendUnavailableError, backends
+from mtl_fast._flat import flatten_parameters
+from mtl_fast._gram import gram
+from mtl_fast._min_norm import min_norm
+from mtl_fast._multi_adam import MultiAdam
+from mtl_fast._validate import NonFiniteError
+from mtl_fast._version import __version__
+
+__all__ = [
+    "BackendStatus",
+    "BackendUnavailableError",
+    "MultiAdam",
+    "NonFiniteError",
+    "TaskGradients",
+    "__version__",
+    "backends",
+    "combine",
+    "combine_adam",
+    "flatten_parameters",
+    "gram",
+    "min_norm",
+]

@@ -1,0 +1,69 @@
+"""Input checks shared by the public ops: errors name the argument and the expected shape."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class NonFiniteError(ValueError):
+    """A gradient or Gram matrix holds NaN or Inf. ``tasks`` lists the offending task indices."""
+
+    def __init__(self, what: str, tasks: Sequence[int]) -> None:
+        self.tasks = list(tasks)
+        super().__init__(
+            f"{what} is not finite (NaN or Inf) for task(s) {self.tasks}; nothing was updated"
+        )
+
+
+def require_tensor(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def require_float(
+    name: str, x: torch.Tensor, allowed: Sequence[torch.dtype] = FLOAT_DTYPES
+) -> None:
+    if x.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"{name} must have dtype in ({names}), got {x.dtype}")
+
+
+def require_min_dim(name: str, x: torch.Tensor, n: int, shape: str) -> None:
+    if x.dim() < n:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
+
+
+def require_same_device(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if x.device != ref.device:
+        raise ValueError(f"{name} is on {x.device} but {ref_name} is on {ref.device}")
+
+
+def require_positive_int(name: str, x: object, minimum: int = 0) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x < minimum:
+        raise ValueError(f"{name} must be an int ≥ {minimum}, got {x!r}")
+    return x
+
+
+def require_nonneg_float(name: str, x: object) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not x >= 0:
+        raise ValueError(f"{name} must be a finite number ≥ 0, got {x!r}")
+    return float(x)
+
+
+def should_check(check_finite: bool | None, device: torch.device) -> bool:
+    """``None`` means: check on the CPU (free there); skip on a GPU (it would sync the host)."""
+    if check_finite is None:
+        return device.type == "cpu"
+    return bool(check_finite)
+
+
+def nonfinite_rows(x: torch.Tensor) -> list[int]:
+    """Indices of rows (dim -2 of a (..., T, N) tensor) that hold a NaN or Inf anywhere."""
+    bad = ~torch.isfinite(x)
+    per_row = bad.reshape(-1, x.shape[-2], x.shape[-1]).any(dim=-1).any(dim=0)
+    return [int(i) for i in torch.nonzero(per_row).flatten().tolist()]
