@@ -69,7 +69,11 @@ def min_norm(
     require_positive_int("max_iter", max_iter)
     require_nonneg_float("tol", tol)
     if should_check(check_finite, K.device):
-        bad = nonfinite_rows(K)
+        # A bad gradient t spoils row and column t of K; its own diagonal entry names it.
+        diag = K.diagonal(dim1=-2, dim2=-1).reshape(-1, T)
+        bad = torch.nonzero((~torch.isfinite(diag)).any(dim=0)).flatten().tolist()
+        if not bad:
+            bad = nonfinite_rows(K)
         if bad:
             raise NonFiniteError("Gram matrix K", bad)
     work = K if K.dtype in (torch.float32, torch.float64) else K.float()

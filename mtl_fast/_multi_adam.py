@@ -174,7 +174,7 @@ class MultiAdam(torch.optim.Optimizer):
                 ids = task_ids.tolist()
                 bad = [int(ids[i]) for i in bad_rows]
                 if self.on_nonfinite == "raise":
-                    raise NonFiniteError("gradient", bad)
+                    raise NonFiniteError("gradient", bad, "nothing was updated")
                 self.last_skipped = bad
                 return False
         self.last_skipped = []

@@ -12,10 +12,11 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 class NonFiniteError(ValueError):
     """A gradient or Gram matrix holds NaN or Inf. ``tasks`` lists the offending task indices."""
 
-    def __init__(self, what: str, tasks: Sequence[int]) -> None:
-        self.tasks = list(tasks)
+    def __init__(self, what: str, tasks: Sequence[int], consequence: str = "") -> None:
+        self.tasks = [int(t) for t in tasks]
         super().__init__(
-            f"{what} is not finite (NaN or Inf) for task(s) {self.tasks}; nothing was updated"
+            f"{what} is not finite (NaN or Inf) for task(s) {self.tasks}"
+            + (f"; {consequence}" if consequence else "")
         )
 
 

@@ -1,0 +1,106 @@
+"""TaskGradients: rows equal autograd.grad exactly, written in place; bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import mtl_fast
+
+
+def model(seed: int) -> tuple[nn.Module, nn.ModuleList]:
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 8), nn.Tanh()
+    )
+    heads = nn.ModuleList([nn.Linear(8, 1), nn.Linear(8, 3), nn.Linear(8, 2)])
+    return trunk, heads
+
+
+def losses_of(trunk: nn.Module, heads: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    z = trunk(x)
+    return [h(z).pow(t + 1).mean() for t, h in enumerate(heads)]
+
+
+def test_rows_equal_autograd_grad_exactly() -> None:
+    trunk, heads = model(0)
+    x = torch.randn(4, 2, 6, 6)
+    shared = list(trunk.parameters())
+    expected = [
+        torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+        for loss in losses_of(trunk, heads, x)
+    ]
+    arena = mtl_fast.TaskGradients(shared, num_tasks=3)
+    arena.backward(losses_of(trunk, heads, x))
+    for t in range(3):
+        assert torch.equal(arena.J[t], expected[t]), f"row {t}"
+    # Shared parameters' .grad are restored (None); heads accumulated their own gradients.
+    assert all(p.grad is None for p in shared)
+    assert all(p.grad is not None for p in heads.parameters())
+
+
+def test_backward_writes_in_place_without_a_copy() -> None:
+    trunk, heads = model(1)
+    arena = mtl_fast.TaskGradients(list(trunk.parameters()), num_tasks=3)
+    x = torch.randn(2, 2, 6, 6)
+    loss = losses_of(trunk, heads, x)[1]
+    with arena.task(1) as row:
+        views = [p.grad for p in trunk.parameters()]
+        loss.backward()
+        # Autograd accumulated into the very tensors we installed: storage of the arena.
+        assert all(p.grad is v for p, v in zip(trunk.parameters(), views))
+        assert all(
+            v.untyped_storage().data_ptr() == arena.J.untyped_storage().data_ptr() for v in views
+        )
+    assert row.abs().sum() > 0 and not arena.J[0].any() and not arena.J[2].any()
+
+
+def test_rows_are_zeroed_between_steps_and_unused_parameters_stay_zero() -> None:
+    a = nn.Parameter(torch.ones(3))
+    b = nn.Parameter(torch.ones(2))
+    arena = mtl_fast.TaskGradients([a, b], num_tasks=2)
+    for _ in range(2):  # a second step must not accumulate on top of the first
+        arena.backward([(a * 2).sum(), (b * 3).sum()])
+    assert arena.J.tolist() == [[2, 2, 2, 0, 0], [0, 0, 0, 3, 3]]
+
+
+def test_per_parameter_views_and_gram() -> None:
+    trunk, heads = model(2)
+    arena = mtl_fast.TaskGradients(list(trunk.parameters()), num_tasks=3)
+    arena.backward(losses_of(trunk, heads, torch.randn(3, 2, 6, 6)))
+    blocks = arena.per_parameter()
+    assert [b.shape[1:] for b in blocks] == [p.shape for p in trunk.parameters()]
+    torch.testing.assert_close(mtl_fast.gram(blocks), mtl_fast.gram(arena.J))
+
+
+def test_assign_grad_and_user_optimizer() -> None:
+    p = nn.Parameter(torch.zeros(2, 2))
+    arena = mtl_fast.TaskGradients([p], num_tasks=2)
+    arena.assign_grad(torch.arange(4.0))
+    assert p.grad.tolist() == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match=r"d must have shape \(4,\)"):
+        arena.assign_grad(torch.zeros(5))
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError, match="params is empty"):
+        mtl_fast.TaskGradients([], num_tasks=2)
+    with pytest.raises(TypeError, match=r"params\[1\] has dtype torch.float64"):
+        mtl_fast.TaskGradients(
+            [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2).double())], 2
+        )
+    with pytest.raises(ValueError, match=r"params\[1\] is on meta"):
+        mtl_fast.TaskGradients(
+            [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, device="meta"))], 2
+        )
+    with pytest.raises(ValueError, match="does not require grad"):
+        mtl_fast.TaskGradients([torch.zeros(2)], 2)
+    with pytest.raises(ValueError, match="num_tasks"):
+        mtl_fast.TaskGradients([nn.Parameter(torch.zeros(2))], 0)
+    arena = mtl_fast.TaskGradients([nn.Parameter(torch.zeros(2))], 2)
+    with pytest.raises(ValueError, match=r"task must be an int in \[0, 2\)"):
+        with arena.task(2):
+            pass
+    with pytest.raises(ValueError, match="losses has 1 entries"):
+        arena.backward([torch.zeros(())])

@@ -1,0 +1,57 @@
+"""The dispatch point: backends(), explicit backends that cannot run, MTL_FAST_BACKEND."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtl_fast
+from mtl_fast import _dispatch
+
+
+def test_reference_is_always_available() -> None:
+    status = mtl_fast.backends()
+    assert set(status) == {"reference", "triton", "cuda"}
+    assert status["reference"].available and status["reference"].reason is None
+    assert "min_norm" in status["reference"].ops
+    for s in status.values():
+        assert s.available or (s.reason and isinstance(s.reason, str)), s
+
+
+def test_auto_uses_reference_on_cpu_tensors() -> None:
+    assert _dispatch.resolve_name("gram", "auto", torch.device("cpu")) == "reference"
+
+
+def test_explicit_backend_that_cannot_run_says_why() -> None:
+    status = mtl_fast.backends()
+    J = torch.randn(2, 3)
+    for name in ("triton", "cuda"):
+        if status[name].available and _dispatch._load(name).device_reason(J.device) is None:
+            continue  # this backend does run on CPU tensors here (e.g. the Triton interpreter)
+        with pytest.raises(mtl_fast.BackendUnavailableError, match=f"backend='{name}'"):
+            mtl_fast.gram(J, backend=name)
+
+
+def test_unknown_backend_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        mtl_fast.gram(torch.randn(2, 3), backend="tpu")
+
+
+def test_environment_variable_sets_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTL_FAST_BACKEND", "reference")
+    assert _dispatch.resolve_name("combine", None, torch.device("cpu")) == "reference"
+    monkeypatch.setenv("MTL_FAST_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="MTL_FAST_BACKEND='nonsense'"):
+        mtl_fast.gram(torch.randn(2, 3))
+
+
+def test_missing_backend_reason_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_dispatch._MODULES, "cuda", "mtl_fast._no_such_backend")
+    _dispatch._reset_cache()
+    try:
+        status = mtl_fast.backends()["cuda"]
+        assert not status.available and "could not be imported" in (status.reason or "")
+        with pytest.raises(mtl_fast.BackendUnavailableError, match="could not be imported"):
+            mtl_fast.min_norm(torch.eye(3), backend="cuda")
+    finally:
+        _dispatch._reset_cache()
