@@ -13,10 +13,22 @@ from mtl_fast.reference.adam import combine_adam, multi_adam
 from mtl_fast.reference.combine import combine
 from mtl_fast.reference.gram import gram, gram_list
 from mtl_fast.reference.min_norm import min_norm
+from mtl_fast.reference.sign_conflict import sign_conflict
 
-OPS = frozenset({"gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam"})
+OPS = frozenset(
+    {"gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam", "sign_conflict"}
+)
 
-__all__ = ["OPS", "combine", "combine_adam", "gram", "gram_list", "min_norm", "multi_adam"]
+__all__ = [
+    "OPS",
+    "combine",
+    "combine_adam",
+    "gram",
+    "gram_list",
+    "min_norm",
+    "multi_adam",
+    "sign_conflict",
+]
 
 
 def unavailable_reason() -> str | None:

@@ -1,0 +1,163 @@
+"""What every strategy shares: the step record, diagnostics cadence, path length, state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mtl_fast._flat import check_params
+from mtl_fast._gram import gram
+from mtl_fast._validate import NonFiniteError
+from mtl_fast.diagnostics import GradientDiagnostics, PathLength, gradient_diagnostics
+
+_ON_NONFINITE = ("raise", "skip")
+
+
+@dataclass
+class StepRecord:
+    """What a strategy decided in its last step (tensors detached).
+
+    Attributes:
+        step: the number of strategy steps taken so far (after this one).
+        losses: (T,) the task losses of the step's first forward pass.
+        weights: (T,) the weights the method chose (MGDA: the min-norm point on the simplex of
+            the possibly normalised gradients; linear scalarisation: the fixed weights), or None.
+        loss_scales: (T,) the coefficients c_t actually applied, i.e. the gradients written are
+            those of Σ_t c_t L_t (differs from ``weights`` when normalising), or None.
+        groups: the task groups stepped, in order (sequential strategies), or None.
+        affinity: (T, T) the inter-task affinity matrix (selective task-group updates), or None.
+        diagnostics: gradient diagnostics when this step was a diagnostics step, else None.
+        skipped: the tasks (or groups' tasks) whose step was refused for NaN/Inf gradients.
+    """
+
+    step: int = 0
+    losses: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    loss_scales: torch.Tensor | None = None
+    groups: list[list[int]] | None = None
+    affinity: torch.Tensor | None = None
+    diagnostics: GradientDiagnostics | None = None
+    skipped: list[int] = field(default_factory=list)
+
+
+def check_losses(losses: Sequence[torch.Tensor], num_tasks: int) -> list[torch.Tensor]:
+    """A list of T scalar tensors; the error names the offending entry."""
+    out = list(losses)
+    if len(out) != num_tasks:
+        raise ValueError(f"losses has {len(out)} entries, expected num_tasks={num_tasks}")
+    for t, loss in enumerate(out):
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError(f"losses[{t}] must be a scalar tensor")
+        if not loss.requires_grad:
+            raise ValueError(f"losses[{t}] does not require grad (was it computed under no_grad?)")
+    return out
+
+
+def loss_vector(losses: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(T,) detached fp32 (fp64 for fp64 losses) stack of scalar losses, on their device."""
+    v = torch.stack([loss.detach().reshape(()) for loss in losses])
+    return v if v.dtype == torch.float64 else v.float()
+
+
+def raise_or_skip(mode: str, what: str, bad: list[int]) -> None:
+    if mode == "raise":
+        raise NonFiniteError(what, bad)
+
+
+class Strategy:
+    """Base of all strategies.
+
+    Args:
+        shared_params: the parameters every task uses (the trunk).
+        task_params: the task-specific parameters (the heads); may be empty.
+        num_tasks: T ≥ 1.
+        diagnostics_every: take :class:`~mtl_fast.diagnostics.GradientDiagnostics` every this
+            many steps (0: never). The path length of the shared parameters is tracked on every
+            step when this is > 0 (one (P,) copy per step).
+        on_nonfinite: "raise" (:class:`~mtl_fast.NonFiniteError`, nothing written or stepped)
+            or "skip" (the step is refused, parameters and optimizer states stay as they were,
+            ``last.skipped`` names the tasks).
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor],
+        num_tasks: int,
+        *,
+        diagnostics_every: int = 0,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        self.shared_params = check_params(shared_params, "shared_params")
+        self.task_params = list(task_params)
+        shared_ids = {id(p) for p in self.shared_params}
+        for i, p in enumerate(self.task_params):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"task_params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+            if id(p) in shared_ids:
+                raise ValueError(f"task_params[{i}] is also listed in shared_params")
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be an int ≥ 1, got {num_tasks!r}")
+        if isinstance(diagnostics_every, bool) or not isinstance(diagnostics_every, int):
+            raise ValueError(f"diagnostics_every must be an int ≥ 0, got {diagnostics_every!r}")
+        if diagnostics_every < 0:
+            raise ValueError(f"diagnostics_every must be an int ≥ 0, got {diagnostics_every!r}")
+        if on_nonfinite not in _ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {_ON_NONFINITE}, got {on_nonfinite!r}")
+        self.num_tasks = num_tasks
+        self.diagnostics_every = diagnostics_every
+        self.on_nonfinite = on_nonfinite
+        self.num_steps = 0
+        self.last = StepRecord()
+        self.path = PathLength(self.shared_params) if diagnostics_every > 0 else None
+
+    # -- diagnostics -----------------------------------------------------------------------
+    def _diagnostics_due(self) -> bool:
+        """Whether the step about to be taken (number ``num_steps + 1``) takes diagnostics."""
+        every = self.diagnostics_every
+        return every > 0 and (self.num_steps + 1) % every == 0
+
+    def _diagnose(
+        self, J: torch.Tensor, K: torch.Tensor | None = None, space: str = "parameters"
+    ) -> GradientDiagnostics:
+        if K is None:
+            K = gram(J, check_finite=False)
+        return gradient_diagnostics(
+            K,
+            J,
+            step=self.num_steps + 1,
+            path_length=None if self.path is None else self.path.total,
+            space=space,
+        )
+
+    def _track_path(self) -> None:
+        if self.path is not None:
+            self.path.update()
+
+    @property
+    def path_length(self) -> float | None:
+        """Σ‖Δθ_shared‖ so far (None unless ``diagnostics_every > 0``)."""
+        return None if self.path is None else self.path.total
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed for a resumed run to continue exactly (not the model itself)."""
+        return {
+            "num_tasks": self.num_tasks,
+            "num_steps": self.num_steps,
+            "path": None if self.path is None else self.path.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` taken from a strategy built the same way."""
+        if state.get("num_tasks") != self.num_tasks:
+            raise ValueError(
+                f"state is for num_tasks={state.get('num_tasks')}, this strategy has "
+                f"{self.num_tasks}"
+            )
+        self.num_steps = int(state["num_steps"])
+        if self.path is not None and state.get("path") is not None:
+            self.path.load_state_dict(state["path"])

@@ -1,0 +1,113 @@
+"""Linear scalarisation: the baseline Σ_t w_t L_t with fixed weights."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from mtl_fast._combine import combine
+from mtl_fast._gram import gram
+from mtl_fast._validate import nonfinite_rows
+from mtl_fast.strategies._base import check_losses, loss_vector
+from mtl_fast.strategies._combine_base import CombineStrategy
+
+
+class LinearScalarization(CombineStrategy):
+    """Linear scalarisation: gradients of L = Σ_t w_t L_t with fixed weights (default all 1).
+
+    One backward pass per step. On a diagnostics step the T per-task gradients are needed, so
+    that step runs T backward passes through the trunk into the gradient arena instead (the
+    gradient written is the same Σ_t w_t ∇L_t).
+
+    Args:
+        shared_params, task_params, num_tasks, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.Strategy`.
+        weights: (T,) fixed weights w_t (default 1 each).
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.strategies import LinearScalarization
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
+        ...     torch.nn.Linear(8, 1) for _ in range(2))
+        >>> ls = LinearScalarization(trunk.parameters(), heads.parameters(), num_tasks=2)
+        >>> z = trunk(torch.randn(16, 4))
+        >>> ls.backward([h(z).pow(2).mean() for h in heads])
+        True
+        >>> trunk.weight.grad.shape
+        torch.Size([8, 4])
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor] = (),
+        num_tasks: int = 2,
+        *,
+        weights: Sequence[float] | torch.Tensor | None = None,
+        diagnostics_every: int = 0,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            shared_params,
+            task_params,
+            num_tasks,
+            diagnostics_every=diagnostics_every,
+            on_nonfinite=on_nonfinite,
+        )
+        if weights is None:
+            w = torch.ones(num_tasks, dtype=torch.float32)
+        else:
+            w = torch.as_tensor(weights, dtype=torch.float32).detach().clone()
+            if w.shape != (num_tasks,):
+                raise ValueError(f"weights must have shape ({num_tasks},), got {tuple(w.shape)}")
+            if not bool(torch.isfinite(w).all()):
+                raise ValueError("weights must be finite")
+        self.weights = w.to(self.shared_params[0].device)
+
+    def backward(
+        self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
+    ) -> bool:
+        """Write the gradients of Σ_t w_t L_t. ``features`` is ignored (accepted for symmetry)."""
+        del features
+        losses = check_losses(losses, self.num_tasks)
+        self._track_path()
+        lv = loss_vector(losses)
+        bad = self._nonfinite_losses(losses)
+        if bad:
+            return self._refuse(lv, bad, "loss")
+        diag = None
+        if self._diagnostics_due():
+            arena = self._fill_arena(losses)
+            bad = nonfinite_rows(arena.J)
+            if bad:
+                return self._refuse(lv, bad, "gradient")
+            K = gram(arena.J, check_finite=False)
+            diag = self._diagnose(arena.J, K)
+            d = combine(arena.J, self.weights.to(arena.J.dtype))
+            self._backward_heads(losses, self.weights)
+            self._accumulate_shared(arena, d)
+        else:
+            total = sum(w * loss for w, loss in zip(self.weights.unbind(), losses))
+            assert isinstance(total, torch.Tensor)
+            total.backward()
+            if not self._shared_grads_finite():
+                return self._refuse(lv, list(range(self.num_tasks)), "gradient")
+        self.num_steps += 1
+        self.last.step = self.num_steps
+        self.last.losses = lv
+        self.last.weights = self.weights.clone()
+        self.last.loss_scales = self.weights.clone()
+        self.last.diagnostics = diag
+        self.last.skipped = []
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["weights"] = self.weights.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.weights.copy_(state["weights"])

@@ -1,0 +1,188 @@
+"""MGDA (Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from mtl_fast._combine import combine
+from mtl_fast._gram import gram
+from mtl_fast._min_norm import DEFAULT_MAX_ITER, DEFAULT_TOL, min_norm
+from mtl_fast.strategies._base import check_losses, loss_vector
+from mtl_fast.strategies._combine_base import CombineStrategy
+
+NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+APPLY_TO = ("raw", "normalized")
+
+
+def normalizers(K: torch.Tensor, losses: torch.Tensor, normalization: str) -> torch.Tensor:
+    """The per-task divisors n_t of the gradients before the min-norm solve.
+
+    ``none``: 1;  ``l2``: ‖g_t‖ = sqrt(K_tt);  ``loss``: L_t;  ``loss+``: L_t · ‖g_t‖
+    (the options of Sener & Koltun's code). A divisor that is 0 or not finite is replaced by 1,
+    so a zero gradient stays zero instead of becoming NaN.
+
+    Args:
+        K: (T, T) Gram of the raw gradients.
+        losses: (T,) the raw loss values.
+
+    Returns:
+        (T,) in K's dtype.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    norms = K.diagonal().clamp_min(0).sqrt()
+    lv = losses.to(K.dtype)
+    if normalization == "none":
+        n = torch.ones_like(norms)
+    elif normalization == "l2":
+        n = norms
+    elif normalization == "loss":
+        n = lv
+    else:
+        n = lv * norms
+    return torch.where((n != 0) & torch.isfinite(n), n, torch.ones_like(n))
+
+
+def solve_weights(
+    K: torch.Tensor,
+    losses: torch.Tensor,
+    *,
+    normalization: str,
+    apply_to: str,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MGDA's decision from the Gram of the raw gradients.
+
+    With divisors n (:func:`normalizers`), the normalised gradients ĝ_t = g_t / n_t have Gram
+    K̂ = K / (n nᵀ); w = argmin_{w ∈ simplex} wᵀK̂w. The coefficients applied to the losses are
+    c = w (``apply_to="raw"``, what the official code does: Σ_t w_t L_t is backpropagated) or
+    c = w / n (``"normalized"``: the shared gradient is exactly the min-norm point Σ_t w_t ĝ_t).
+
+    Returns:
+        (w, c), both (T,) in K's dtype.
+    """
+    if apply_to not in APPLY_TO:
+        raise ValueError(f"apply_to must be one of {APPLY_TO}, got {apply_to!r}")
+    n = normalizers(K, losses, normalization)
+    Kn = K / (n.unsqueeze(0) * n.unsqueeze(1))
+    w = min_norm(Kn, max_iter=max_iter, tol=tol, backend=backend, check_finite=False)
+    c = w if apply_to == "raw" else w / n
+    return w, c
+
+
+class MGDA(CombineStrategy):
+    """MGDA on the gradients w.r.t. the shared parameters (Sener & Koltun, NeurIPS 2018).
+
+    Per step: T backward passes write ∇_shared L_t into the gradient arena J (T, P) with no
+    copy; K = J Jᵀ; optional normalisation; w = min-norm point of the simplex (away-step
+    Frank-Wolfe, :func:`mtl_fast.min_norm`); the shared ``.grad`` receives Σ_t c_t J_t (one pass
+    over J, no further trunk backward) and the heads ∇ Σ_t c_t L_t (a backward through the heads
+    only). c = w applies the weights to the raw losses as the official code does (default);
+    ``apply_to="normalized"`` uses c = w / n (see :func:`solve_weights`).
+
+    Diagnostics come from the Gram that already exists (plus one pass over J for sign
+    conflicts): no extra backward pass.
+
+    Args:
+        shared_params, task_params, num_tasks, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.Strategy`.
+        normalization: "none" (default), "l2", "loss" or "loss+".
+        apply_to: "raw" (default) or "normalized".
+        max_iter, tol, backend: passed to :func:`mtl_fast.min_norm` / the other ops.
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.strategies import MGDA
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
+        ...     torch.nn.Linear(8, 1) for _ in range(2))
+        >>> mgda = MGDA(trunk.parameters(), heads.parameters(), num_tasks=2, normalization="l2")
+        >>> z = trunk(torch.randn(16, 4))
+        >>> mgda.backward([h(z).pow(2).mean() for h in heads])
+        True
+        >>> float(mgda.last.weights.sum())
+        1.0
+    """
+
+    space = "parameters"
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor] = (),
+        num_tasks: int = 2,
+        *,
+        normalization: str = "none",
+        apply_to: str = "raw",
+        max_iter: int = DEFAULT_MAX_ITER,
+        tol: float = DEFAULT_TOL,
+        backend: str | None = None,
+        diagnostics_every: int = 0,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            shared_params,
+            task_params,
+            num_tasks,
+            diagnostics_every=diagnostics_every,
+            on_nonfinite=on_nonfinite,
+        )
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
+            )
+        if apply_to not in APPLY_TO:
+            raise ValueError(f"apply_to must be one of {APPLY_TO}, got {apply_to!r}")
+        self.normalization = normalization
+        self.apply_to = apply_to
+        self.max_iter = max_iter
+        self.tol = tol
+        self.backend = backend
+
+    def _decide(self, K: torch.Tensor, lv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return solve_weights(
+            K,
+            lv,
+            normalization=self.normalization,
+            apply_to=self.apply_to,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            backend=self.backend,
+        )
+
+    def _record(self, lv: torch.Tensor, w: torch.Tensor, c: torch.Tensor, diag: Any) -> None:
+        self.num_steps += 1
+        self.last.step = self.num_steps
+        self.last.losses = lv
+        self.last.weights = w.detach().clone()
+        self.last.loss_scales = c.detach().clone()
+        self.last.diagnostics = diag
+        self.last.skipped = []
+
+    def backward(
+        self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
+    ) -> bool:
+        """Write MGDA's gradients. ``features`` is ignored (see :class:`MGDAUB`)."""
+        del features
+        losses = check_losses(losses, self.num_tasks)
+        self._track_path()
+        lv = loss_vector(losses)
+        bad = self._nonfinite_losses(losses)
+        if bad:
+            return self._refuse(lv, bad, "loss")
+        arena = self._fill_arena(losses)
+        K = gram(arena.J, backend=self.backend, check_finite=False)
+        bad = [int(i) for i in torch.nonzero(~torch.isfinite(K.diagonal())).flatten().tolist()]
+        if bad:
+            return self._refuse(lv, bad, "gradient")
+        w, c = self._decide(K, lv)
+        d = combine(arena.J, c.to(arena.J.dtype), backend=self.backend)
+        self._backward_heads(losses, c)
+        self._accumulate_shared(arena, d)
+        diag = self._diagnose(arena.J, K) if self._diagnostics_due() else None
+        self._record(lv, w, c, diag)
+        return True

@@ -1,0 +1,174 @@
+"""Sequential-update strategies: a closure gives the T losses; several optimizer steps a batch."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from mtl_fast._arena import TaskGradients
+from mtl_fast._multi_adam import MultiAdam
+from mtl_fast.strategies._base import Strategy, check_losses, loss_vector, raise_or_skip
+
+Closure = Callable[[], Sequence[torch.Tensor]]
+
+
+def partition(order: Sequence[int], size: int) -> list[list[int]]:
+    """Consecutive chunks of ``order`` of ``size`` (the last may be smaller)."""
+    return [list(order[i : i + size]) for i in range(0, len(order), size)]
+
+
+class SequentialStrategy(Strategy):
+    """Base of the strategies that own their optimizers and step group by group.
+
+    The shared parameters get :class:`~mtl_fast.MultiAdam` (one Adam state per task or per
+    group, see the subclasses), the task-specific parameters an ordinary ``torch.optim.Adam``
+    (``AdamW`` when ``weight_decay > 0``) whose gradients are reset to ``None`` before each group
+    step, so the heads of tasks outside the group are skipped exactly as torch skips a parameter
+    without gradient. A group step backpropagates the sum of the group's losses once, with the
+    shared gradient written straight into a row of the gradient arena.
+
+    A group step whose gradient (shared or task-specific) holds NaN/Inf is refused before either
+    optimizer moves: ``on_nonfinite="raise"`` raises :class:`~mtl_fast.NonFiniteError`,
+    ``"skip"`` records the tasks in ``last.skipped`` and goes on with the next group.
+
+    Note that the shared parameters become views of one flat buffer (``optimizer.flat``): the
+    Parameter objects and values are kept, so the model is unaffected.
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor],
+        num_tasks: int,
+        *,
+        num_states: int,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        head_lr: float | None,
+        seed: int,
+        diagnostics_every: int,
+        on_nonfinite: str,
+        backend: str | None,
+    ) -> None:
+        super().__init__(
+            shared_params,
+            task_params,
+            num_tasks,
+            diagnostics_every=diagnostics_every,
+            on_nonfinite=on_nonfinite,
+        )
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self.optimizer = MultiAdam(
+            self.shared_params,
+            num_tasks=num_states,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            on_nonfinite="ignore",  # checked here, before either optimizer moves
+            backend=backend,
+        )
+        # Created after MultiAdam flattened the parameters: the rows share its layout.
+        self.arena = TaskGradients(self.shared_params, num_tasks)
+        heads = [p for p in self.task_params if p.requires_grad]
+        hlr = lr if head_lr is None else head_lr
+        if hlr < 0:
+            raise ValueError(f"head_lr must be ≥ 0, got {head_lr!r}")
+        self.head_optimizer: torch.optim.Optimizer | None = None
+        if heads:
+            if weight_decay > 0:
+                self.head_optimizer = torch.optim.AdamW(
+                    heads, lr=hlr, betas=betas, eps=eps, weight_decay=weight_decay
+                )
+            else:
+                self.head_optimizer = torch.optim.Adam(heads, lr=hlr, betas=betas, eps=eps)
+        self._heads = heads
+        self.rng = random.Random(seed)
+
+    # -- one group step ----------------------------------------------------------------------
+    def _forward(self, closure: Closure) -> list[torch.Tensor]:
+        return check_losses(closure(), self.num_tasks)
+
+    def _group_step(
+        self,
+        losses: Sequence[torch.Tensor],
+        group: Sequence[int],
+        state_tasks: Sequence[int],
+        state_weights: Sequence[float],
+    ) -> bool:
+        """Backpropagate Σ_{t∈group} L_t, then step MultiAdam (states ``state_tasks``, the group
+        gradient fed to each with ``state_weights``) and the head optimizer."""
+        if self.head_optimizer is not None:
+            self.head_optimizer.zero_grad(set_to_none=True)
+        row = group[0]
+        total = losses[group[0]]
+        for t in group[1:]:
+            total = total + losses[t]
+        with self.arena.task(row):
+            total.backward()
+        g = self.arena.J[row]
+        checks = [g.isfinite().all()]
+        checks += [p.grad.isfinite().all() for p in self._heads if p.grad is not None]
+        if not bool(torch.stack(checks).all()):
+            if self.head_optimizer is not None:
+                self.head_optimizer.zero_grad(set_to_none=True)
+            raise_or_skip(self.on_nonfinite, "gradient", list(group))
+            self.last.skipped.extend(group)
+            return False
+        G = g.unsqueeze(0).expand(len(state_tasks), -1).contiguous()
+        self.optimizer.step(G, tasks=list(state_tasks), weights=list(state_weights))
+        if self.head_optimizer is not None:
+            self.head_optimizer.step()
+            self.head_optimizer.zero_grad(set_to_none=True)
+        self._track_path()
+        return True
+
+    def _extra_diagnostics(self, closure: Closure) -> None:
+        """Diagnostics at the current point: one extra forward and T backward passes."""
+        losses = self._forward(closure)
+        for t, loss in enumerate(losses):
+            with self.arena.task(t):
+                torch.autograd.backward(loss, inputs=self.shared_params, retain_graph=True)
+        self.last.diagnostics = self._diagnose(self.arena.J)
+
+    def step(self, closure: Closure) -> torch.Tensor:
+        """One batch: the closure runs the forward pass on it and returns the T losses; it is
+        called again before every group step. Returns the (T,) losses of the first call."""
+        raise NotImplementedError
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["optimizer"] = self.optimizer.state_dict()
+        state["head_optimizer"] = (
+            None if self.head_optimizer is None else self.head_optimizer.state_dict()
+        )
+        state["rng"] = self.rng.getstate()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.head_optimizer is not None:
+            self.head_optimizer.load_state_dict(state["head_optimizer"])
+        self.rng.setstate(state["rng"])
+
+    def _record(self, first: torch.Tensor, groups: list[list[int]]) -> None:
+        self.num_steps += 1
+        self.last.step = self.num_steps
+        self.last.losses = first
+        self.last.groups = [list(g) for g in groups]
+
+    def _start(self) -> None:
+        self.last.skipped = []
+        self.last.diagnostics = None
+
+
+def first_losses(losses: Sequence[torch.Tensor]) -> torch.Tensor:
+    return loss_vector(losses)

@@ -1,0 +1,258 @@
+"""Selective Task Group Updates (Jeong & Yoon, ICLR 2025)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtl_fast.strategies._base import loss_vector
+from mtl_fast.strategies._sequential import Closure, SequentialStrategy
+
+CREDITING = ("corrected", "reference")
+
+
+def loss_ratios(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """r_t = 1 − L_t / L_t^prev (the relative decrease), 0 where L_t^prev = 0; on the device."""
+    safe = torch.where(previous != 0, previous, torch.ones_like(previous))
+    return torch.where(previous != 0, 1 - current / safe, torch.zeros_like(current))
+
+
+def affinity_update(
+    A: torch.Tensor, r: torch.Tensor, group: Sequence[int], *, beta: float
+) -> torch.Tensor:
+    """The proximal inter-task affinity update for one group step, in place (no host sync).
+
+    With r the loss ratios caused by the step of ``group`` g, for each s in g and each task t:
+
+    - t ∉ g:           a = r_t / |g|;
+    - t = s:           a = r_s / |g|, and A[s, s] is updated only when r_s ≥ 0;
+    - t ∈ g, t ≠ s:    a = r_t / |g| if r_t · r_s ≥ 0, else −max(r_t, r_s) / |g|;
+
+    then A[s, t] ← (1 − β) A[s, t] + β a (Jeong & Yoon, "Selective Task Group Updates for
+    Multi-Task Optimization", ICLR 2025).
+
+    Args:
+        A: (T, T) affinity, fp32/fp64, updated in place and returned.
+        r: (T,) loss ratios.
+        group: the tasks of the group that stepped.
+        beta: EMA rate (0.001 in the paper, 1e-4 for many tasks).
+    """
+    T = A.shape[0]
+    k = len(group)
+    r = r.to(A.dtype)
+    in_g = torch.zeros(T, dtype=torch.bool, device=A.device)
+    in_g[list(group)] = True
+    for s in group:
+        rs = r[s]
+        inside = torch.where(r * rs >= 0, r / k, -torch.maximum(r, rs) / k)
+        a = torch.where(in_g, inside, r / k)
+        new = (1 - beta) * A[s] + beta * a
+        new[s] = torch.where(rs >= 0, new[s], A[s, s])
+        A[s] = new
+    return A
+
+
+def affinity_groups(
+    A: torch.Tensor,
+    previous: Sequence[Sequence[int]],
+    *,
+    damping: float = 0.5,
+    max_iter: int = 200,
+    random_state: int = 0,
+) -> tuple[list[list[int]], bool]:
+    """Task groups from the affinity matrix by affinity propagation (one host round trip).
+
+    X[s, t] = A[s, t] / A[t, t] (columns with A[t, t] = 0 are left unscaled), symmetrised
+    (X + Xᵀ)/2 and clustered with scikit-learn's AffinityPropagation (precomputed similarity,
+    median preference, ``damping``). Clustering fails — and ``previous`` is returned with
+    False — when the similarities are not finite, when they are all equal (affinity
+    propagation would return an arbitrary answer), or when it does not converge.
+
+    Returns:
+        (groups, ok): groups ordered by their smallest task; ok is False when ``previous`` was
+        kept.
+    """
+    from sklearn.cluster import AffinityPropagation
+    from sklearn.exceptions import ConvergenceWarning
+
+    keep = [list(g) for g in previous]
+    X = A.detach().to(device="cpu", dtype=torch.float64)
+    d = X.diagonal().clone()
+    X = X / torch.where(d != 0, d, torch.ones_like(d)).unsqueeze(0)
+    S = 0.5 * (X + X.T)
+    if not bool(torch.isfinite(S).all()) or float(S.max() - S.min()) <= 0:
+        return keep, False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ap = AffinityPropagation(
+            affinity="precomputed",
+            damping=damping,
+            max_iter=max_iter,
+            random_state=random_state,
+        ).fit(S.numpy())
+    labels = np.asarray(ap.labels_)
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught) or (labels < 0).any():
+        return keep, False
+    groups: dict[int, list[int]] = {}
+    for t, label in enumerate(labels.tolist()):
+        groups.setdefault(int(label), []).append(t)
+    return sorted(groups.values(), key=lambda g: g[0]), True
+
+
+class SelectiveTaskGroupUpdates(SequentialStrategy):
+    """Selective Task Group Updates (Jeong & Yoon, ICLR 2025).
+
+    Every iteration (batch) the tasks are updated group by group in a shuffled order, each
+    group with a fresh forward pass and its own optimizer step on the sum of its losses. A T×T
+    proximal inter-task affinity A (kept on the device) is updated from the relative loss
+    decrease r each group step causes on *all* tasks (:func:`affinity_update`). During the first
+    ``warmup`` iterations the groups are singletons; afterwards the tasks are regrouped at the
+    start of every iteration by affinity propagation on A (:func:`affinity_groups`), keeping
+    the previous grouping when clustering fails (counted in ``regroup_failures``).
+
+    Crediting: the ratio measured by the forward pass before group j+1's step was caused by
+    group j's step. ``crediting="corrected"`` (default) credits it to group j, and measures the
+    last group's effect with one extra forward pass (under ``torch.no_grad``) at the end of the
+    iteration. ``crediting="reference"`` reproduces the official code's off-by-one: the ratio
+    is credited to group j+1 (the group about to step), the first group of an iteration gets
+    no credit and the last group's effect is never measured.
+
+    Optimizer states: one Adam state per task for the shared parameters
+    (:class:`~mtl_fast.MultiAdam`); a group's gradient is fed to each member's state and the
+    directions are averaged (weights 1/|g|), so a singleton group is Pascal et al.'s per-task
+    step. Heads use ordinary Adam; the paper lets task-specific parameters use lr × T: pass
+    ``head_lr=lr * num_tasks`` for that.
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.strategies import SelectiveTaskGroupUpdates
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
+        ...     torch.nn.Linear(8, 1) for _ in range(3))
+        >>> x = torch.randn(16, 4)
+        >>> def closure():
+        ...     z = trunk(x)
+        ...     return [h(z).pow(2).mean() for h in heads]
+        >>> stgu = SelectiveTaskGroupUpdates(trunk.parameters(), heads.parameters(),
+        ...                                  num_tasks=3, warmup=1)
+        >>> _ = stgu.step(closure); _ = stgu.step(closure)
+        >>> stgu.last.affinity.shape
+        torch.Size([3, 3])
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor] = (),
+        num_tasks: int = 2,
+        *,
+        beta: float = 1e-3,
+        warmup: int = 100,
+        crediting: str = "corrected",
+        damping: float = 0.5,
+        ap_max_iter: int = 200,
+        seed: int = 0,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        head_lr: float | None = None,
+        diagnostics_every: int = 0,
+        on_nonfinite: str = "raise",
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(
+            shared_params,
+            task_params,
+            num_tasks,
+            num_states=num_tasks,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            head_lr=head_lr,
+            seed=seed,
+            diagnostics_every=diagnostics_every,
+            on_nonfinite=on_nonfinite,
+            backend=backend,
+        )
+        if not 0 < beta <= 1:
+            raise ValueError(f"beta must be in (0, 1], got {beta!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be an int ≥ 0, got {warmup!r}")
+        if crediting not in CREDITING:
+            raise ValueError(f"crediting must be one of {CREDITING}, got {crediting!r}")
+        self.beta = beta
+        self.warmup = warmup
+        self.crediting = crediting
+        self.damping = damping
+        self.ap_max_iter = ap_max_iter
+        self.seed = seed
+        dev = self.shared_params[0].device
+        self.affinity = torch.zeros(num_tasks, num_tasks, dtype=torch.float32, device=dev)
+        self.groups: list[list[int]] = [[t] for t in range(num_tasks)]
+        self.regroup_failures = 0
+
+    def _credit(self, previous: torch.Tensor, current: torch.Tensor, group: list[int]) -> None:
+        affinity_update(self.affinity, loss_ratios(previous, current), group, beta=self.beta)
+
+    def step(self, closure: Closure) -> torch.Tensor:
+        """One iteration on a batch; ``closure()`` returns the T losses on it.
+
+        Returns:
+            (T,) the losses of the first forward pass (detached).
+        """
+        self._start()
+        if self.num_steps >= self.warmup:
+            self.groups, ok = affinity_groups(
+                self.affinity,
+                self.groups,
+                damping=self.damping,
+                max_iter=self.ap_max_iter,
+                random_state=self.seed,
+            )
+            self.regroup_failures += not ok
+        else:
+            self.groups = [[t] for t in range(self.num_tasks)]
+        order = [list(g) for g in self.groups]
+        self.rng.shuffle(order)
+        if self._diagnostics_due():
+            self._extra_diagnostics(closure)
+        first: torch.Tensor | None = None
+        previous: torch.Tensor | None = None
+        for j, g in enumerate(order):
+            losses = self._forward(closure)
+            current = loss_vector(losses)
+            if previous is None:
+                first = current
+            else:
+                self._credit(
+                    previous, current, order[j - 1 if self.crediting == "corrected" else j]
+                )
+            self._group_step(losses, g, g, [1.0 / len(g)] * len(g))
+            previous = current
+        if self.crediting == "corrected":
+            assert previous is not None
+            with torch.no_grad():
+                after = loss_vector(list(closure()))
+            self._credit(previous, after, order[-1])
+        assert first is not None
+        self._record(first, order)
+        self.last.affinity = self.affinity.clone()
+        return first
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["affinity"] = self.affinity.clone()
+        state["groups"] = [list(g) for g in self.groups]
+        state["regroup_failures"] = self.regroup_failures
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.affinity.copy_(state["affinity"])
+        self.groups = [list(g) for g in state["groups"]]
+        self.regroup_failures = int(state["regroup_failures"])

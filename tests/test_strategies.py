@@ -1,0 +1,237 @@
+"""Combine-then-step strategies: linear scalarisation, MGDA and MGDA-UB."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtl_fast
+from mtl_fast.strategies import MGDA, MGDAUB, LinearScalarization, normalizers, solve_weights
+from tests.strategy_models import Tiny, batches
+
+NORMS = ("none", "l2", "loss", "loss+")
+
+
+def manual_jacobian(model: Tiny, losses: list[torch.Tensor]) -> torch.Tensor:
+    params = list(model.trunk.parameters())
+    rows = []
+    for loss in losses:
+        gs = torch.autograd.grad(loss, params, retain_graph=True)
+        rows.append(torch.cat([g.reshape(-1) for g in gs]))
+    return torch.stack(rows)
+
+
+def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in params]
+
+
+def expected_divisors(K: torch.Tensor, lv: torch.Tensor, normalization: str) -> torch.Tensor:
+    norms = K.diagonal().sqrt()
+    return {"none": torch.ones_like(norms), "l2": norms, "loss": lv, "loss+": lv * norms}[
+        normalization
+    ]
+
+
+@pytest.mark.parametrize("normalization", NORMS)
+@pytest.mark.parametrize("apply_to", ["raw", "normalized"])
+def test_mgda_weights_are_min_norm_of_the_gram_and_grads_match(normalization, apply_to):
+    T = 3
+    model = Tiny(T, dtype=torch.float64)
+    (x, y) = batches(T, 1, dtype=torch.float64)[0]
+    losses, _ = model.losses(x, y)
+    J = manual_jacobian(model, losses)
+    lv = torch.stack([loss.detach() for loss in losses])
+    K = J @ J.T
+    n = expected_divisors(K, lv, normalization)
+    Jn = J / n[:, None]
+    w_expected = mtl_fast.min_norm(Jn @ Jn.T)
+    c_expected = w_expected if apply_to == "raw" else w_expected / n
+    # What the written gradients must be: those of Σ_t c_t L_t.
+    total = sum(c * loss for c, loss in zip(c_expected, losses))
+    all_params = list(model.parameters())
+    expected = torch.autograd.grad(total, all_params, retain_graph=True)
+
+    mgda = MGDA(
+        model.trunk.parameters(),
+        model.heads.parameters(),
+        num_tasks=T,
+        normalization=normalization,
+        apply_to=apply_to,
+    )
+    assert mgda.backward(losses)
+    torch.testing.assert_close(mgda.last.weights, w_expected, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(mgda.last.loss_scales, c_expected, rtol=1e-6, atol=1e-8)
+    assert float(mgda.last.weights.sum()) == pytest.approx(1.0)
+    assert bool((mgda.last.weights >= 0).all())
+    for p, g in zip(all_params, expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("normalization", NORMS)
+def test_mgda_ub_equals_min_norm_on_feature_gradients(normalization):
+    T = 3
+    model = Tiny(T, dtype=torch.float64)
+    (x, y) = batches(T, 1, dtype=torch.float64)[0]
+    losses, z = model.losses(x, y)
+    G = torch.stack(
+        [torch.autograd.grad(loss, z, retain_graph=True)[0].reshape(-1) for loss in losses]
+    )
+    assert G.shape == (T, z.numel())  # the batch dimension is part of the Gram
+    lv = torch.stack([loss.detach() for loss in losses])
+    K = G @ G.T
+    n = expected_divisors(K, lv, normalization)
+    w_expected = mtl_fast.min_norm(K / (n[:, None] * n[None, :]))
+    total = sum(c * loss for c, loss in zip(w_expected, losses))
+    all_params = list(model.parameters())
+    expected = torch.autograd.grad(total, all_params, retain_graph=True)
+
+    ub = MGDAUB(
+        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, normalization=normalization
+    )
+    assert ub.backward(losses, features=z)
+    torch.testing.assert_close(ub.last.weights, w_expected, rtol=1e-6, atol=1e-8)
+    for p, g in zip(all_params, expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-10)
+
+
+def test_normalizers_match_their_definitions_and_guard_zero():
+    K = torch.tensor([[4.0, 1.0, 0.0], [1.0, 9.0, 0.0], [0.0, 0.0, 0.0]])
+    lv = torch.tensor([2.0, 0.5, 3.0])
+    torch.testing.assert_close(normalizers(K, lv, "none"), torch.ones(3))
+    torch.testing.assert_close(normalizers(K, lv, "l2"), torch.tensor([2.0, 3.0, 1.0]))
+    torch.testing.assert_close(normalizers(K, lv, "loss"), lv)
+    torch.testing.assert_close(normalizers(K, lv, "loss+"), torch.tensor([4.0, 1.5, 1.0]))
+    with pytest.raises(ValueError, match="normalization"):
+        normalizers(K, lv, "l1")
+    w, c = solve_weights(K, lv, normalization="l2", apply_to="normalized")
+    assert bool(torch.isfinite(w).all()) and bool(torch.isfinite(c).all())
+    torch.testing.assert_close(c, w / torch.tensor([2.0, 3.0, 1.0]))
+
+
+def test_l2_normalisation_makes_mgda_invariant_to_loss_scale():
+    K = torch.tensor([[4.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    lv = torch.ones(2, dtype=torch.float64)
+    w1, _ = solve_weights(K, lv, normalization="l2", apply_to="raw")
+    scale = torch.tensor([1e3, 1.0], dtype=torch.float64)
+    w2, _ = solve_weights(
+        K * scale[:, None] * scale[None, :], lv, normalization="l2", apply_to="raw"
+    )
+    torch.testing.assert_close(w1, w2)
+
+
+@pytest.mark.parametrize("diagnostics_every", [0, 1])
+def test_linear_scalarisation_writes_the_weighted_sum_gradient(diagnostics_every):
+    T = 3
+    model = Tiny(T, dtype=torch.float64)
+    (x, y) = batches(T, 1, dtype=torch.float64)[0]
+    losses, _ = model.losses(x, y)
+    weights = torch.tensor([0.5, 2.0, 1.0])
+    total = sum(float(w) * loss for w, loss in zip(weights, losses))
+    params = list(model.parameters())
+    expected = torch.autograd.grad(total, params, retain_graph=True)
+    ls = LinearScalarization(
+        model.trunk.parameters(),
+        model.heads.parameters(),
+        num_tasks=T,
+        weights=weights,
+        diagnostics_every=diagnostics_every,
+    )
+    assert ls.backward(losses)
+    for p, g in zip(params, expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-10)
+    assert (ls.last.diagnostics is not None) == (diagnostics_every == 1)
+
+
+def test_mgda_diagnostics_come_from_the_gram_of_the_task_gradients():
+    T = 3
+    model = Tiny(T, dtype=torch.float64)
+    (x, y) = batches(T, 1, dtype=torch.float64)[0]
+    losses, _ = model.losses(x, y)
+    J = manual_jacobian(model, losses)
+    mgda = MGDA(
+        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, diagnostics_every=2
+    )
+    mgda.backward(losses)
+    assert mgda.last.diagnostics is None  # step 1 is not a diagnostics step
+    model.zero_grad()
+    losses, _ = model.losses(x, y)
+    mgda.backward(losses)
+    d = mgda.last.diagnostics
+    assert d is not None and d.step == 2
+    unit = J / J.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(d.cosine, unit @ unit.T)
+    opposite = ((J[:, None, :] * J[None, :, :]) < 0).double().mean(-1)
+    torch.testing.assert_close(d.sign_conflict, opposite)
+    assert d.path_length == 0.0  # no optimizer step between the two calls
+
+
+def test_nonfinite_loss_is_refused_and_clears_grads():
+    T = 2
+    model = Tiny(T)
+    (x, y) = batches(T, 1)[0]
+    losses, _ = model.losses(x, y)
+    losses[1] = losses[1] * float("nan")
+    mgda = MGDA(model.trunk.parameters(), model.heads.parameters(), num_tasks=T)
+    with pytest.raises(mtl_fast.NonFiniteError) as info:
+        mgda.backward(losses)
+    assert info.value.tasks == [1]
+    assert all(p.grad is None for p in model.parameters())
+    skip = MGDA(
+        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, on_nonfinite="skip"
+    )
+    assert skip.backward(losses) is False
+    assert skip.last.skipped == [1] and skip.num_steps == 0
+
+
+def test_nonfinite_gradient_with_finite_loss_is_refused():
+    T = 2
+    model = Tiny(T)
+    (x, _y) = batches(T, 1)[0]
+    z = model.trunk(x)
+    # sqrt at 0: finite loss, infinite gradient through the trunk for task 0 only.
+    losses = [(z * 0).abs().sqrt().sum(), model.heads[1](z).pow(2).mean()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    mgda = MGDA(
+        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, on_nonfinite="skip"
+    )
+    assert mgda.backward(losses) is False
+    opt.step()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p.detach(), b)
+
+
+def test_errors_name_the_argument():
+    model = Tiny(2)
+    (x, y) = batches(2, 1)[0]
+    losses, _z = model.losses(x, y)
+    mgda = MGDA(model.trunk.parameters(), model.heads.parameters(), num_tasks=2)
+    with pytest.raises(ValueError, match="losses has 1 entries"):
+        mgda.backward(losses[:1])
+    with pytest.raises(ValueError, match="normalization"):
+        MGDA(model.trunk.parameters(), num_tasks=2, normalization="L2")
+    with pytest.raises(ValueError, match="apply_to"):
+        MGDA(model.trunk.parameters(), num_tasks=2, apply_to="both")
+    with pytest.raises(TypeError, match="features"):
+        MGDAUB(model.trunk.parameters(), num_tasks=2).backward(losses)
+    with pytest.raises(ValueError, match="task_params"):
+        MGDA(model.trunk.parameters(), model.trunk.parameters(), num_tasks=2)
+    with pytest.raises(ValueError, match="weights"):
+        LinearScalarization(model.trunk.parameters(), num_tasks=2, weights=[1.0])
+
+
+def test_mgda_trains_with_a_torch_optimizer():
+    T = 2
+    model = Tiny(T)
+    data = batches(T, 30)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    mgda = MGDA(model.trunk.parameters(), model.heads.parameters(), num_tasks=T, normalization="l2")
+    first = None
+    for x, y in data * 3:
+        opt.zero_grad()
+        losses, _ = model.losses(x, y)
+        mgda.backward(losses)
+        opt.step()
+        if first is None:
+            first = mgda.last.losses.sum()
+    assert float(mgda.last.losses.sum()) < float(first)
