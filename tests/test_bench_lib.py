@@ -1,0 +1,101 @@
+"""The measurement library: timing statistics, byte formulas, and the Python-loop MGDA
+baseline (a faithful port: its answers are checked against the reference solver)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mtl_fast
+from mtl_fast.bench import (
+    Timing,
+    combine_adam_bytes,
+    gram_bytes,
+    loop_min_norm,
+    loop_min_norm_one,
+    measure,
+    multi_adam_bytes,
+)
+from mtl_fast.bench.mgda_loop import _project_to_simplex, _segment
+
+
+def test_timing_quantiles() -> None:
+    t = Timing.of([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (t.median, t.q20, t.q80, t.n) == (3.0, 2.0, 4.0, 5)
+    with pytest.raises(ValueError):
+        Timing.of([])
+
+
+def test_measure_counts_calls() -> None:
+    calls = []
+    t = measure(
+        lambda: calls.append(1),
+        torch.device("cpu"),
+        warmup=2,
+        min_repeat=4,
+        max_repeat=4,
+        min_time=10.0,
+    )
+    assert len(calls) == 6 and t.n == 4 and t.median >= 0
+    with pytest.raises(ValueError):
+        measure(lambda: None, torch.device("cpu"), min_repeat=3, max_repeat=2)
+
+
+def test_byte_formulas() -> None:
+    P = 1000
+    # SPEC.md: (8 + 20|S|)·P bytes for fp32 multi-state Adam.
+    for S in (1, 2, 8):
+        assert multi_adam_bytes(S, P, torch.float32) == (8 + 20 * S) * P
+    assert gram_bytes(1, 4, P, torch.float32) == 4 * 4 * P + 4 * 16
+    assert gram_bytes(1, 4, P, torch.bfloat16) == 2 * 4 * P + 4 * 16
+    assert combine_adam_bytes(3, P, torch.float32) == (4 * 3 + 24) * P
+
+
+def test_segment_clamps_like_the_original() -> None:
+    # x1 = x2: v12 ≥ v11 → the original returns 0.999, not a free choice.
+    assert _segment(1.0, 1.0, 1.0) == (0.999, 1.0)
+    # Opposite unit vectors: the midpoint.
+    gamma, cost = _segment(1.0, -1.0, 1.0)
+    assert gamma == pytest.approx(0.5) and cost == pytest.approx(0.0)
+
+
+def test_projection_to_simplex() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        z = _project_to_simplex(rng.normal(size=6))
+        assert z.min() >= 0 and z.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 8])
+def test_loop_solver_agrees_with_reference(T: int) -> None:
+    gen = torch.Generator().manual_seed(T)
+    J = torch.randn(16, T, 12, generator=gen, dtype=torch.float64) + 0.5
+    K = J @ J.transpose(1, 2)
+    w, capped = loop_min_norm(K)
+    assert capped == 0
+    assert w.shape == (16, T)
+    assert torch.all(w >= 0) and torch.allclose(w.sum(1), torch.ones(16, dtype=torch.float64))
+    f_loop = torch.einsum("bi,bij,bj->b", w, K, w)
+    w_ref = mtl_fast.min_norm(K, tol=1e-10)
+    f_ref = torch.einsum("bi,bij,bj->b", w_ref, K, w_ref)
+    scale = K.diagonal(dim1=1, dim2=2).amax(1)
+    excess = (f_loop - f_ref) / scale
+    # Never below the optimum. The original stops on a small change of w, not on optimality,
+    # and its γ clamp leaves weights of ~1e-3 that shrink its steps: checked against a direct
+    # transcription of the published code, it stalls up to ~1.3 % of max K_ii above the optimum
+    # on some of these T=8 problems. Exact for T ≤ 2 (closed form); close for T = 3.
+    assert torch.all(excess >= -1e-9)
+    assert torch.all(excess < (1e-9 if T <= 2 else 1e-3 if T == 3 else 5e-2))
+
+
+def test_loop_solver_safety_cap() -> None:
+    K = [[2.0, 0.3, -0.5], [0.3, 1.0, 0.2], [-0.5, 0.2, 1.5]]
+    r = loop_min_norm_one(K, cap=1)
+    assert r.iterations <= 1
+    assert r.w.min() >= 0 and r.w.sum() == pytest.approx(1.0)
+
+
+def test_loop_solver_rejects_huge_costs_like_the_original() -> None:
+    with pytest.raises(ValueError, match="1e8"):
+        loop_min_norm_one([[1e9, 1e9], [1e9, 1e9]])
