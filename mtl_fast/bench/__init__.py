@@ -23,7 +23,14 @@ from mtl_fast.bench._ops import (
 )
 from mtl_fast.bench._report import Report, Row, markdown
 from mtl_fast.bench._run import OPS, BenchConfig, default_config, evaluate_targets, run, write_all
-from mtl_fast.bench._strategies import STRATEGIES, StrategySetting, combination_case, run_setting
+from mtl_fast.bench._strategies import (
+    STRATEGIES,
+    StrategySetting,
+    combination_case,
+    make_strategy_step,
+    run_setting,
+    torchjd_reason,
+)
 from mtl_fast.bench._timing import Timing, measure
 from mtl_fast.bench._traffic import (
     combine_adam_bytes,
@@ -56,6 +63,7 @@ __all__ = [
     "gram_case",
     "loop_min_norm",
     "loop_min_norm_one",
+    "make_strategy_step",
     "markdown",
     "measure",
     "min_norm_bytes",
@@ -69,5 +77,6 @@ __all__ = [
     "run_setting",
     "spec_bandwidth",
     "synthetic_gradients",
+    "torchjd_reason",
     "write_all",
 ]

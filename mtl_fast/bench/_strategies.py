@@ -218,6 +218,25 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[Pha
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
 
 
+def make_strategy_step(
+    name: str, setting: StrategySetting, device: torch.device
+) -> Callable[[], None]:
+    """One full training step of strategy ``name`` as a zero-argument callable (for timing
+    loops such as pytest-benchmark's); the model and data are built once, here."""
+    if name.startswith("torchjd") and (reason := torchjd_reason()):
+        raise RuntimeError(reason)
+    prob = _Problem(setting, device)
+    step = _make_step(name, prob, device)
+
+    def run() -> None:
+        tm = PhaseTimer(device)
+        tm.start()
+        step(tm)
+
+    run.problem = prob  # type: ignore[attr-defined]  # keep the model alive with the closure
+    return run
+
+
 _PHASE_OF = {
     "gram": "combination",
     "solve": "combination",
