@@ -22,7 +22,7 @@ of the batch advance together under per-problem masks. Per problem:
    does not raise f. The correction never increases f, so the Frank-Wolfe guarantees stay; it is
    what makes ill-conditioned faces converge. Measured (fp64, T = 64, near-rank-1 conflicting
    Grams with 1e-3 relative noise): plain away steps had not reached a gap of 1e-8 after 3000
-   iterations and their f was still 30× the optimum; with the correction: 63 iterations.
+   iterations and their f was still 31× the optimum; with the correction: 62 iterations.
 
 Degenerate input (T = 1, K = 0, duplicate or opposite rows, rank 1) always yields a point of
 the simplex, never NaN. In the ``sync_free`` form the loop runs exactly ``max_iter`` iterations
