@@ -1,0 +1,381 @@
+// Batched min-norm (MGDA) solve: w* = argmin_{w ∈ simplex} wᵀKw for K (B, T, T), T ≤ 64.
+//
+// One warp per problem (T ≤ 64: each lane owns entries i ≡ lane mod 32), everything in shared
+// memory, all arithmetic in fp64 whatever K's dtype. The algorithm and the stopping rule are
+// those of the reference (mtl_fast/reference/min_norm.py), step for step:
+//
+//   normalise K by max_i K_ii; start at the vertex with the smallest K_ii; then per iteration,
+//   with g = Kw and f = wᵀKw: stop when the duality gap 2(f − min_i g_i) ≤ tol; otherwise take
+//   the Frank-Wolfe step toward s = argmin g or the away step from a = argmax_{w_i>0} g_i
+//   (whichever gap is larger) with the exact line search; then the face correction: solve
+//   (K_AA + δI) z = 1 on the support A (LU with partial pivoting, in shared memory), move from
+//   w toward y = z / Σz as far as the simplex allows, and keep the move only if f does not rise.
+//
+// Arg-min/arg-max and sums use warp shuffles (ties go to the smallest index, as torch does). A
+// butterfly (xor) reduction leaves the same bits in every lane, so control flow stays uniform.
+// Each warp leaves its loop as soon as its problem has converged; nothing is read back to the
+// host, so the solve can be captured in a CUDA graph.
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "checks.h"
+#include "ops.h"
+
+namespace mtl_fast {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kMaxT = 64;
+// Ridge added to the face system, relative to max K_ii = 1 (the reference's FACE_RIDGE).
+constexpr double kFaceRidge = 1e-12;
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int m = kWarp / 2; m > 0; m >>= 1) v += __shfl_xor_sync(kFull, v, m);
+  return v;
+}
+
+__device__ __forceinline__ double warp_max(double v) {
+#pragma unroll
+  for (int m = kWarp / 2; m > 0; m >>= 1) v = fmax(v, __shfl_xor_sync(kFull, v, m));
+  return v;
+}
+
+// (value, index) arg-min over the warp; ties -> smallest index.
+__device__ __forceinline__ void warp_argmin(double& v, int& i) {
+#pragma unroll
+  for (int m = kWarp / 2; m > 0; m >>= 1) {
+    const double ov = __shfl_xor_sync(kFull, v, m);
+    const int oi = __shfl_xor_sync(kFull, i, m);
+    if (ov < v || (ov == v && oi < i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+
+// (value, index) arg-max over the warp; ties -> smallest index.
+__device__ __forceinline__ void warp_argmax(double& v, int& i) {
+#pragma unroll
+  for (int m = kWarp / 2; m > 0; m >>= 1) {
+    const double ov = __shfl_xor_sync(kFull, v, m);
+    const int oi = __shfl_xor_sync(kFull, i, m);
+    if (ov > v || (ov == v && oi < i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+
+// out = Kn x for the (symmetric) normalised Gram in shared memory: lane i reads column
+// entries Kn[j][i], consecutive across lanes (no bank conflicts).
+__device__ __forceinline__ void matvec(const double* Kn, int ld, const double* x, double* out,
+                                       int T, int lane) {
+  for (int i = lane; i < T; i += kWarp) {
+    double s = 0.0;
+    for (int j = 0; j < T; ++j) s = fma(Kn[j * ld + i], x[j], s);
+    out[i] = s;
+  }
+  __syncwarp();
+}
+
+__device__ __forceinline__ double dot(const double* x, const double* y, int T, int lane) {
+  double s = 0.0;
+  for (int i = lane; i < T; i += kWarp) s += x[i] * y[i];
+  return warp_sum(s);
+}
+
+// Solve A z = rhs in place (A: n×n with leading dimension lda, destroyed; rhs becomes z) by LU
+// with partial pivoting, the method torch.linalg.solve uses. Returns false on a zero or
+// non-finite pivot (the reference then gets a non-finite solution and rejects the move).
+__device__ bool lu_solve(double* A, int lda, double* rhs, int n, int lane) {
+  bool ok = true;
+  for (int k = 0; k < n; ++k) {
+    double best = -1.0;
+    int piv = n;
+    for (int r = k + lane; r < n; r += kWarp) {
+      const double v = fabs(A[r * lda + k]);
+      if (v > best || (v == best && r < piv)) {
+        best = v;
+        piv = r;
+      }
+    }
+    warp_argmax(best, piv);
+    __syncwarp();  // every lane has read column k before any row is swapped
+    if (!(best > 0.0) || !isfinite(best)) {
+      ok = false;
+      break;
+    }
+    if (piv != k) {
+      for (int c = lane; c < n; c += kWarp) {
+        const double t = A[k * lda + c];
+        A[k * lda + c] = A[piv * lda + c];
+        A[piv * lda + c] = t;
+      }
+      if (lane == 0) {
+        const double t = rhs[k];
+        rhs[k] = rhs[piv];
+        rhs[piv] = t;
+      }
+    }
+    __syncwarp();
+    const double inv = 1.0 / A[k * lda + k];
+    for (int r = k + 1 + lane; r < n; r += kWarp) {
+      const double l = A[r * lda + k] * inv;
+      for (int c = k + 1; c < n; ++c) A[r * lda + c] = fma(-l, A[k * lda + c], A[r * lda + c]);
+      rhs[r] = fma(-l, rhs[k], rhs[r]);
+    }
+    __syncwarp();
+  }
+  if (!ok) return false;
+  for (int k = n - 1; k >= 0; --k) {
+    const double zk = rhs[k] / A[k * lda + k];
+    __syncwarp();
+    for (int r = lane; r < k; r += kWarp) rhs[r] = fma(-A[r * lda + k], zk, rhs[r]);
+    if (lane == 0) rhs[k] = zk;
+    __syncwarp();
+  }
+  return true;
+}
+
+// Shared-memory layout of one problem (doubles, then ints).
+struct Layout {
+  int ldk, lda;
+  __host__ __device__ explicit Layout(int T) : ldk(T | 1), lda(T | 1) {}  // odd: no conflicts
+  __host__ __device__ size_t doubles(int T) const {
+    return static_cast<size_t>(T) * ldk + static_cast<size_t>(T) * lda + 6 * kMaxT;
+  }
+  __host__ __device__ size_t bytes(int T) const {
+    return doubles(T) * sizeof(double) + 2 * kMaxT * sizeof(int);
+  }
+};
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kWarp)
+    min_norm_kernel(const scalar_t* __restrict__ K, scalar_t* __restrict__ W, int T,
+                    int64_t max_iter, double tol) {
+  extern __shared__ double smem[];
+  const Layout L(T);
+  double* Kn = smem;                       // T × ldk, normalised Gram
+  double* A = Kn + T * L.ldk;              // T × lda, face system (compacted)
+  double* w = A + T * L.lda;               // current weights
+  double* g = w + kMaxT;                   // Kn w
+  double* mv = g + kMaxT;                  // candidate (moved) weights
+  double* gm = mv + kMaxT;                 // Kn mv
+  double* z = gm + kMaxT;                  // face solution (compacted)
+  double* y = z + kMaxT;                   // affine min-norm point of the face
+  int* idx = reinterpret_cast<int*>(y + kMaxT);  // support position -> task
+  int* pos = idx + kMaxT;                  // task -> support position
+
+  const int lane = threadIdx.x;
+  const int64_t b = blockIdx.x;
+  const scalar_t* Kb = K + b * T * T;
+
+  // 1. Normalise by max_i K_ii (when positive) so everything below is scale-free.
+  double dmax = -INFINITY;
+  for (int i = lane; i < T; i += kWarp) dmax = fmax(dmax, static_cast<double>(Kb[i * T + i]));
+  dmax = warp_max(dmax);
+  const double scale = dmax > 0.0 ? dmax : 1.0;
+  for (int q = lane; q < T * T; q += kWarp) {
+    Kn[(q / T) * L.ldk + (q % T)] = static_cast<double>(Kb[q]) / scale;
+  }
+  __syncwarp();
+
+  // 2. Start at the vertex with the smallest diagonal entry.
+  double dmin = INFINITY;
+  int imin = T;
+  for (int i = lane; i < T; i += kWarp) {
+    const double d = Kn[i * L.ldk + i];
+    if (d < dmin || (d == dmin && i < imin)) {
+      dmin = d;
+      imin = i;
+    }
+  }
+  warp_argmin(dmin, imin);
+  if (imin >= T) imin = 0;  // all-NaN diagonal: any vertex is as good
+  for (int i = lane; i < T; i += kWarp) w[i] = i == imin ? 1.0 : 0.0;
+  __syncwarp();
+  matvec(Kn, L.ldk, w, g, T, lane);
+
+  for (int64_t it = 0; it < max_iter; ++it) {
+    // 3. Duality gap, Frank-Wolfe vertex s and away vertex a.
+    const double f = dot(w, g, T, lane);
+    double g_s = INFINITY, g_a = -INFINITY;
+    int s = T, a = T;
+    for (int i = lane; i < T; i += kWarp) {
+      const double gi = g[i];
+      if (gi < g_s || (gi == g_s && i < s)) {
+        g_s = gi;
+        s = i;
+      }
+      if (w[i] > 0.0 && (gi > g_a || (gi == g_a && i < a))) {
+        g_a = gi;
+        a = i;
+      }
+    }
+    warp_argmin(g_s, s);
+    warp_argmax(g_a, a);
+    if (s >= T) s = 0;
+    if (a >= T) a = s;
+    const double gap_fw = f - g_s;
+    const double gap_aw = g_a - f;
+    if (2.0 * gap_fw <= tol) break;  // converged: this problem is done
+
+    // Away-step Frank-Wolfe step with exact line search on the quadratic.
+    const bool use_fw = gap_fw >= gap_aw;
+    const double num = fmax(use_fw ? gap_fw : gap_aw, 0.0);  // −dᵀKw ≥ 0
+    const double den = use_fw ? (Kn[s * L.ldk + s] - 2.0 * g_s) + f
+                              : (f - 2.0 * g_a) + Kn[a * L.ldk + a];
+    const double w_a = w[a];
+    __syncwarp();  // every lane has read w[a], g and Kn before w is overwritten
+    // An away step from a vertex (w_a = 1) has zero gap and is never taken.
+    const double gamma_max = use_fw ? 1.0 : w_a / (w_a < 1.0 ? 1.0 - w_a : 1.0);
+    double gamma = den > 0.0 ? num / den : gamma_max;
+    gamma = gamma < gamma_max ? gamma : gamma_max;
+    if (num <= 0.0) gamma = 0.0;
+    const int v = use_fw ? s : a;
+    const double coef = use_fw ? 1.0 - gamma : 1.0 + gamma;
+    const bool drop = !use_fw && gamma >= gamma_max && gamma > 0.0;
+    double part = 0.0;
+    for (int i = lane; i < T; i += kWarp) {
+      double wi = coef * w[i];
+      if (i == v) wi = drop ? 0.0 : wi + (use_fw ? gamma : -gamma);
+      wi = fmax(wi, 0.0);
+      w[i] = wi;
+      part += wi;
+    }
+    const double wsum = warp_sum(part);
+    for (int i = lane; i < T; i += kWarp) w[i] = w[i] / wsum;
+    __syncwarp();
+    matvec(Kn, L.ldk, w, g, T, lane);  // g = Kn w for the stepped w
+    const double f_w = dot(w, g, T, lane);
+
+    // 4. Face correction toward the affine min-norm point of the support A = {w_i > 0}.
+    int n = 0;
+    for (int base = 0; base < T; base += kWarp) {
+      const int i = base + lane;
+      const bool act = i < T && w[i] > 0.0;
+      const unsigned mask = __ballot_sync(kFull, act);
+      const int p = n + __popc(mask & ((1u << lane) - 1u));
+      if (i < T) pos[i] = act ? p : -1;
+      if (act) idx[p] = i;
+      n += __popc(mask);
+    }
+    __syncwarp();
+    for (int q = lane; q < n * n; q += kWarp) {
+      const int r = q / n, c = q % n;
+      A[r * L.lda + c] = Kn[idx[r] * L.ldk + idx[c]] + (r == c ? kFaceRidge : 0.0);
+    }
+    for (int r = lane; r < n; r += kWarp) z[r] = 1.0;
+    __syncwarp();
+    bool ok = lu_solve(A, L.lda, z, n, lane);
+    double zpart = 0.0;
+    int finite = 1;
+    for (int r = lane; r < n; r += kWarp) {
+      zpart += z[r];
+      finite &= isfinite(z[r]) ? 1 : 0;
+    }
+    const double total = warp_sum(zpart);
+    ok = ok && __all_sync(kFull, finite) && isfinite(total) && total > 0.0;
+    if (!ok) continue;  // keep the Frank-Wolfe iterate (g already matches it)
+
+    // Ratio test: the largest step toward y that stays in the simplex; the blocker is dropped.
+    double r_min = INFINITY;
+    int blocker = T;
+    for (int i = lane; i < T; i += kWarp) {
+      const int p = pos[i];
+      const double yi = p >= 0 ? z[p] / total : 0.0;
+      y[i] = yi;
+      if (p >= 0 && yi < 0.0) {
+        const double ratio = w[i] / (w[i] - yi);
+        if (ratio < r_min || (ratio == r_min && i < blocker)) {
+          r_min = ratio;
+          blocker = i;
+        }
+      }
+    }
+    warp_argmin(r_min, blocker);
+    const double step = fmin(r_min, 1.0);
+    part = 0.0;
+    for (int i = lane; i < T; i += kWarp) {
+      double mi = w[i] + step * (y[i] - w[i]);
+      if (r_min <= 1.0 && i == blocker) mi = 0.0;
+      mi = fmax(mi, 0.0);
+      mv[i] = mi;
+      part += mi;
+    }
+    const double msum = warp_sum(part);
+    if (!(msum > 0.0)) continue;
+    for (int i = lane; i < T; i += kWarp) mv[i] = mv[i] / msum;
+    __syncwarp();
+    matvec(Kn, L.ldk, mv, gm, T, lane);
+    const double f_moved = dot(mv, gm, T, lane);
+    if (f_moved <= f_w) {  // monotone: accept only if the objective does not rise
+      for (int i = lane; i < T; i += kWarp) {
+        w[i] = mv[i];
+        g[i] = gm[i];
+      }
+      __syncwarp();
+    }
+  }
+
+  scalar_t* Wb = W + b * T;
+  for (int i = lane; i < T; i += kWarp) Wb[i] = static_cast<scalar_t>(w[i]);
+}
+
+// T = 64 needs ≈ 70 KB of shared memory, above the 48 KB default: opt in to the largest size
+// the kernel can ask for. An attribute of the function (not a stream operation), set once per
+// kernel and device; a repeated call from a racing thread is harmless.
+template <typename scalar_t>
+void allow_max_shared_memory(int device) {
+  constexpr int kMaxDevices = 64;
+  static bool done[kMaxDevices] = {};
+  if (device >= 0 && device < kMaxDevices && done[device]) return;
+  const int bytes = static_cast<int>(Layout(kMaxT).bytes(kMaxT));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(min_norm_kernel<scalar_t>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  if (device >= 0 && device < kMaxDevices) done[device] = true;
+}
+
+}  // namespace
+
+// K: (B, T, T) contiguous CUDA tensor, fp32 or fp64, symmetric PSD (not checked), 1 ≤ T ≤ 64.
+// max_iter ≥ 0 iterations at most; stops per problem when the duality gap ≤ tol · max_i K_ii.
+// Returns (B, T) weights on the simplex in K's dtype.
+at::Tensor min_norm(const at::Tensor& K, int64_t max_iter, double tol) {
+  CHECK_DEVICE(K);
+  CHECK_DIM(K, 3);
+  CHECK_CONTIGUOUS(K);
+  CHECK_DTYPE(K, at::kFloat, at::kDouble);
+  const int64_t B = K.size(0), T = K.size(1);
+  TORCH_CHECK(K.size(2) == T, "K must have shape (B, T, T), got ", K.sizes());
+  TORCH_CHECK(T >= 1 && T <= kMaxT, "K: the CUDA min_norm solves one problem per warp and "
+              "supports 1 ≤ T ≤ ", kMaxT, ", got T = ", T);
+  TORCH_CHECK(max_iter >= 0, "max_iter must be ≥ 0, got ", max_iter);
+  TORCH_CHECK(tol >= 0, "tol must be ≥ 0, got ", tol);
+  TORCH_CHECK(B < (int64_t{1} << 31), "K: batch of ", B, " problems is too large");
+  const c10::cuda::CUDAGuard guard(K.device());
+  at::Tensor W = at::empty({B, T}, K.options());
+  if (B == 0) return W;
+  const int Ti = static_cast<int>(T);
+  const size_t smem = Layout(Ti).bytes(Ti);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(K.scalar_type(), "mtl_fast_min_norm", [&] {
+    allow_max_shared_memory<scalar_t>(K.get_device());
+    min_norm_kernel<scalar_t><<<static_cast<unsigned>(B), kWarp, smem, stream>>>(
+        K.data_ptr<scalar_t>(), W.data_ptr<scalar_t>(), Ti, max_iter, tol);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return W;
+}
+
+}  // namespace mtl_fast
