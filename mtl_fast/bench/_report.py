@@ -157,7 +157,20 @@ def markdown(report: Report) -> str:
                 + f" | {_fmt(ovh.value) + '×' if ovh else ''} |"
             )
         notes = sorted({r.note for r in st_rows if r.note})
-        lines += [""] + [f"- {n}" for n in notes] + [""]
+        lines += [
+            "",
+            "- phases: forward; backward (every backward pass); combination (Gram + solve, or "
+            "the peer's whole aggregation); optimizer (every update; for mgda the fused "
+            "combine + Adam)",
+        ]
+        lines += [f"- {n}" for n in notes]
+        for r in st_rows:
+            if r.metric == "combination_share_of_fwd_bwd":
+                lines.append(
+                    f"- {r.shape.get('trunk')} T={r.shape.get('T')}: mgda (gram + solve + "
+                    f"combine_adam) / (forward + backward) = {_fmt(r.value)}"
+                )
+        lines.append("")
 
     if report.targets:
         lines += ["## Targets", "", "| target | measured | threshold | met |", "|---|---|---|---|"]
@@ -199,7 +212,12 @@ def write_plot(report: Report, path: Path) -> bool:
         lambda: defaultdict(list)
     )
     for r in report.rows:
-        if r.section == "op" and r.metric == "bandwidth_GBps" and "P" in r.shape:
+        if (
+            r.section == "op"
+            and r.metric == "bandwidth_GBps"
+            and "P" in r.shape
+            and "trunk" not in r.shape
+        ):
             series[r.op][(r.provider, r.shape.get("T"), r.dtype)].append((r.shape["P"], r.value))
     ops = [op for op, s in series.items() if any(len(v) >= 2 for v in s.values())]
     if not ops:
@@ -224,6 +242,7 @@ def write_plot(report: Report, path: Path) -> bool:
         if spec_bw:
             ax.axhline(spec_bw, color="r", lw=0.8, ls=":", label="spec sheet")
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
         ax.set_xlabel("P (shared parameters)")
         ax.set_ylabel("achieved GB/s")
         ax.set_title(op)

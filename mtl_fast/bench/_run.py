@@ -91,7 +91,7 @@ def default_config(device: torch.device, quick: bool) -> BenchConfig:
             copy_bytes=2**26,
         )
     grid = OpGrid(
-        Ps=(2**16, 2**20, 2**23),
+        Ps=(2**16, 2**18, 2**20, 2**22),
         Ts=(2, 8, 32),
         adam_Ts=(2, 8),
         solver=((1, 8), (1024, 2), (1024, 8), (64, 40)),
@@ -102,6 +102,7 @@ def default_config(device: torch.device, quick: bool) -> BenchConfig:
         device,
         quick,
         grid,
+        steps=2,
         timing={"warmup": 1, "min_repeat": 3, "max_repeat": 50, "min_time": 0.2},
         loop_timing=loop_timing,
     )

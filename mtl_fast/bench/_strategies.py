@@ -327,7 +327,7 @@ def run_setting(
                     "combination_share_of_fwd_bwd",
                     "fraction",
                     part / fb,
-                    note="(gram + solve + combine_adam) / (forward + backward)",
+                    note="mgda combination_share_of_fwd_bwd = (gram + solve + combine_adam) / (forward + backward)",
                 )
             )
             mgda_J = _arena_of(step)
