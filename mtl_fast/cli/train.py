@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +195,6 @@ def run(args: argparse.Namespace) -> int:
                 log=log,
                 baselines=baselines.get(seed),
             )
-            record["argv_config"] = asdict(config)
             write_run(record, out / strategy / f"seed{seed}", plots=not args.no_plots)
             records.append(record)
             line = "  ".join(f"{k}={v:.4f}" for k, v in record["test"].items())
