@@ -81,3 +81,13 @@ def test_bad_arguments_are_refused(tmp_path):
         main(
             ["train", "--strategy", "pertask", "--optimizer", "sgd", "--out", str(tmp_path), *TINY]
         )
+
+
+def test_demo_runs_three_strategies_with_baselines(tmp_path, capsys):
+    code = main(["demo", "--epochs", "1", "--n-train", "64", "--out", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for strategy in ("ls", "mgda", "pertask"):
+        assert f"| {strategy} |" in printed
+        assert (tmp_path / strategy / "seed0" / "run.json").exists()
+    assert "Δm" in printed and "lower is better" in printed

@@ -90,7 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a baselines.json written by an earlier --single-task run (for Δm without retraining)",
     )
     parser.add_argument("--backend", default=None, help="auto, reference, triton or cuda")
-    parser.add_argument("--out", type=Path, default=Path("mtl-fast-runs"), help="output folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs") / "train",
+        help="output folder (default runs/train)",
+    )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
 
