@@ -131,3 +131,15 @@ def test_targets_are_reported_not_asserted(result: tuple[dict, list[Path]]) -> N
     assert any("Python loop" in n for n in names)
     for t in data["targets"]:
         assert t["met"] in (True, False, None)
+
+
+def test_no_machine_paths_in_files(result: tuple[dict, list[Path]]) -> None:
+    _, files = result
+    home = str(Path.home())
+    repo = str(Path(__file__).resolve().parents[1])
+    for f in files:
+        if f.suffix in (".json", ".md"):
+            text = f.read_text()
+            assert repo not in text
+            if len(home) > 1:
+                assert home + "/" not in text

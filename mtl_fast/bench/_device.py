@@ -4,6 +4,8 @@ measured (a large copy) and from the spec sheet."""
 from __future__ import annotations
 
 import datetime
+import importlib
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -96,7 +98,11 @@ def git_commit() -> str | None:
 
 def _version(module: str) -> str | None:
     try:
-        mod = __import__(module)
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        mod = importlib.import_module(module)
     except ImportError:
         return None
     return str(getattr(mod, "__version__", "unknown"))

@@ -222,6 +222,8 @@ def multi_adam_case(T: int, P: int, dtype: torch.dtype, device: torch.device) ->
 
 
 def combine_adam_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCase:
+    """J in ``dtype``; the flat parameters and moments in fp32 (fp64 for fp64 J), as
+    ``combine_adam`` requires."""
     names, skipped = op_backends("combine_adam", device)
     J = synthetic_gradients(1, T, P, dtype, device)[0]
     w = torch.full((T,), 1.0 / T, device=device)
@@ -236,20 +238,20 @@ def combine_adam_case(T: int, P: int, dtype: torch.dtype, device: torch.device) 
     case.skipped = skipped
     sdt = traffic.state_dtype(dtype)
     for name in names:
-        p = torch.zeros(P, dtype=dtype, device=device)
+        p = torch.zeros(P, dtype=sdt, device=device)
         m = torch.zeros(P, dtype=sdt, device=device)
         v = torch.zeros(P, dtype=sdt, device=device)
         step = torch.zeros(1, dtype=torch.float32, device=device)
         case.providers[name] = partial(
             mtl_fast.combine_adam, J, w, p, m, v, step, lr=1e-6, backend=name
         )
-    p0 = torch.nn.Parameter(torch.zeros(P, dtype=dtype, device=device))
+    p0 = torch.nn.Parameter(torch.zeros(P, dtype=sdt, device=device))
     opt = _torch_adam([p0], device)
     wd = w.to(dtype)
     case.notes["w @ J + torch Adam"] = "fused" if opt.defaults.get("fused") else "foreach"
 
     def baseline() -> None:
-        p0.grad = wd @ J
+        p0.grad = (wd @ J).to(sdt)
         opt.step()
 
     case.providers["w @ J + torch Adam"] = baseline

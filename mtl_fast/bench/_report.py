@@ -64,8 +64,17 @@ class Report:
         }
 
 
+def scrub(text: str) -> str:
+    """Replace this machine's source-tree and home paths (they appear in some backends'
+    reasons) so result files can be shared: ``<repo>`` and ``~``."""
+    repo = str(Path(__file__).resolve().parents[2])
+    home = str(Path.home())
+    text = text.replace(repo, "<repo>")
+    return text.replace(home, "~") if len(home) > 1 else text
+
+
 def write_json(report: Report, path: Path) -> None:
-    path.write_text(json.dumps(report.to_json(), indent=1, default=_jsonable) + "\n")
+    path.write_text(scrub(json.dumps(report.to_json(), indent=1, default=_jsonable)) + "\n")
 
 
 def _jsonable(x: Any) -> Any:
@@ -194,7 +203,7 @@ def markdown(report: Report) -> str:
 
 
 def write_markdown(report: Report, path: Path) -> None:
-    path.write_text(markdown(report))
+    path.write_text(scrub(markdown(report)))
 
 
 def write_plot(report: Report, path: Path) -> bool:

@@ -46,7 +46,8 @@ def multi_adam_bytes(S: int, P: int, dtype: torch.dtype) -> int:
 
 
 def combine_adam_bytes(T: int, P: int, dtype: torch.dtype) -> int:
-    """Read J (T·P) and p, m, v; write p, m, v: (4T + 24)·P bytes for fp32."""
-    p = _size(dtype)
+    """Read J (T·P in ``dtype``) and p, m, v; write p, m, v. The parameters and moments are
+    fp32 (fp64 for fp64 J): (4T + 24)·P bytes for fp32 J, (2T + 24)·P for bf16."""
+    j = _size(dtype)
     s = _size(state_dtype(dtype))
-    return T * P * p + P * (2 * p + 4 * s)
+    return T * P * j + P * 6 * s
