@@ -218,5 +218,6 @@ def run(args: argparse.Namespace) -> int:
     write_json({"rows": rows}, out / "summary.json")
     (out / "summary.md").write_text(table + "\n\n" + (SIGN_CONVENTION + ".\n" if baselines else ""))
     (out / "summary.csv").write_text(csv_rows(rows, tasks))
-    print(f"\nwrote {out}/ (run.json and plots per run, summary.md/.csv/.json)")
+    per_run = "run.json" if args.no_plots else "run.json and plots"
+    print(f"\nwrote {out}/ ({per_run} per run, summary.md/.csv/.json)")
     return 0
