@@ -75,9 +75,12 @@ def test_train_reuses_baselines_and_is_deterministic(tmp_path):
 
 
 def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="epochs"):
+        main(["train", "--out", str(tmp_path), *TINY, "--epochs", "0"])
+    assert not (tmp_path / "ls").exists()
     with pytest.raises(SystemExit, match="unknown strategy"):
         main(["train", "--strategy", "pcgrad", "--out", str(tmp_path), *TINY])
-    with pytest.raises(ValueError, match="optimizer"):
+    with pytest.raises(SystemExit, match="optimizer"):
         main(
             ["train", "--strategy", "pertask", "--optimizer", "sgd", "--out", str(tmp_path), *TINY]
         )

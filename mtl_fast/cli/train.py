@@ -150,15 +150,29 @@ def config_from(args: argparse.Namespace, strategy: str, seed: int) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    strategies = strategies_from(args.strategy)
+    for strategy in strategies:  # refuse bad combinations before training anything
+        try:
+            config_from(args, strategy, args.seed[0]).check()
+        except ValueError as exc:
+            raise SystemExit(f"mtl-fast train: {exc}") from None
+    threads = torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args, strategies)
+    finally:
+        torch.set_num_threads(threads)  # leave the process as it was (the CLI is also a library)
+
+
+def _run(args: argparse.Namespace, strategies: list[str]) -> int:
     from tqdm.auto import tqdm
 
     from mtl_fast.data import TASKS, multi_digit
     from mtl_fast.train import SIGN_CONVENTION, train, train_baselines
     from mtl_fast.train._report import csv_rows, markdown_table, summarize, write_json, write_run
 
-    strategies = strategies_from(args.strategy)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = tqdm.write

@@ -10,7 +10,7 @@ import torch
 
 from mtl_fast._arena import TaskGradients
 from mtl_fast._multi_adam import MultiAdam
-from mtl_fast.strategies._base import Strategy, check_losses, loss_vector, raise_or_skip
+from mtl_fast.strategies._base import Strategy, check_losses, raise_or_skip
 
 Closure = Callable[[], Sequence[torch.Tensor]]
 
@@ -168,7 +168,3 @@ class SequentialStrategy(Strategy):
     def _start(self) -> None:
         self.last.skipped = []
         self.last.diagnostics = None
-
-
-def first_losses(losses: Sequence[torch.Tensor]) -> torch.Tensor:
-    return loss_vector(losses)
