@@ -1,7 +1,9 @@
-// Batched min-norm (MGDA) solve: w* = argmin_{w ∈ simplex} wᵀKw for K (B, T, T), T ≤ 64.
+// Batched min-norm (MGDA) solve: w* = argmin_{w ∈ simplex} wᵀKw for K (B, T, T).
 //
-// One warp per problem (T ≤ 64: each lane owns entries i ≡ lane mod 32), everything in shared
-// memory, all arithmetic in fp64 whatever K's dtype. The algorithm and the stopping rule are
+// One warp per problem (each lane owns the entries i ≡ lane mod 32), all arithmetic in fp64
+// whatever K's dtype. For T ≤ 64 (the common case) the problem's scratch — the normalised Gram,
+// the face system and a few vectors, ≈ 70 KB at T = 64 — lives in shared memory; larger T uses
+// the same code on a per-problem scratch buffer in global memory (slower, still correct). The algorithm and the stopping rule are
 // those of the reference (mtl_fast/reference/min_norm.py), step for step:
 //
 //   normalise K by max_i K_ii; start at the vertex with the smallest K_ii; then per iteration,
@@ -33,7 +35,8 @@ namespace mtl_fast {
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int kMaxT = 64;
+constexpr int kMaxSharedT = 64;  // largest T whose scratch fits in shared memory
+constexpr int kMaxT = 2048;       // scratch is ≈ 16·T² bytes per problem
 // Ridge added to the face system, relative to max K_ii = 1 (the reference's FACE_RIDGE).
 constexpr double kFaceRidge = 1e-12;
 constexpr unsigned kFull = 0xffffffffu;
@@ -76,13 +79,13 @@ __device__ __forceinline__ void warp_argmax(double& v, int& i) {
   }
 }
 
-// out = Kn x for the (symmetric) normalised Gram in shared memory: lane i reads column
-// entries Kn[j][i], consecutive across lanes (no bank conflicts).
+// out = Kn x for the normalised Gram in shared memory, row by row as the reference computes
+// it. Lane i reads row i: the odd leading dimension spreads the lanes over all banks.
 __device__ __forceinline__ void matvec(const double* Kn, int ld, const double* x, double* out,
                                        int T, int lane) {
   for (int i = lane; i < T; i += kWarp) {
     double s = 0.0;
-    for (int j = 0; j < T; ++j) s = fma(Kn[j * ld + i], x[j], s);
+    for (int j = 0; j < T; ++j) s = fma(Kn[i * ld + j], x[j], s);
     out[i] = s;
   }
   __syncwarp();
@@ -147,37 +150,37 @@ __device__ bool lu_solve(double* A, int lda, double* rhs, int n, int lane) {
   return true;
 }
 
-// Shared-memory layout of one problem (doubles, then ints).
+// Scratch of one problem, in doubles: Kn and the face system A (T × ld each, ld odd so that
+// lanes reading different rows hit different banks), six vectors of T doubles, then 2T ints.
 struct Layout {
-  int ldk, lda;
-  __host__ __device__ explicit Layout(int T) : ldk(T | 1), lda(T | 1) {}  // odd: no conflicts
+  int ld;
+  __host__ __device__ explicit Layout(int T) : ld(T | 1) {}
   __host__ __device__ size_t doubles(int T) const {
-    return static_cast<size_t>(T) * ldk + static_cast<size_t>(T) * lda + 6 * kMaxT;
+    return 2 * static_cast<size_t>(T) * ld + 7 * static_cast<size_t>(T);
   }
-  __host__ __device__ size_t bytes(int T) const {
-    return doubles(T) * sizeof(double) + 2 * kMaxT * sizeof(int);
-  }
+  __host__ __device__ size_t bytes(int T) const { return doubles(T) * sizeof(double); }
 };
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kWarp)
-    min_norm_kernel(const scalar_t* __restrict__ K, scalar_t* __restrict__ W, int T,
-                    int64_t max_iter, double tol) {
+    min_norm_kernel(const scalar_t* __restrict__ K, scalar_t* __restrict__ W,
+                    double* __restrict__ scratch, int T, int64_t max_iter, double tol) {
   extern __shared__ double smem[];
   const Layout L(T);
-  double* Kn = smem;                       // T × ldk, normalised Gram
-  double* A = Kn + T * L.ldk;              // T × lda, face system (compacted)
-  double* w = A + T * L.lda;               // current weights
-  double* g = w + kMaxT;                   // Kn w
-  double* mv = g + kMaxT;                  // candidate (moved) weights
-  double* gm = mv + kMaxT;                 // Kn mv
-  double* z = gm + kMaxT;                  // face solution (compacted)
-  double* y = z + kMaxT;                   // affine min-norm point of the face
-  int* idx = reinterpret_cast<int*>(y + kMaxT);  // support position -> task
-  int* pos = idx + kMaxT;                  // task -> support position
+  const int64_t b = blockIdx.x;
+  // scratch == nullptr: this problem's scratch is the block's shared memory.
+  double* Kn = scratch != nullptr ? scratch + b * L.doubles(T) : smem;  // T × ld, normalised K
+  double* A = Kn + static_cast<size_t>(T) * L.ld;  // T × ld, face system (compacted)
+  double* w = A + static_cast<size_t>(T) * L.ld;   // current weights
+  double* g = w + T;                               // Kn w
+  double* mv = g + T;                              // candidate (moved) weights
+  double* gm = mv + T;                             // Kn mv
+  double* z = gm + T;                              // face solution (compacted)
+  double* y = z + T;                               // affine min-norm point of the face
+  int* idx = reinterpret_cast<int*>(y + T);        // support position -> task
+  int* pos = idx + T;                              // task -> support position
 
   const int lane = threadIdx.x;
-  const int64_t b = blockIdx.x;
   const scalar_t* Kb = K + b * T * T;
 
   // 1. Normalise by max_i K_ii (when positive) so everything below is scale-free.
@@ -186,7 +189,7 @@ __global__ void __launch_bounds__(kWarp)
   dmax = warp_max(dmax);
   const double scale = dmax > 0.0 ? dmax : 1.0;
   for (int q = lane; q < T * T; q += kWarp) {
-    Kn[(q / T) * L.ldk + (q % T)] = static_cast<double>(Kb[q]) / scale;
+    Kn[(q / T) * L.ld + (q % T)] = static_cast<double>(Kb[q]) / scale;
   }
   __syncwarp();
 
@@ -194,7 +197,7 @@ __global__ void __launch_bounds__(kWarp)
   double dmin = INFINITY;
   int imin = T;
   for (int i = lane; i < T; i += kWarp) {
-    const double d = Kn[i * L.ldk + i];
+    const double d = Kn[i * L.ld + i];
     if (d < dmin || (d == dmin && i < imin)) {
       dmin = d;
       imin = i;
@@ -204,7 +207,7 @@ __global__ void __launch_bounds__(kWarp)
   if (imin >= T) imin = 0;  // all-NaN diagonal: any vertex is as good
   for (int i = lane; i < T; i += kWarp) w[i] = i == imin ? 1.0 : 0.0;
   __syncwarp();
-  matvec(Kn, L.ldk, w, g, T, lane);
+  matvec(Kn, L.ld, w, g, T, lane);
 
   for (int64_t it = 0; it < max_iter; ++it) {
     // 3. Duality gap, Frank-Wolfe vertex s and away vertex a.
@@ -233,8 +236,8 @@ __global__ void __launch_bounds__(kWarp)
     // Away-step Frank-Wolfe step with exact line search on the quadratic.
     const bool use_fw = gap_fw >= gap_aw;
     const double num = fmax(use_fw ? gap_fw : gap_aw, 0.0);  // −dᵀKw ≥ 0
-    const double den = use_fw ? (Kn[s * L.ldk + s] - 2.0 * g_s) + f
-                              : (f - 2.0 * g_a) + Kn[a * L.ldk + a];
+    const double den = use_fw ? (Kn[s * L.ld + s] - 2.0 * g_s) + f
+                              : (f - 2.0 * g_a) + Kn[a * L.ld + a];
     const double w_a = w[a];
     __syncwarp();  // every lane has read w[a], g and Kn before w is overwritten
     // An away step from a vertex (w_a = 1) has zero gap and is never taken.
@@ -256,7 +259,7 @@ __global__ void __launch_bounds__(kWarp)
     const double wsum = warp_sum(part);
     for (int i = lane; i < T; i += kWarp) w[i] = w[i] / wsum;
     __syncwarp();
-    matvec(Kn, L.ldk, w, g, T, lane);  // g = Kn w for the stepped w
+    matvec(Kn, L.ld, w, g, T, lane);  // g = Kn w for the stepped w
     const double f_w = dot(w, g, T, lane);
 
     // 4. Face correction toward the affine min-norm point of the support A = {w_i > 0}.
@@ -273,11 +276,11 @@ __global__ void __launch_bounds__(kWarp)
     __syncwarp();
     for (int q = lane; q < n * n; q += kWarp) {
       const int r = q / n, c = q % n;
-      A[r * L.lda + c] = Kn[idx[r] * L.ldk + idx[c]] + (r == c ? kFaceRidge : 0.0);
+      A[r * L.ld + c] = Kn[idx[r] * L.ld + idx[c]] + (r == c ? kFaceRidge : 0.0);
     }
     for (int r = lane; r < n; r += kWarp) z[r] = 1.0;
     __syncwarp();
-    bool ok = lu_solve(A, L.lda, z, n, lane);
+    bool ok = lu_solve(A, L.ld, z, n, lane);
     double zpart = 0.0;
     int finite = 1;
     for (int r = lane; r < n; r += kWarp) {
@@ -317,7 +320,7 @@ __global__ void __launch_bounds__(kWarp)
     if (!(msum > 0.0)) continue;
     for (int i = lane; i < T; i += kWarp) mv[i] = mv[i] / msum;
     __syncwarp();
-    matvec(Kn, L.ldk, mv, gm, T, lane);
+    matvec(Kn, L.ld, mv, gm, T, lane);
     const double f_moved = dot(mv, gm, T, lane);
     if (f_moved <= f_w) {  // monotone: accept only if the objective does not rise
       for (int i = lane; i < T; i += kWarp) {
@@ -340,7 +343,7 @@ void allow_max_shared_memory(int device) {
   constexpr int kMaxDevices = 64;
   static bool done[kMaxDevices] = {};
   if (device >= 0 && device < kMaxDevices && done[device]) return;
-  const int bytes = static_cast<int>(Layout(kMaxT).bytes(kMaxT));
+  const int bytes = static_cast<int>(Layout(kMaxSharedT).bytes(kMaxSharedT));
   C10_CUDA_CHECK(cudaFuncSetAttribute(min_norm_kernel<scalar_t>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   if (device >= 0 && device < kMaxDevices) done[device] = true;
@@ -348,7 +351,7 @@ void allow_max_shared_memory(int device) {
 
 }  // namespace
 
-// K: (B, T, T) contiguous CUDA tensor, fp32 or fp64, symmetric PSD (not checked), 1 ≤ T ≤ 64.
+// K: (B, T, T) contiguous CUDA tensor, fp32 or fp64, symmetric PSD (not checked), 1 ≤ T ≤ 2048.
 // max_iter ≥ 0 iterations at most; stops per problem when the duality gap ≤ tol · max_i K_ii.
 // Returns (B, T) weights on the simplex in K's dtype.
 at::Tensor min_norm(const at::Tensor& K, int64_t max_iter, double tol) {
@@ -358,8 +361,8 @@ at::Tensor min_norm(const at::Tensor& K, int64_t max_iter, double tol) {
   CHECK_DTYPE(K, at::kFloat, at::kDouble);
   const int64_t B = K.size(0), T = K.size(1);
   TORCH_CHECK(K.size(2) == T, "K must have shape (B, T, T), got ", K.sizes());
-  TORCH_CHECK(T >= 1 && T <= kMaxT, "K: the CUDA min_norm solves one problem per warp and "
-              "supports 1 ≤ T ≤ ", kMaxT, ", got T = ", T);
+  TORCH_CHECK(T >= 1 && T <= kMaxT, "K: the CUDA min_norm supports 1 ≤ T ≤ ", kMaxT,
+              " (its per-problem scratch grows as T²), got T = ", T);
   TORCH_CHECK(max_iter >= 0, "max_iter must be ≥ 0, got ", max_iter);
   TORCH_CHECK(tol >= 0, "tol must be ≥ 0, got ", tol);
   TORCH_CHECK(B < (int64_t{1} << 31), "K: batch of ", B, " problems is too large");
@@ -367,12 +370,19 @@ at::Tensor min_norm(const at::Tensor& K, int64_t max_iter, double tol) {
   at::Tensor W = at::empty({B, T}, K.options());
   if (B == 0) return W;
   const int Ti = static_cast<int>(T);
-  const size_t smem = Layout(Ti).bytes(Ti);
+  const bool shared = Ti <= kMaxSharedT;
+  const size_t smem = shared ? Layout(Ti).bytes(Ti) : 0;
+  at::Tensor scratch;
+  if (!shared) {
+    scratch = at::empty({B * static_cast<int64_t>(Layout(Ti).doubles(Ti))},
+                        K.options().dtype(at::kDouble));
+  }
+  double* scratch_ptr = shared ? nullptr : scratch.data_ptr<double>();
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(K.scalar_type(), "mtl_fast_min_norm", [&] {
     allow_max_shared_memory<scalar_t>(K.get_device());
     min_norm_kernel<scalar_t><<<static_cast<unsigned>(B), kWarp, smem, stream>>>(
-        K.data_ptr<scalar_t>(), W.data_ptr<scalar_t>(), Ti, max_iter, tol);
+        K.data_ptr<scalar_t>(), W.data_ptr<scalar_t>(), scratch_ptr, Ti, max_iter, tol);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return W;

@@ -52,7 +52,7 @@ def test_import_and_backends_never_build(tmp_path: Path) -> None:
     before, after, available, seconds = first[0], first[1], first[2], float(first[3])
     assert after == before, "importing mtl_fast.cuda or asking for backends() loaded the compiler"
     assert not build_dir.exists(), "asking for backends() created a build directory"
-    assert seconds < 30
+    assert seconds < 60  # a build takes minutes
     if available == "False":
         assert reason and reason != "None"
         if _build._prebuilt() is None:
@@ -80,11 +80,11 @@ def test_explicit_cuda_on_cpu_tensors_raises_with_reason() -> None:
     assert torch.allclose(mtl_fast.gram(J, backend="auto"), K, rtol=1e-5, atol=1e-5)
 
 
-def test_min_norm_rejects_more_than_64_tasks_by_name() -> None:
+def test_min_norm_rejects_too_many_tasks_by_name() -> None:
     import mtl_fast.cuda as cuda
 
-    K = torch.eye(65).unsqueeze(0)
-    with pytest.raises(ValueError, match=r"T ≤ 64.*T = 65"):
+    K = torch.empty(1, 2049, 2049)
+    with pytest.raises(ValueError, match=r"T ≤ 2048.*T = 2049"):
         cuda.min_norm(K, max_iter=10, tol=1e-6, sync_free=True)
 
 

@@ -134,7 +134,7 @@ def _objective(w: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("T", [2, 3, 5, 8, 17, 31, 32, 33, 40, 63, 64])
+@pytest.mark.parametrize("T", [2, 3, 5, 8, 17, 31, 32, 33, 40, 63, 64, 65, 100, 130])
 def test_min_norm_reaches_the_reference_optimum(T: int, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(T)
     samples = verify.gram_samples(T, gen)
@@ -163,8 +163,9 @@ def test_min_norm_kkt_and_stopping_rule() -> None:
     scale = K.diagonal(dim1=-2, dim2=-1).amax(-1)
     gap = 2 * (f - g.min(-1).values) / scale
     assert gap.max().item() <= tol * 1.01  # the kernel stops only once the gap is below tol
-    # KKT: on the support, (Kw)_i is within the gap of the minimum.
-    support = w > 1e-9
+    # KKT: Σ_i w_i ((Kw)_i − min_j (Kw)_j) = f − min_j (Kw)_j = gap / 2, so every task with
+    # w_i ≥ 1e-3 has (Kw)_i within gap / 2e-3 ≤ 5e-7 (relative) of the minimum.
+    support = w >= 1e-3
     spread = torch.where(support, g - g.min(-1, keepdim=True).values, 0.0) / scale[:, None]
     assert spread.max().item() <= 1e-6
 
@@ -179,7 +180,11 @@ def test_min_norm_is_scale_invariant(scale: float) -> None:
     assert torch.isfinite(ws).all()
     assert torch.allclose(ws.sum(-1), torch.ones(4, dtype=torch.float64, device="cuda"))
     if scale > 0:
-        assert torch.allclose(ws, w1, atol=1e-6)
+        # Same optimum (objective within the tolerance); weights agree up to flat directions.
+        f1 = _objective(w1.cpu(), K) / K.diagonal(dim1=-2, dim2=-1).amax(-1)
+        fs = _objective(ws.cpu(), K) / K.diagonal(dim1=-2, dim2=-1).amax(-1)
+        assert (fs - f1).abs().max().item() <= 1e-9
+        assert torch.allclose(ws, w1, atol=1e-4)
 
 
 def test_min_norm_degenerate_grams() -> None:

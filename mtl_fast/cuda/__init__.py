@@ -22,8 +22,9 @@ import torch
 from mtl_fast.cuda import _build
 
 OPS = frozenset({"gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam"})
-# One warp per problem, two entries of w per lane (csrc/min_norm.cu).
-MAX_MIN_NORM_TASKS = 64
+# One warp per problem; scratch in shared memory up to T = 64, in global memory (≈ 16·T² bytes
+# per problem) beyond, up to this bound (csrc/min_norm.cu).
+MAX_MIN_NORM_TASKS = 2048
 
 __all__ = [
     "MAX_MIN_NORM_TASKS",
@@ -53,7 +54,11 @@ def unavailable_reason() -> str | None:
         return str(exc)
     except (RuntimeError, OSError) as exc:  # a failed compile: say so, keep the rest working
         first = str(exc).strip().splitlines()[:1]
-        return f"the just-in-time CUDA build failed: {first[0] if first else type(exc).__name__}"
+        head = first[0] if first else type(exc).__name__
+        return (
+            f"the just-in-time CUDA build failed: {head} (run `python -m mtl_fast.cuda "
+            "--verbose` to see the compiler output)"
+        )
     if not torch.cuda.is_available():
         return f"no CUDA device is visible (the extension is built: {path})"
     return None
@@ -98,7 +103,7 @@ def gram_list(grads: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def min_norm(K: torch.Tensor, *, max_iter: int, tol: float, sync_free: bool) -> torch.Tensor:
-    """Min-norm weights on the simplex for K (B, T, T) fp32/fp64 with T ≤ 64 -> (B, T).
+    """Min-norm weights on the simplex for K (B, T, T) fp32/fp64, T ≤ 2048 -> (B, T).
 
     The kernel never reads a value back to the host, whatever ``sync_free`` says: each warp
     stops on its own once its problem has converged (or after ``max_iter`` iterations).
@@ -106,8 +111,8 @@ def min_norm(K: torch.Tensor, *, max_iter: int, tol: float, sync_free: bool) -> 
     T = K.shape[-1]
     if T > MAX_MIN_NORM_TASKS:
         raise ValueError(
-            f"backend='cuda' min_norm supports T ≤ {MAX_MIN_NORM_TASKS} tasks (one warp per "
-            f"problem), got K with T = {T}; use backend='triton' or 'reference'"
+            f"backend='cuda' min_norm supports T ≤ {MAX_MIN_NORM_TASKS} tasks (its scratch grows "
+            f"as T²), got K with T = {T}; use backend='triton' or 'reference'"
         )
     out: torch.Tensor = torch.ops.mtl_fast_cuda.min_norm(K.contiguous(), max_iter, float(tol))
     return out
