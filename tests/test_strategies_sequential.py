@@ -334,3 +334,56 @@ def test_resume_from_state_dict_matches_uninterrupted_run(kind):
         assert torch.equal(s2.affinity, strat.affinity)
     if strat.path_length is not None:
         assert s2.path_length == pytest.approx(strat.path_length, rel=0, abs=0)
+
+
+@pytest.mark.parametrize("group_size, extra", [(1, 0), (2, 1)])
+def test_diagnostics_cost_no_extra_forward_for_per_task_steps(group_size, extra):
+    model = Tiny(T)
+    x, y = batches(T, 1)[0]
+    calls = []
+
+    def closure():
+        calls.append(1)
+        return model.losses(x, y)[0]
+
+    pt = PerTaskUpdates(
+        model.trunk.parameters(),
+        model.heads.parameters(),
+        num_tasks=T,
+        group_size=group_size,
+        diagnostics_every=1,
+    )
+    pt.step(closure)
+    assert len(calls) == T // group_size + extra
+    d = pt.last.diagnostics
+    assert d is not None and d.cosine.shape == (T, T) and d.sign_conflict is not None
+    torch.testing.assert_close(d.cosine.diagonal(), torch.ones(T))
+
+
+def test_stgu_skipped_step_changes_nothing_and_is_not_credited():
+    model = Tiny(2)
+    x, y = batches(2, 1)[0]
+
+    def closure():
+        losses, _ = model.losses(x, y)
+        return [losses[0] * float("nan"), losses[1]]
+
+    stgu = SelectiveTaskGroupUpdates(
+        model.trunk.parameters(), model.heads.parameters(), num_tasks=2, on_nonfinite="skip"
+    )
+    before = [p.detach().clone() for p in model.heads[0].parameters()]
+    stgu.step(closure)
+    assert stgu.last.skipped == [0]
+    assert stgu.optimizer.state_steps().tolist() == [0.0, 1.0]
+    for p, b in zip(model.heads[0].parameters(), before):
+        assert torch.equal(p.detach(), b)
+    assert bool(torch.isfinite(stgu.affinity).all())
+    assert float(stgu.affinity[0].abs().sum()) == 0.0  # the refused step was credited nothing
+
+
+def test_loss_ratios_guard_zero_and_nonfinite():
+    from mtl_fast.strategies import loss_ratios
+
+    prev = torch.tensor([2.0, 0.0, float("nan"), 1.0, 4.0])
+    cur = torch.tensor([1.0, 1.0, 1.0, float("inf"), 5.0])
+    torch.testing.assert_close(loss_ratios(prev, cur), torch.tensor([0.5, 0.0, 0.0, 0.0, -0.25]))

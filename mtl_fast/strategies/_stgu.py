@@ -16,9 +16,11 @@ CREDITING = ("corrected", "reference")
 
 
 def loss_ratios(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-    """r_t = 1 − L_t / L_t^prev (the relative decrease), 0 where L_t^prev = 0; on the device."""
-    safe = torch.where(previous != 0, previous, torch.ones_like(previous))
-    return torch.where(previous != 0, 1 - current / safe, torch.zeros_like(current))
+    """r_t = 1 − L_t / L_t^prev (the relative decrease), on the device; 0 where L_t^prev = 0 or
+    either loss is not finite (no information about the step)."""
+    ok = (previous != 0) & torch.isfinite(previous) & torch.isfinite(current)
+    safe = torch.where(ok, previous, torch.ones_like(previous))
+    return torch.where(ok, 1 - torch.where(ok, current, safe) / safe, torch.zeros_like(current))
 
 
 def affinity_update(
@@ -119,7 +121,8 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
     last group's effect with one extra forward pass (under ``torch.no_grad``) at the end of the
     iteration. ``crediting="reference"`` reproduces the official code's off-by-one: the ratio
     is credited to group j+1 (the group about to step), the first group of an iteration gets
-    no credit and the last group's effect is never measured.
+    no credit and the last group's effect is never measured. A ratio caused by a step that was
+    refused for NaN/Inf gradients (``on_nonfinite="skip"``) is not credited.
 
     Optimizer states: one Adam state per task for the shared parameters
     (:class:`~mtl_fast.MultiAdam`); a group's gradient is fed to each member's state and the
@@ -223,18 +226,18 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
             self._extra_diagnostics(closure)
         first: torch.Tensor | None = None
         previous: torch.Tensor | None = None
+        stepped = False  # whether the previous group's step was taken (not refused)
         for j, g in enumerate(order):
             losses = self._forward(closure)
             current = loss_vector(losses)
             if previous is None:
                 first = current
-            else:
-                self._credit(
-                    previous, current, order[j - 1 if self.crediting == "corrected" else j]
-                )
-            self._group_step(losses, g, g, [1.0 / len(g)] * len(g))
+            elif stepped:  # a refused step changed nothing: there is nothing to credit
+                credited = order[j - 1 if self.crediting == "corrected" else j]
+                self._credit(previous, current, credited)
+            stepped = self._group_step(losses, g, g, [1.0 / len(g)] * len(g))
             previous = current
-        if self.crediting == "corrected":
+        if self.crediting == "corrected" and stepped:
             assert previous is not None
             with torch.no_grad():
                 after = loss_vector(list(closure()))
