@@ -128,6 +128,8 @@ def markdown(report: Report) -> str:
             "cores (other processes make CPU timings noisier)"
         )
     lines.append(f"- command: `{m.get('command')}`")
+    if m.get("warning"):
+        lines.append(f"- **warning**: {m['warning']}")
     lines.append("")
 
     op_rows = [r for r in report.rows if r.section == "op"]

@@ -195,6 +195,15 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
     meta["spec_bandwidth_GBps"] = None if spec is None else spec / 1e9
     meta["timing"] = {"ops": config.timing, "python_loop": config.loop_timing}
     print(f"device {meta['device']}: copy {meta['copy_bandwidth_GBps']:.1f} GB/s", file=log)
+    load, cores = meta.get("load_average_1m"), meta.get("cpu_count")
+    if load is not None and cores and torch.get_num_threads() > 1 and load > cores - 0.5:
+        # Measured on a 2-core machine at load 6: a 65k-element Gram took 25 ms with 2 OpenMP
+        # threads (they wait for each other's time slices) and 0.04 ms with 1.
+        meta["warning"] = (
+            f"load average {load:.1f} on {cores} cores with {torch.get_num_threads()} torch "
+            "threads: OpenMP threads stall each other; --threads 1 gives steadier numbers"
+        )
+        print("warning: " + meta["warning"], file=log)
     report = Report(meta)
     for build in op_cases(config.grid, dev, set(config.ops)):
         case = build()
