@@ -20,6 +20,7 @@ extern "C" PyObject* PyInit__C(void) {
 TORCH_LIBRARY(mtl_fast_cuda, m) {
   m.def("gram(Tensor J) -> Tensor");
   m.def("gram_list(Tensor[] grads) -> Tensor");
+  m.def("sign_conflict(Tensor J) -> Tensor");
   m.def("min_norm(Tensor K, int max_iter, float tol) -> Tensor");
   m.def("combine(Tensor J, Tensor w) -> Tensor");
   m.def(
@@ -37,6 +38,7 @@ TORCH_LIBRARY(mtl_fast_cuda, m) {
 TORCH_LIBRARY_IMPL(mtl_fast_cuda, CUDA, m) {
   m.impl("gram", &mtl_fast::gram);
   m.impl("gram_list", &mtl_fast::gram_list);  // dispatched on the tensors inside the list
+  m.impl("sign_conflict", &mtl_fast::sign_conflict);
   m.impl("min_norm", &mtl_fast::min_norm);
   m.impl("combine", &mtl_fast::combine);
   m.impl("multi_adam", &mtl_fast::multi_adam);

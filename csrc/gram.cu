@@ -1,4 +1,5 @@
-// Gram matrix K = J Jᵀ of per-task gradients, batched: J (B, T, P) -> K (B, T, T).
+// Gram matrix K = J Jᵀ of per-task gradients, batched: J (B, T, P) -> K (B, T, T); and, with the
+// same tiling, the sign-conflict fractions C_ij = |{p : sign(J_ip) sign(J_jp) < 0}| / P.
 //
 // Accumulation is fp32 for fp16/bf16/fp32 input and fp64 for fp64 input (SPEC.md). The P axis
 // is split into chunks; each block computes one TT×TT tile of K (only tiles on or above the
@@ -31,8 +32,39 @@ constexpr int kTileP = 32;
 // Upper bound on the number of P-chunks (bounds the workspace).
 constexpr int64_t kMaxChunks = 1024;
 
+// A sign-conflict chunk counts in fp32, exact while the count stays below 2^24.
+constexpr int64_t kMaxSignChunk = (int64_t{1} << 24) - 1024;
+
 template <typename scalar_t>
 using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// What the tile product accumulates: J's entries (Gram, in the accumulation dtype) or their
+// signs (sign conflicts, counted in fp32).
+template <typename scalar_t, bool kSign>
+using tile_type_t = std::conditional_t<kSign, float, acc_type_t<scalar_t>>;
+
+// One staged entry: the value, or its sign in {−1, 0, 1} taken in J's own precision (a tiny
+// fp64 value keeps its sign); NaN stays NaN, as torch.sign does.
+template <typename scalar_t, bool kSign>
+__device__ __forceinline__ tile_type_t<scalar_t, kSign> stage(scalar_t x) {
+  if constexpr (kSign) {
+    const acc_type_t<scalar_t> v = static_cast<acc_type_t<scalar_t>>(x);
+    return v > 0 ? 1.0f : (v < 0 ? -1.0f : (v == 0 ? 0.0f : static_cast<float>(v)));
+  } else {
+    return static_cast<acc_type_t<scalar_t>>(x);
+  }
+}
+
+// acc += a·b (Gram) or acc += [a·b < 0] (sign conflicts; NaN propagates).
+template <bool kSign, typename T>
+__device__ __forceinline__ T accumulate_product(T a, T b, T acc) {
+  if constexpr (kSign) {
+    const T prod = a * b;
+    return acc + (prod < T(0) ? T(1) : (prod == prod ? T(0) : prod));
+  } else {
+    return fma(a, b, acc);
+  }
+}
 
 // Upper-triangle tile pair index -> (ti, tj), ti ≤ tj, for num_tiles tiles per side.
 __device__ __forceinline__ void decode_pair(int pair, int num_tiles, int& ti, int& tj) {
@@ -51,11 +83,12 @@ __host__ __device__ __forceinline__ int encode_pair(int ti, int tj, int num_tile
 // One block: the TT×TT tile (ti, tj) of K[b] summed over P-chunk `blockIdx.y`. Each of the
 // (TT/MT)² threads owns an MT×MT micro-tile in registers. Grid: x = b · num_pairs + pair,
 // y = chunk. partial: (num_chunks, B · num_pairs, TT, TT).
-template <typename scalar_t, int TT, int MT>
+template <typename scalar_t, int TT, int MT, bool kSign>
 __global__ void __launch_bounds__((TT / MT) * (TT / MT))
-    gram_partial_kernel(const scalar_t* __restrict__ J, acc_type_t<scalar_t>* __restrict__ partial,
-                        int64_t T, int64_t P, int64_t chunk_len, int num_tiles, int num_pairs) {
-  using acc_t = acc_type_t<scalar_t>;
+    gram_partial_kernel(const scalar_t* __restrict__ J,
+                        tile_type_t<scalar_t, kSign>* __restrict__ partial, int64_t T, int64_t P,
+                        int64_t chunk_len, int num_tiles, int num_pairs) {
+  using acc_t = tile_type_t<scalar_t, kSign>;
   constexpr int D = TT / MT;
   constexpr int NT = D * D;
   // +1 padding: the transposed store below would otherwise hit one bank per warp.
@@ -91,10 +124,10 @@ __global__ void __launch_bounds__((TT / MT) * (TT / MT))
       const int64_t p = p0 + c;
       const bool in_p = p < p_end;
       const int64_t ra = row_a0 + r;
-      As[c][r] = (in_p && ra < T) ? static_cast<acc_t>(Jb[ra * P + p]) : acc_t(0);
+      As[c][r] = (in_p && ra < T) ? stage<scalar_t, kSign>(Jb[ra * P + p]) : acc_t(0);
       if (!diag) {
         const int64_t rb = row_b0 + r;
-        Bs[c][r] = (in_p && rb < T) ? static_cast<acc_t>(Jb[rb * P + p]) : acc_t(0);
+        Bs[c][r] = (in_p && rb < T) ? stage<scalar_t, kSign>(Jb[rb * P + p]) : acc_t(0);
       }
     }
     __syncthreads();
@@ -110,7 +143,7 @@ __global__ void __launch_bounds__((TT / MT) * (TT / MT))
 #pragma unroll
       for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int j = 0; j < MT; ++j) acc[i][j] = fma(a[i], c[j], acc[i][j]);
+        for (int j = 0; j < MT; ++j) acc[i][j] = accumulate_product<kSign>(a[i], c[j], acc[i][j]);
     }
     __syncthreads();
   }
@@ -122,12 +155,13 @@ __global__ void __launch_bounds__((TT / MT) * (TT / MT))
     for (int j = 0; j < MT; ++j) out[(ty * MT + i) * TT + tx * MT + j] = acc[i][j];
 }
 
-// K[b, i, j] (+)= Σ_chunks partial[chunk, b, tile(min, max)] in chunk order; the value for
-// (i, j) and (j, i) is the same sum in the same order, so K comes out exactly symmetric.
-template <typename acc_t, int TT>
-__global__ void gram_reduce_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ K,
+// K[b, i, j] (+)= Σ_chunks partial[chunk, b, tile(min, max)] in chunk order (then / divisor
+// when divisor > 0); the value for (i, j) and (j, i) is the same sum in the same order, so K
+// comes out exactly symmetric.
+template <typename part_t, typename out_t, int TT>
+__global__ void gram_reduce_kernel(const part_t* __restrict__ partial, out_t* __restrict__ K,
                                    int64_t B, int64_t T, int num_chunks, int num_tiles,
-                                   int num_pairs, bool accumulate) {
+                                   int num_pairs, bool accumulate, double divisor) {
   const int64_t total = B * T * T;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < total;
@@ -146,9 +180,11 @@ __global__ void gram_reduce_kernel(const acc_t* __restrict__ partial, acc_t* __r
     const int64_t slot = b * num_pairs + encode_pair(ti, tj, num_tiles);
     const int64_t off = (i % TT) * TT + (j % TT);
     const int64_t chunk_stride = B * num_pairs * TT * TT;
-    acc_t s = accumulate ? K[q] : acc_t(0);
-    for (int c = 0; c < num_chunks; ++c) s += partial[c * chunk_stride + slot * TT * TT + off];
-    K[q] = s;
+    out_t s = accumulate ? K[q] : out_t(0);
+    for (int c = 0; c < num_chunks; ++c) {
+      s += static_cast<out_t>(partial[c * chunk_stride + slot * TT * TT + off]);
+    }
+    K[q] = divisor > 0 ? static_cast<out_t>(s / divisor) : s;
   }
 }
 
@@ -160,9 +196,11 @@ int multiprocessor_count() {
   return sms > 0 ? sms : 1;
 }
 
-template <typename scalar_t, int TT, int MT>
+// K: (B, T, T), the accumulation dtype (Gram) or fp64 (sign conflicts, divided by P).
+template <typename scalar_t, int TT, int MT, bool kSign>
 void launch_gram_tiles(const at::Tensor& J, at::Tensor& K, bool accumulate) {
-  using acc_t = acc_type_t<scalar_t>;
+  using part_t = tile_type_t<scalar_t, kSign>;
+  using out_t = std::conditional_t<kSign, double, acc_type_t<scalar_t>>;
   const int64_t B = J.size(0), T = J.size(1), P = J.size(2);
   const int num_tiles = static_cast<int>(ceil_div(T, TT));
   const int num_pairs = num_tiles * (num_tiles + 1) / 2;
@@ -175,23 +213,26 @@ void launch_gram_tiles(const at::Tensor& J, at::Tensor& K, bool accumulate) {
   const int64_t p_tiles = ceil_div(P, kTileP);
   int64_t chunks = std::max<int64_t>(1, ceil_div(target_blocks, slots));
   chunks = std::min({chunks, kMaxChunks, std::max<int64_t>(1, p_tiles / 8)});
+  if (kSign) chunks = std::max(chunks, ceil_div(P, kMaxSignChunk));  // exact fp32 counts
   const int64_t chunk_len = ceil_div(p_tiles, chunks) * kTileP;
   chunks = ceil_div(P, chunk_len);
+  TORCH_CHECK(chunks <= 65535, "J: P = ", P, " needs more than 65535 chunks");
 
-  at::Tensor partial = at::empty({chunks, slots, TT, TT}, J.options().dtype(K.scalar_type()));
+  const auto part_dtype = kSign ? at::kFloat : K.scalar_type();
+  at::Tensor partial = at::empty({chunks, slots, TT, TT}, J.options().dtype(part_dtype));
   auto stream = c10::cuda::getCurrentCUDAStream();
   constexpr int threads = (TT / MT) * (TT / MT);
   dim3 grid(static_cast<unsigned>(slots), static_cast<unsigned>(chunks));
-  gram_partial_kernel<scalar_t, TT, MT><<<grid, threads, 0, stream>>>(
-      J.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), T, P, chunk_len, num_tiles, num_pairs);
+  gram_partial_kernel<scalar_t, TT, MT, kSign><<<grid, threads, 0, stream>>>(
+      J.data_ptr<scalar_t>(), partial.data_ptr<part_t>(), T, P, chunk_len, num_tiles, num_pairs);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   const int64_t total = B * T * T;
   const int reduce_threads = 256;
   const int reduce_blocks = static_cast<int>(std::min<int64_t>(ceil_div(total, reduce_threads), 65535));
-  gram_reduce_kernel<acc_t, TT><<<reduce_blocks, reduce_threads, 0, stream>>>(
-      partial.data_ptr<acc_t>(), K.data_ptr<acc_t>(), B, T, static_cast<int>(chunks), num_tiles,
-      num_pairs, accumulate);
+  gram_reduce_kernel<part_t, out_t, TT><<<reduce_blocks, reduce_threads, 0, stream>>>(
+      partial.data_ptr<part_t>(), K.data_ptr<out_t>(), B, T, static_cast<int>(chunks), num_tiles,
+      num_pairs, accumulate, kSign ? static_cast<double>(P) : 0.0);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -200,11 +241,11 @@ void gram_into(const at::Tensor& J, at::Tensor& K, bool accumulate) {
   const int64_t T = J.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, J.scalar_type(), "mtl_fast_gram", [&] {
     if (T <= 16) {
-      launch_gram_tiles<scalar_t, 16, 2>(J, K, accumulate);  // 64 threads
+      launch_gram_tiles<scalar_t, 16, 2, false>(J, K, accumulate);  // 64 threads
     } else if (T <= 32) {
-      launch_gram_tiles<scalar_t, 32, 2>(J, K, accumulate);  // 256 threads
+      launch_gram_tiles<scalar_t, 32, 2, false>(J, K, accumulate);  // 256 threads
     } else {
-      launch_gram_tiles<scalar_t, 64, 4>(J, K, accumulate);  // 256 threads, 4×4 per thread
+      launch_gram_tiles<scalar_t, 64, 4, false>(J, K, accumulate);  // 256 threads, 4×4 each
     }
   });
 }
@@ -257,6 +298,29 @@ at::Tensor gram_list(at::TensorList grads) {
     gram_into(g.view({1, T, g.size(1)}), K, /*accumulate=*/true);
   }
   return K.view({T, T});
+}
+
+// J: (B, T, P) contiguous CUDA tensor, fp16/bf16/fp32/fp64, P ≥ 1.
+// Returns C (B, T, T) fp64: the fraction of coordinates where rows i and j have opposite signs
+// (zeros never conflict); symmetric with a zero diagonal. Counts are exact: each chunk of at
+// most 2^24 coordinates is counted in fp32, the chunks are summed in fp64.
+at::Tensor sign_conflict(const at::Tensor& J) {
+  CHECK_DEVICE(J);
+  CHECK_DIM(J, 3);
+  CHECK_CONTIGUOUS(J);
+  CHECK_DTYPE(J, at::kHalf, at::kBFloat16, at::kFloat, at::kDouble);
+  const int64_t B = J.size(0), T = J.size(1), P = J.size(2);
+  TORCH_CHECK(P >= 1, "J must have P ≥ 1 coordinates, got shape ", J.sizes());
+  const c10::cuda::CUDAGuard guard(J.device());
+  auto opts = J.options().dtype(at::kDouble);
+  if (B == 0 || T == 0) return at::zeros({B, T, T}, opts);
+  at::Tensor C = at::empty({B, T, T}, opts);
+  // One tile shape for every T keeps the number of compiled kernels down (a diagnostic).
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, J.scalar_type(),
+                                  "mtl_fast_sign_conflict", [&] {
+    launch_gram_tiles<scalar_t, 32, 2, true>(J, C, /*accumulate=*/false);
+  });
+  return C;
 }
 
 // The SM architectures this library was compiled for, as 10·major + minor, e.g. {90}. nvcc

@@ -13,6 +13,7 @@ namespace mtl_fast {
 // gram.cu
 at::Tensor gram(const at::Tensor& J);
 at::Tensor gram_list(at::TensorList grads);
+at::Tensor sign_conflict(const at::Tensor& J);
 std::vector<int64_t> compiled_archs();
 
 // min_norm.cu

@@ -168,7 +168,9 @@ def cuda_ops() -> object:
 
 def test_ops_are_registered_with_alias_annotations(cuda_ops: object) -> None:
     ops = torch.ops.mtl_fast_cuda
-    for name in ("gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam"):
+    import mtl_fast.cuda as cuda
+
+    for name in cuda.OPS:
         assert hasattr(ops, name), name
     schema = ops.multi_adam.default._schema
     written = [
@@ -212,6 +214,8 @@ def test_fake_implementations_give_shapes_and_dtypes(
     assert w.shape == (4, 5) and w.dtype == acc
     d = ops.combine(J, torch.empty(2, 3, dtype=acc, device="meta"))
     assert d.shape == (2, 1000) and d.dtype == dtype
+    C = ops.sign_conflict(J)
+    assert C.shape == (2, 3, 3) and C.dtype == torch.float64
 
 
 def test_cpu_tensors_have_no_kernel(cuda_ops: object) -> None:

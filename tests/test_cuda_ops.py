@@ -102,6 +102,25 @@ def test_gram_is_deterministic() -> None:
     assert torch.equal(_cuda().gram(J), _cuda().gram(J))
 
 
+# ---- sign_conflict ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,T,P", [(1, 1, 1), (1, 2, 7), (2, 5, 4099), (1, 33, 1025), (1, 70, 300)])
+def test_sign_conflict_counts_exactly_like_the_reference(
+    B: int, T: int, P: int, dtype: torch.dtype
+) -> None:
+    gen = torch.Generator().manual_seed(T + P)
+    J = torch.randn(B, T, P, generator=gen)
+    J[torch.rand(B, T, P, generator=gen) < 0.2] = 0.0  # zeros never conflict
+    if dtype == torch.float64:
+        J[..., :3] = 1e-300 * torch.sign(J[..., :3])  # signs of values that fp32 would flush
+    J = J.to(dtype)
+    C = _cuda().sign_conflict(J.cuda())
+    assert C.dtype == torch.float64 and C.shape == (B, T, T)
+    assert torch.equal(C.cpu(), ref.sign_conflict(J))  # exact counts, divided by P in fp64
+
+
 # ---- combine ----------------------------------------------------------------------------------
 
 
@@ -331,7 +350,7 @@ def test_verify_matrix_passes_for_cuda() -> None:
     assert not skipped, skipped
     failed = [c for c in checks if not c.passed]
     assert not failed, verify.format_table(failed)
-    assert {c.op for c in checks} == set(_cuda().OPS)
+    assert {c.op for c in checks} == set(verify.CHECKS)  # every op the matrix knows
 
 
 @pytest.mark.slow

@@ -21,7 +21,9 @@ import torch
 
 from mtl_fast.cuda import _build
 
-OPS = frozenset({"gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam"})
+OPS = frozenset(
+    {"gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam", "sign_conflict"}
+)
 # One warp per problem; scratch in shared memory up to T = 64, in global memory (≈ 16·T² bytes
 # per problem) beyond, up to this bound (csrc/min_norm.cu).
 MAX_MIN_NORM_TASKS = 2048
@@ -36,6 +38,7 @@ __all__ = [
     "gram_list",
     "min_norm",
     "multi_adam",
+    "sign_conflict",
     "unavailable_reason",
 ]
 
@@ -99,6 +102,12 @@ def gram(J: torch.Tensor) -> torch.Tensor:
 def gram_list(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     """K = Σ_i G_i G_iᵀ over (T, n_i) blocks of one dtype -> (T, T) in the accumulation dtype."""
     out: torch.Tensor = torch.ops.mtl_fast_cuda.gram_list([g.contiguous() for g in grads])
+    return out
+
+
+def sign_conflict(J: torch.Tensor) -> torch.Tensor:
+    """Fraction of coordinates with opposite signs. J: (B, T, P), P ≥ 1 -> (B, T, T) fp64."""
+    out: torch.Tensor = torch.ops.mtl_fast_cuda.sign_conflict(J.contiguous())
     return out
 
 

@@ -33,6 +33,11 @@ def register() -> None:
         T = grads[0].shape[0]
         return grads[0].new_empty((T, T), dtype=_acc(grads[0].dtype))
 
+    @torch.library.register_fake(f"{NAMESPACE}::sign_conflict")
+    def _sign_conflict(J: torch.Tensor) -> torch.Tensor:
+        torch._check(J.dim() == 3, lambda: f"J must have shape (B, T, P), got {tuple(J.shape)}")
+        return J.new_empty((J.shape[0], J.shape[1], J.shape[1]), dtype=torch.float64)
+
     @torch.library.register_fake(f"{NAMESPACE}::min_norm")
     def _min_norm(K: torch.Tensor, max_iter: int, tol: float) -> torch.Tensor:
         torch._check(K.dim() == 3, lambda: f"K must have shape (B, T, T), got {tuple(K.shape)}")
