@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import DEVICE, GRID, PROVIDERS, bench_provider, cached_case
+from bench_common import DEVICE, GRID, PROVIDERS, bench_provider, cached_case
 
 from mtl_fast.bench import min_norm_case
 

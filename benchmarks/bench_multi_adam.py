@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 import pytest
-from conftest import DEVICE, GRID, PROVIDERS, bench_provider, cached_case
+from bench_common import DEVICE, GRID, PROVIDERS, bench_provider, cached_case
 
 from mtl_fast.bench import multi_adam_case
 

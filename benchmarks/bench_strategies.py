@@ -8,7 +8,7 @@ import itertools
 from typing import Any
 
 import pytest
-from conftest import CONFIG, DEVICE
+from bench_common import CONFIG, DEVICE
 
 from mtl_fast.bench import STRATEGIES, StrategySetting, make_strategy_step, torchjd_reason
 from mtl_fast.bench._device import device_name
