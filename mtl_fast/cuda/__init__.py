@@ -15,6 +15,7 @@ implementations, so they trace under ``torch.compile``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -67,8 +68,9 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _compiled_archs() -> list[int]:
-    return [int(a) for a in torch.ops.mtl_fast_cuda.compiled_archs()]
+@functools.cache
+def _compiled_archs() -> tuple[int, ...]:
+    return tuple(int(a) for a in torch.ops.mtl_fast_cuda.compiled_archs())
 
 
 def device_reason(device: torch.device) -> str | None:
