@@ -99,3 +99,24 @@ def test_loop_solver_safety_cap() -> None:
 def test_loop_solver_rejects_huge_costs_like_the_original() -> None:
     with pytest.raises(ValueError, match="1e8"):
         loop_min_norm_one([[1e9, 1e9], [1e9, 1e9]])
+
+
+def test_failing_strategy_is_skipped_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtl_fast.bench import _strategies
+    from mtl_fast.bench._report import Report
+
+    real = _strategies._make_step
+
+    def make(name: str, prob: object, device: torch.device) -> object:
+        if name == "mgda":
+            raise RuntimeError("no such kernel")
+        return real(name, prob, device)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_strategies, "_make_step", make)
+    report = Report({})
+    setting = _strategies.StrategySetting("mlp", 2, 8, 0)
+    _strategies.run_setting(
+        setting, ["sum", "mgda"], torch.device("cpu"), report, steps=1, warmup=0, timing={}
+    )
+    assert {r.provider for r in report.rows} == {"sum"}
+    assert any("no such kernel" in s["reason"] for s in report.skipped)
