@@ -257,13 +257,15 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
     return report
 
 
-def write_all(report: Report, out: Path, *, plot: bool = True) -> list[Path]:
-    """JSON + Markdown (+ PNG) named bench-<date>-<device>[-quick] under ``out``."""
+def write_all(report: Report, out: Path, *, plot: bool = True, tag: str = "") -> list[Path]:
+    """JSON + Markdown (+ PNG) named bench-<date>-<device>[-quick][-<tag>] under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     date = str(report.meta.get("date", ""))[:10]
     stem = f"bench-{date}-{_slug(str(report.meta.get('device')))}"
     if report.meta.get("quick"):
         stem += "-quick"
+    if tag:
+        stem += "-" + _slug(tag)
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
     write_json(report, paths[0])
     write_markdown(report, paths[1])

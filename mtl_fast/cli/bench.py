@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (default: torch's); 1 gives steadier CPU timings on a shared "
         "machine, where OpenMP threads wait for each other",
     )
+    parser.add_argument("--tag", default="", help="suffix of the result file names")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
 
 
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.grid = grid
     command = "mtl-fast bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     report = run_bench(cfg, command=command.strip())
-    paths = write_all(report, args.out, plot=not args.no_plot)
+    paths = write_all(report, args.out, plot=not args.no_plot, tag=args.tag)
     print(markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
