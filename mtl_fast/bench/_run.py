@@ -206,7 +206,19 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
         print("warning: " + meta["warning"], file=log)
     report = Report(meta)
     for build in op_cases(config.grid, dev, set(config.ops)):
-        case = build()
+        try:
+            case = build()
+        except Exception as exc:  # e.g. out of memory for the largest shapes
+            args = getattr(build, "args", ())
+            report.skip(
+                "op",
+                getattr(getattr(build, "func", None), "__name__", "case"),
+                "all",
+                {"args": [str(a) for a in args]},
+                f"raised {type(exc).__name__}: {exc}",
+            )
+            print(f"case {args} failed to build: {exc}", file=log)
+            continue
         run_case(
             case,
             report,
