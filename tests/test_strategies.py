@@ -235,3 +235,17 @@ def test_mgda_trains_with_a_torch_optimizer():
         if first is None:
             first = mgda.last.losses.sum()
     assert float(mgda.last.losses.sum()) < float(first)
+
+
+def test_ignore_mode_does_not_check():
+    T = 2
+    model = Tiny(T)
+    (x, y) = batches(T, 1)[0]
+    losses, _ = model.losses(x, y)
+    losses[0] = losses[0] * float("nan")
+    mgda = MGDA(
+        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, on_nonfinite="ignore"
+    )
+    assert mgda.backward(losses)  # written as is: the caller opted out of the check
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        MGDA(model.trunk.parameters(), num_tasks=T, on_nonfinite="warn")

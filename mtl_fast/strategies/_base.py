@@ -13,7 +13,7 @@ from mtl_fast._gram import gram
 from mtl_fast._validate import NonFiniteError
 from mtl_fast.diagnostics import GradientDiagnostics, PathLength, gradient_diagnostics
 
-_ON_NONFINITE = ("raise", "skip")
+_ON_NONFINITE = ("raise", "skip", "ignore")
 
 
 @dataclass
@@ -79,7 +79,9 @@ class Strategy:
             step when this is > 0 (one (P,) copy per step).
         on_nonfinite: "raise" (:class:`~mtl_fast.NonFiniteError`, nothing written or stepped)
             or "skip" (the step is refused, parameters and optimizer states stay as they were,
-            ``last.skipped`` names the tasks).
+            ``last.skipped`` names the tasks). Checking reads one flag back to the host per
+            step (per group step for the sequential strategies); "ignore" skips the checks, for
+            a GPU loop that must not synchronise.
     """
 
     def __init__(

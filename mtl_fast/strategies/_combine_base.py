@@ -69,10 +69,19 @@ class CombineStrategy(Strategy):
                 p.grad.add_(v)
 
     def _shared_grads_finite(self) -> bool:
+        if self.on_nonfinite == "ignore":
+            return True
         grads = [p.grad for p in self.shared_params if p.grad is not None]
         return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
 
-    @staticmethod
-    def _nonfinite_losses(losses: Sequence[torch.Tensor]) -> list[int]:
+    def _nonfinite_gram(self, K: torch.Tensor) -> list[int]:
+        """Tasks whose gradient is not finite, read off the Gram's diagonal."""
+        if self.on_nonfinite == "ignore":
+            return []
+        return [int(i) for i in torch.nonzero(~torch.isfinite(K.diagonal())).flatten().tolist()]
+
+    def _nonfinite_losses(self, losses: Sequence[torch.Tensor]) -> list[int]:
+        if self.on_nonfinite == "ignore":
+            return []
         v = loss_vector(losses)
         return [int(i) for i in torch.nonzero(~torch.isfinite(v)).flatten().tolist()]

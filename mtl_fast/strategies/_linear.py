@@ -80,7 +80,7 @@ class LinearScalarization(CombineStrategy):
         diag = None
         if self._diagnostics_due():
             arena = self._fill_arena(losses)
-            bad = nonfinite_rows(arena.J)
+            bad = nonfinite_rows(arena.J) if self.on_nonfinite != "ignore" else []
             if bad:
                 return self._refuse(lv, bad, "gradient")
             K = gram(arena.J, check_finite=False)

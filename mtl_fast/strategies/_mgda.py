@@ -176,7 +176,7 @@ class MGDA(CombineStrategy):
             return self._refuse(lv, bad, "loss")
         arena = self._fill_arena(losses)
         K = gram(arena.J, backend=self.backend, check_finite=False)
-        bad = [int(i) for i in torch.nonzero(~torch.isfinite(K.diagonal())).flatten().tolist()]
+        bad = self._nonfinite_gram(K)
         if bad:
             return self._refuse(lv, bad, "gradient")
         w, c = self._decide(K, lv)

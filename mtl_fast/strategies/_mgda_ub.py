@@ -62,7 +62,7 @@ class MGDAUB(MGDA):
             rows.append(torch.zeros_like(features) if g is None else g)
         G = torch.stack(rows).reshape(self.num_tasks, -1)
         K = gram(G, backend=self.backend, check_finite=False)
-        bad = [int(i) for i in torch.nonzero(~torch.isfinite(K.diagonal())).flatten().tolist()]
+        bad = self._nonfinite_gram(K)
         if bad:
             return self._refuse(lv, bad, "feature gradient")
         w, c = self._decide(K, lv)

@@ -115,7 +115,7 @@ class SequentialStrategy(Strategy):
         g = self.arena.J[row]
         checks = [g.isfinite().all()]
         checks += [p.grad.isfinite().all() for p in self._heads if p.grad is not None]
-        if not bool(torch.stack(checks).all()):
+        if self.on_nonfinite != "ignore" and not bool(torch.stack(checks).all()):
             if self.head_optimizer is not None:
                 self.head_optimizer.zero_grad(set_to_none=True)
             raise_or_skip(self.on_nonfinite, "gradient", list(group))
