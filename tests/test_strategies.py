@@ -249,3 +249,25 @@ def test_ignore_mode_does_not_check():
     assert mgda.backward(losses)  # written as is: the caller opted out of the check
     with pytest.raises(ValueError, match="on_nonfinite"):
         MGDA(model.trunk.parameters(), num_tasks=T, on_nonfinite="warn")
+
+
+@pytest.mark.parametrize("normalization", NORMS)
+def test_mgda_with_a_task_that_does_not_reach_the_trunk_stays_finite(normalization):
+    T = 3
+    model = Tiny(T)
+    (x, y) = batches(T, 1)[0]
+    losses, _ = model.losses(x, y)
+    # Task 2 only trains a free parameter: its gradient w.r.t. the trunk is exactly zero.
+    free = torch.nn.Parameter(torch.ones(1))
+    losses[2] = (free - 3).pow(2).sum()
+    mgda = MGDA(
+        model.trunk.parameters(), [*model.heads.parameters(), free], num_tasks=T,
+        normalization=normalization,
+    )  # fmt: skip
+    assert mgda.backward(losses)
+    w = mgda.last.weights
+    assert bool(torch.isfinite(w).all()) and float(w.sum()) == pytest.approx(1.0)
+    # The zero gradient is the min-norm point: all the weight goes to it, the trunk gets 0.
+    assert float(w[2]) == pytest.approx(1.0)
+    assert all(float(p.grad.abs().max()) == 0.0 for p in model.trunk.parameters())
+    assert free.grad is not None and bool(torch.isfinite(free.grad).all())

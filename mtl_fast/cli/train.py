@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace, strategies: list[str]) -> int:
         for seed in args.seed:
             t0 = time.perf_counter()
             base = train_baselines(
-                config_from(args, "single", seed), data=data, progress=progress, log=log
+                config_from(args, "single", seed), data=data, progress=progress, log=None
             )
             baselines[seed] = base["test"]
             seeds_record[str(seed)] = {k: v for k, v in base.items() if k != "runs"}
