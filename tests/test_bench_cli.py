@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtl_fast.cli import main
 
@@ -15,11 +16,26 @@ from mtl_fast.cli import main
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[Path]]:
     out = tmp_path_factory.mktemp("bench")
-    code = main(
+    threads = torch.get_num_threads()
+    try:
+        code = _run_bench(out)
+    finally:
+        torch.set_num_threads(threads)  # --threads changes the whole process
+    assert code == 0
+    files = sorted(out.iterdir())
+    js = [f for f in files if f.suffix == ".json"]
+    assert len(js) == 1
+    return json.loads(js[0].read_text()), files
+
+
+def _run_bench(out: Path) -> int:
+    return main(
         [
             "bench",
             "--device",
             "cpu",
+            "--threads",
+            "1",
             "--quick",
             "--P",
             "2**10,2**12",
@@ -35,11 +51,6 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[Path]]:
             str(out),
         ]
     )
-    assert code == 0
-    files = sorted(out.iterdir())
-    js = [f for f in files if f.suffix == ".json"]
-    assert len(js) == 1
-    return json.loads(js[0].read_text()), files
 
 
 def test_writes_json_markdown_png(result: tuple[dict, list[Path]]) -> None:
