@@ -36,6 +36,7 @@ AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
     "combine": ("triton", "cuda"),
     "multi_adam": ("triton", "cuda"),
     "combine_adam": ("triton", "cuda"),
+    "sign_conflict": ("cuda", "triton"),
 }
 
 
