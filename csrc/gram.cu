@@ -22,171 +22,13 @@
 #include <vector>
 
 #include "checks.h"
+#include "gram_kernel.cuh"
 #include "ops.h"
 
 namespace mtl_fast {
 namespace {
 
-// Columns of J staged in shared memory per step of the P loop.
-constexpr int kTileP = 32;
-// Upper bound on the number of P-chunks (bounds the workspace).
-constexpr int64_t kMaxChunks = 1024;
-
-// A sign-conflict chunk counts in fp32, exact while the count stays below 2^24.
-constexpr int64_t kMaxSignChunk = (int64_t{1} << 24) - 1024;
-
-template <typename scalar_t>
-using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-// What the tile product accumulates: J's entries (Gram, in the accumulation dtype) or their
-// signs (sign conflicts, counted in fp32).
-template <typename scalar_t, bool kSign>
-using tile_type_t = std::conditional_t<kSign, float, acc_type_t<scalar_t>>;
-
-// One staged entry: the value, or its sign in {−1, 0, 1} taken in J's own precision (a tiny
-// fp64 value keeps its sign); NaN stays NaN, as torch.sign does.
-template <typename scalar_t, bool kSign>
-__device__ __forceinline__ tile_type_t<scalar_t, kSign> stage(scalar_t x) {
-  if constexpr (kSign) {
-    const acc_type_t<scalar_t> v = static_cast<acc_type_t<scalar_t>>(x);
-    return v > 0 ? 1.0f : (v < 0 ? -1.0f : (v == 0 ? 0.0f : static_cast<float>(v)));
-  } else {
-    return static_cast<acc_type_t<scalar_t>>(x);
-  }
-}
-
-// acc += a·b (Gram) or acc += [a·b < 0] (sign conflicts; NaN propagates).
-template <bool kSign, typename T>
-__device__ __forceinline__ T accumulate_product(T a, T b, T acc) {
-  if constexpr (kSign) {
-    const T prod = a * b;
-    return acc + (prod < T(0) ? T(1) : (prod == prod ? T(0) : prod));
-  } else {
-    return fma(a, b, acc);
-  }
-}
-
-// Upper-triangle tile pair index -> (ti, tj), ti ≤ tj, for num_tiles tiles per side.
-__device__ __forceinline__ void decode_pair(int pair, int num_tiles, int& ti, int& tj) {
-  ti = 0;
-  while (pair >= num_tiles - ti) {
-    pair -= num_tiles - ti;
-    ++ti;
-  }
-  tj = ti + pair;
-}
-
-__host__ __device__ __forceinline__ int encode_pair(int ti, int tj, int num_tiles) {
-  return ti * num_tiles - ti * (ti - 1) / 2 + (tj - ti);
-}
-
-// One block: the TT×TT tile (ti, tj) of K[b] summed over P-chunk `blockIdx.y`. Each of the
-// (TT/MT)² threads owns an MT×MT micro-tile in registers. Grid: x = b · num_pairs + pair,
-// y = chunk. partial: (num_chunks, B · num_pairs, TT, TT).
-template <typename scalar_t, int TT, int MT, bool kSign>
-__global__ void __launch_bounds__((TT / MT) * (TT / MT))
-    gram_partial_kernel(const scalar_t* __restrict__ J,
-                        tile_type_t<scalar_t, kSign>* __restrict__ partial, int64_t T, int64_t P,
-                        int64_t chunk_len, int num_tiles, int num_pairs) {
-  using acc_t = tile_type_t<scalar_t, kSign>;
-  constexpr int D = TT / MT;
-  constexpr int NT = D * D;
-  // +1 padding: the transposed store below would otherwise hit one bank per warp.
-  __shared__ acc_t As[kTileP][TT + 1];
-  __shared__ acc_t Bs[kTileP][TT + 1];
-
-  const int64_t b = blockIdx.x / num_pairs;
-  const int pair = static_cast<int>(blockIdx.x % num_pairs);
-  int ti, tj;
-  decode_pair(pair, num_tiles, ti, tj);
-  const bool diag = ti == tj;
-  const int tid = threadIdx.x;
-  const int tx = tid % D;
-  const int ty = tid / D;
-
-  acc_t acc[MT][MT];
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int j = 0; j < MT; ++j) acc[i][j] = acc_t(0);
-
-  const int64_t p_begin = static_cast<int64_t>(blockIdx.y) * chunk_len;
-  const int64_t p_end = min(P, p_begin + chunk_len);
-  const scalar_t* Jb = J + b * T * P;
-  const int64_t row_a0 = static_cast<int64_t>(ti) * TT;
-  const int64_t row_b0 = static_cast<int64_t>(tj) * TT;
-
-  for (int64_t p0 = p_begin; p0 < p_end; p0 += kTileP) {
-    // Consecutive threads read consecutive p of one row: coalesced.
-    for (int idx = tid; idx < TT * kTileP; idx += NT) {
-      const int r = idx / kTileP;
-      const int c = idx % kTileP;
-      const int64_t p = p0 + c;
-      const bool in_p = p < p_end;
-      const int64_t ra = row_a0 + r;
-      As[c][r] = (in_p && ra < T) ? stage<scalar_t, kSign>(Jb[ra * P + p]) : acc_t(0);
-      if (!diag) {
-        const int64_t rb = row_b0 + r;
-        Bs[c][r] = (in_p && rb < T) ? stage<scalar_t, kSign>(Jb[rb * P + p]) : acc_t(0);
-      }
-    }
-    __syncthreads();
-    const acc_t(*Bsrc)[TT + 1] = diag ? As : Bs;
-#pragma unroll 8
-    for (int k = 0; k < kTileP; ++k) {
-      acc_t a[MT], c[MT];
-#pragma unroll
-      for (int i = 0; i < MT; ++i) {
-        a[i] = As[k][ty * MT + i];
-        c[i] = Bsrc[k][tx * MT + i];
-      }
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < MT; ++j) acc[i][j] = accumulate_product<kSign>(a[i], c[j], acc[i][j]);
-    }
-    __syncthreads();
-  }
-
-  acc_t* out = partial + (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * TT * TT;
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int j = 0; j < MT; ++j) out[(ty * MT + i) * TT + tx * MT + j] = acc[i][j];
-}
-
-// K[b, i, j] (+)= Σ_chunks partial[chunk, b, tile(min, max)] in chunk order (then / divisor
-// when divisor > 0); the value for (i, j) and (j, i) is the same sum in the same order, so K
-// comes out exactly symmetric.
-template <typename part_t, typename out_t, int TT>
-__global__ void gram_reduce_kernel(const part_t* __restrict__ partial, out_t* __restrict__ K,
-                                   int64_t B, int64_t T, int num_chunks, int num_tiles,
-                                   int num_pairs, bool accumulate, double divisor) {
-  const int64_t total = B * T * T;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < total;
-       q += stride) {
-    const int64_t b = q / (T * T);
-    const int64_t rem = q % (T * T);
-    int64_t i = rem / T;
-    int64_t j = rem % T;
-    if (i > j) {
-      const int64_t t = i;
-      i = j;
-      j = t;
-    }
-    const int ti = static_cast<int>(i / TT);
-    const int tj = static_cast<int>(j / TT);
-    const int64_t slot = b * num_pairs + encode_pair(ti, tj, num_tiles);
-    const int64_t off = (i % TT) * TT + (j % TT);
-    const int64_t chunk_stride = B * num_pairs * TT * TT;
-    out_t s = accumulate ? K[q] : out_t(0);
-    for (int c = 0; c < num_chunks; ++c) {
-      s += static_cast<out_t>(partial[c * chunk_stride + slot * TT * TT + off]);
-    }
-    K[q] = divisor > 0 ? static_cast<out_t>(s / divisor) : s;
-  }
-}
+using namespace gram_detail;
 
 // Number of SMs of the current device (a cheap driver query).
 int multiprocessor_count() {
@@ -202,20 +44,10 @@ void launch_gram_tiles(const at::Tensor& J, at::Tensor& K, bool accumulate) {
   using part_t = tile_type_t<scalar_t, kSign>;
   using out_t = std::conditional_t<kSign, double, acc_type_t<scalar_t>>;
   const int64_t B = J.size(0), T = J.size(1), P = J.size(2);
-  const int num_tiles = static_cast<int>(ceil_div(T, TT));
-  const int num_pairs = num_tiles * (num_tiles + 1) / 2;
-  const int64_t slots = B * num_pairs;
+  const GramPlan plan = plan_gram(B, T, P, TT, multiprocessor_count(), kSign);
+  const int num_tiles = plan.num_tiles, num_pairs = plan.num_pairs;
+  const int64_t slots = plan.slots, chunks = plan.chunks, chunk_len = plan.chunk_len;
   TORCH_CHECK(slots < (int64_t{1} << 31), "gram: B · (tile pairs) = ", slots, " is too large");
-
-  // Enough blocks to fill the GPU several times over, but at least 8 staged tiles per block.
-  const int sms = multiprocessor_count();
-  const int64_t target_blocks = 4 * static_cast<int64_t>(sms);
-  const int64_t p_tiles = ceil_div(P, kTileP);
-  int64_t chunks = std::max<int64_t>(1, ceil_div(target_blocks, slots));
-  chunks = std::min({chunks, kMaxChunks, std::max<int64_t>(1, p_tiles / 8)});
-  if (kSign) chunks = std::max(chunks, ceil_div(P, kMaxSignChunk));  // exact fp32 counts
-  const int64_t chunk_len = ceil_div(p_tiles, chunks) * kTileP;
-  chunks = ceil_div(P, chunk_len);
   TORCH_CHECK(chunks <= 65535, "J: P = ", P, " needs more than 65535 chunks");
 
   const auto part_dtype = kSign ? at::kFloat : K.scalar_type();
