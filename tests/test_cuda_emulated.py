@@ -1,12 +1,13 @@
 """The CUDA kernels' own device code, run on the CPU and compared with the references.
 
-``csrc/gram_kernel.cuh`` and ``csrc/min_norm_kernel.cuh`` hold the device code of the Gram,
-sign-conflict and min-norm kernels free of ATen; ``csrc/emulate/`` compiles that very code with
+``csrc/*_kernel.cuh`` hold the device code of every kernel (Gram, sign conflicts, min-norm,
+combine, multi-state Adam, combine + Adam) free of ATen; ``csrc/emulate/`` compiles that very code with
 the host C++ compiler against a small CUDA emulator (one std::thread per CUDA thread, barriers
 for __syncthreads and for every warp shuffle/ballot) and launches it with the same plan as the
 extension. This checks the kernels' logic — tiling, pair decoding, chunk reduction, warp
-reductions, the solver step for step — on a machine without a GPU. It does not check timing, the
-GPU memory model or the host launch code (tests/test_cuda_ops.py does, on a GPU).
+reductions, the solver step for step, the Adam arithmetic — on a machine without a GPU, in fp32
+and fp64. It does not check timing, the GPU memory model, the fp16/bf16 instantiations or the
+host launch code (tests/test_cuda_ops.py does, on a GPU).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def _compile(name: str, out_dir: Path) -> ctypes.CDLL:
 @pytest.fixture(scope="module")
 def gram_lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     return _compile("gram_host", tmp_path_factory.mktemp("emulated"))
+
+
+@pytest.fixture(scope="module")
+def adam_lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    return _compile("adam_host", tmp_path_factory.mktemp("emulated"))
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +192,105 @@ def test_min_norm_kernel_code_zero_iterations_and_scale(min_norm_lib: ctypes.CDL
     base = _min_norm(min_norm_lib, G, 500, 1e-10)
     for scale in (1e-30, 1e30):
         assert torch.allclose(_min_norm(min_norm_lib, G * scale, 500, 1e-10), base, atol=1e-6)
+
+
+# ---- combine and Adam ---------------------------------------------------------------------------
+
+dbl = ctypes.c_double
+
+
+def _ptr(x: torch.Tensor | None) -> int | None:
+    return None if x is None else x.data_ptr()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B,T,P", [(1, 1, 1), (2, 3, 1000), (1, 17, 333)])
+def test_combine_kernel_code_matches_reference(
+    adam_lib: ctypes.CDLL, B: int, T: int, P: int, dtype: torch.dtype
+) -> None:
+    gen = torch.Generator().manual_seed(P)
+    J = torch.randn(B, T, P, generator=gen, dtype=dtype)
+    w = torch.rand(B, T, generator=gen, dtype=dtype)
+    d = torch.empty(B, P, dtype=dtype)
+    fn = (
+        adam_lib.mtl_fast_combine_emulated_f64
+        if dtype == torch.float64
+        else adam_lib.mtl_fast_combine_emulated_f32
+    )
+    fn.argtypes = [vp, vp, vp, i64, i64, i64]
+    fn(J.data_ptr(), w.data_ptr(), d.data_ptr(), B, T, P)
+    truth = torch.einsum("bt,btp->bp", w.double(), J.double())
+    assert _rel(d, truth) <= 2 * _rel(ref.combine(J, w), truth) + ATOL[dtype]
+
+
+ADAM_SCHEDULE = [[0], [2], [0, 1, 2, 3], [1], [3, 0], [2], [0, 1, 2, 3], [1, 3]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("lr_is_tensor", [False, True])
+@pytest.mark.parametrize("P", [1, 7, 1000])
+def test_multi_adam_kernel_code_matches_reference_every_state(
+    adam_lib: ctypes.CDLL, P: int, lr_is_tensor: bool, weight_decay: float, dtype: torch.dtype
+) -> None:
+    fn = (
+        adam_lib.mtl_fast_multi_adam_emulated_f64
+        if dtype == torch.float64
+        else adam_lib.mtl_fast_multi_adam_emulated_f32
+    )
+    fn.argtypes = [vp] * 8 + [i64, i64, vp, dbl, dbl, dbl, dbl, dbl]
+    gen = torch.Generator().manual_seed(P)
+    T = 4
+    state = [
+        torch.randn(P, generator=gen, dtype=dtype),
+        torch.zeros(T, P, dtype=dtype),
+        torch.zeros(T, P, dtype=dtype),
+        torch.zeros(T),
+    ]
+    ours = [x.clone() for x in state]
+    theirs = [x.clone() for x in state]
+    lr = torch.tensor(3e-3) if lr_is_tensor else 3e-3
+    lr64 = lr.to(torch.float64).reshape(1) if isinstance(lr, torch.Tensor) else None
+    for tasks in ADAM_SCHEDULE:
+        G = torch.randn(T, P, generator=gen, dtype=dtype)
+        idx = torch.tensor(tasks)
+        w = torch.rand(len(tasks), generator=gen) + 0.5
+        w64 = w.double()  # kept alive while the kernel reads it
+        kw = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
+        ref.multi_adam(theirs[0], G, idx, theirs[1], theirs[2], theirs[3], idx, w, lr=lr, **kw)
+        fn(
+            *(_ptr(x) for x in (ours[0], G, idx, ours[1], ours[2], ours[3], idx, w64)),
+            len(tasks),
+            P,
+            _ptr(lr64),
+            0.0 if lr64 is not None else lr,
+            0.9,
+            0.999,
+            1e-8,
+            weight_decay,
+        )
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    for name, a, b in zip(("param", "exp_avg", "exp_avg_sq"), ours, theirs):
+        assert _rel(a, b.double()) <= tol, name
+    assert torch.equal(ours[3], theirs[3])  # step counts, tasks outside a step untouched
+
+
+@pytest.mark.parametrize("P", [1, 7, 1000])
+def test_combine_adam_kernel_code_matches_reference(adam_lib: ctypes.CDLL, P: int) -> None:
+    fn = adam_lib.mtl_fast_combine_adam_emulated_f32
+    fn.argtypes = [vp] * 6 + [i64, i64, vp, dbl, dbl, dbl, dbl, dbl]
+    gen = torch.Generator().manual_seed(P + 1)
+    T = 5
+    state = [torch.randn(P, generator=gen), torch.zeros(P), torch.zeros(P), torch.zeros(1)]
+    ours = [x.clone() for x in state]
+    theirs = [x.clone() for x in state]
+    for _ in range(7):
+        J = torch.randn(T, P, generator=gen)
+        w = torch.rand(T, generator=gen)
+        kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
+        ref.combine_adam(theirs[0], J, w, theirs[1], theirs[2], theirs[3], **kw)
+        fn(*(_ptr(x) for x in (ours[0], J, w, ours[1], ours[2], ours[3])), T, P, None, 1e-2, 0.9,
+           0.999, 1e-8, 0.01)  # fmt: skip
+    for name, a, b in zip(("param", "exp_avg", "exp_avg_sq"), ours, theirs):
+        assert _rel(a, b.double()) <= 1e-5, name
+    assert torch.equal(ours[3], theirs[3])

@@ -26,6 +26,7 @@ using std::fma;
 using std::fmax;
 using std::fmin;
 using std::isfinite;
+using std::pow;
 using std::sqrt;
 
 namespace warp_emulator {

@@ -31,7 +31,14 @@ import torch
 
 LIBRARY_NAME = "mtl_fast_cuda"  # also the torch.ops namespace
 SOURCES = ("bindings.cpp", "gram.cu", "min_norm.cu", "combine.cu", "adam.cu")
-HEADERS = ("checks.h", "ops.h", "gram_kernel.cuh", "min_norm_kernel.cuh")
+HEADERS = (
+    "checks.h",
+    "ops.h",
+    "adam_kernel.cuh",
+    "combine_kernel.cuh",
+    "gram_kernel.cuh",
+    "min_norm_kernel.cuh",
+)
 # -O3 everywhere; no --use_fast_math: the solver relies on IEEE division, sqrt and isfinite.
 CXX_FLAGS = ("-O3",)
 CUDA_FLAGS = ("-O3", "--expt-relaxed-constexpr")
