@@ -7,7 +7,9 @@ that exposes:
 - ``unavailable_reason() -> str | None``: why the backend cannot run at all on this machine
   (missing package, no compiled extension, ...), or ``None``;
 - ``device_reason(device) -> str | None``: why it cannot run on tensors of ``device``;
-- ``OPS``: the names of the ops it implements, each a module-level function of that name.
+- ``OPS``: the names of the ops it implements, each a module-level function of that name;
+- optionally ``TASK_LIMITS``: ``{op: largest T it supports}``. ``"auto"`` passes over a backend
+  whose limit the problem exceeds; an explicit request for it raises and names the limit.
 
 An explicitly requested backend that cannot run raises :class:`BackendUnavailableError` with the
 reason; ``"auto"`` falls back quietly to the best backend that can.
@@ -102,7 +104,16 @@ def default_backend() -> str:
     return value
 
 
-def _explicit(op: str, name: str, device: torch.device) -> Callable[..., Any]:
+def _task_limit_reason(module: ModuleType, op: str, tasks: int | None) -> str | None:
+    limit = getattr(module, "TASK_LIMITS", {}).get(op)
+    if tasks is not None and limit is not None and tasks > limit:
+        return f"it supports T ≤ {limit} tasks, got T={tasks}"
+    return None
+
+
+def _explicit(
+    op: str, name: str, device: torch.device, tasks: int | None = None
+) -> Callable[..., Any]:
     loaded = _load(name)
     if isinstance(loaded, str):
         raise BackendUnavailableError(f"backend={name!r} cannot run {op}: {loaded}")
@@ -114,12 +125,17 @@ def _explicit(op: str, name: str, device: torch.device) -> Callable[..., Any]:
     reason = loaded.device_reason(device)
     if reason is not None:
         raise BackendUnavailableError(f"backend={name!r} cannot run {op} on {device}: {reason}")
+    reason = _task_limit_reason(loaded, op, tasks)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend={name!r} cannot run {op}: {reason}")
     fn: Callable[..., Any] = getattr(loaded, op)
     return fn
 
 
-def resolve_name(op: str, backend: str | None, device: torch.device) -> str:
-    """The backend name that will run ``op`` on ``device`` for the requested ``backend``."""
+def resolve_name(
+    op: str, backend: str | None, device: torch.device, tasks: int | None = None
+) -> str:
+    """The backend name that will run ``op`` on ``device`` (for T = ``tasks`` when given)."""
     requested = default_backend() if backend is None else backend
     if requested == "auto":
         if device.type == "cuda":
@@ -129,6 +145,7 @@ def resolve_name(op: str, backend: str | None, device: torch.device) -> str:
                     not isinstance(loaded, str)
                     and op in loaded.OPS
                     and loaded.device_reason(device) is None
+                    and _task_limit_reason(loaded, op, tasks) is None
                 ):
                     return name
         return "reference"
@@ -137,11 +154,13 @@ def resolve_name(op: str, backend: str | None, device: torch.device) -> str:
             f"backend must be 'auto' or one of {', '.join(map(repr, BACKEND_NAMES))}, "
             f"got {requested!r}"
         )
-    _explicit(op, requested, device)
+    _explicit(op, requested, device, tasks)
     return requested
 
 
-def resolve(op: str, backend: str | None, device: torch.device) -> Callable[..., Any]:
+def resolve(
+    op: str, backend: str | None, device: torch.device, tasks: int | None = None
+) -> Callable[..., Any]:
     """The implementation of ``op`` for ``device``; raises if an explicit backend cannot run it."""
-    name = resolve_name(op, backend, device)
-    return _explicit(op, name, device)
+    name = resolve_name(op, backend, device, tasks)
+    return _explicit(op, name, device, tasks)

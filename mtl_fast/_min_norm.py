@@ -83,5 +83,6 @@ def min_norm(
         return torch.ones(*lead, T, dtype=work.dtype, device=K.device)
     if sync_free is None:
         sync_free = K.device.type != "cpu"
-    w = resolve("min_norm", backend, K.device)(K3, max_iter=max_iter, tol=tol, sync_free=sync_free)
+    solve = resolve("min_norm", backend, K.device, tasks=T)
+    w = solve(K3, max_iter=max_iter, tol=tol, sync_free=sync_free)
     return w.reshape(*lead, T)

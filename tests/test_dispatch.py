@@ -55,3 +55,22 @@ def test_missing_backend_reason_is_reported(monkeypatch: pytest.MonkeyPatch) -> 
             mtl_fast.min_norm(torch.eye(3), backend="cuda")
     finally:
         _dispatch._reset_cache()
+
+
+def test_task_limits_steer_auto_and_refuse_explicit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend that declares T ≤ 4 for min_norm is passed over by "auto" for T = 5 and an
+    explicit request names the limit."""
+    import types
+
+    fake = types.ModuleType("fake_backend")
+    fake.OPS = frozenset({"min_norm"})  # type: ignore[attr-defined]
+    fake.TASK_LIMITS = {"min_norm": 4}  # type: ignore[attr-defined]
+    fake.device_reason = lambda device: None  # type: ignore[attr-defined]
+    fake.min_norm = lambda K, **kw: torch.full(K.shape[:-1], float("nan"))  # type: ignore[attr-defined]
+    monkeypatch.setitem(_dispatch._loaded, "cuda", fake)
+    monkeypatch.setitem(_dispatch.AUTO_PREFERENCE, "min_norm", ("cuda",))
+    meta = torch.device("cuda")  # resolution only: nothing runs on the device
+    assert _dispatch.resolve_name("min_norm", "auto", meta, tasks=4) == "cuda"
+    assert _dispatch.resolve_name("min_norm", "auto", meta, tasks=5) == "reference"
+    with pytest.raises(mtl_fast.BackendUnavailableError, match="supports T ≤ 4 tasks, got T=5"):
+        _dispatch.resolve_name("min_norm", "cuda", meta, tasks=5)

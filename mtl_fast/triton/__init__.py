@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 
 OPS = frozenset({"gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam"})
+# Largest T per op ("auto" passes over this backend above it); filled once Triton imports.
+TASK_LIMITS: dict[str, int] = {}
 
 try:
     import triton  # noqa: F401  (the top-level package, not this one)
@@ -30,6 +32,9 @@ else:
     from mtl_fast.triton._common import INTERPRETED
     from mtl_fast.triton._gram import gram, gram_list
     from mtl_fast.triton._min_norm import MAX_TASKS, min_norm
+
+    # The solver keeps K and its face system in registers: one program per problem.
+    TASK_LIMITS["min_norm"] = MAX_TASKS
 
 __all__ = [
     "MAX_TASKS",
