@@ -40,7 +40,10 @@ def min_norm(
     Args:
         K: (..., T, T) symmetric positive semi-definite (not checked), fp16/bf16/fp32/fp64.
         max_iter: iteration budget per problem.
-        tol: duality-gap tolerance relative to max_i K_ii.
+        tol: duality-gap tolerance relative to max_i K_ii. A Gram held in fp32 (or formed from
+            fp16/bf16 gradients) is itself only accurate to about 1e-7 relative, and rounding
+            makes a rank-deficient one slightly indefinite: a ``tol`` below ~1e-7 then asks for
+            more than the data holds and may spend the whole budget.
         backend: "auto", "reference", "triton" or "cuda".
         check_finite: raise :class:`NonFiniteError` naming the tasks whose row of K holds
             NaN/Inf; ``None`` checks on the CPU and skips on a GPU (a host sync).
