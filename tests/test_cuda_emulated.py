@@ -29,12 +29,23 @@ _CXX = shutil.which("g++") or shutil.which("c++")
 pytestmark = pytest.mark.skipif(_CXX is None, reason="needs a host C++20 compiler (g++)")
 
 i64, vp = ctypes.c_int64, ctypes.c_void_p
+_SUFFIX = {
+    torch.float64: "f64",
+    torch.float32: "f32",
+    torch.float16: "f16",
+    torch.bfloat16: "bf16",
+}
+
+
+# c10's fp16/bf16 types are header-only on the host.
+TORCH_INCLUDE = f"-I{Path(torch.__file__).resolve().parent / 'include'}"
 
 
 def _compile(name: str, out_dir: Path) -> ctypes.CDLL:
     assert _CXX is not None
     lib = out_dir / f"{name}.so"
-    cmd = [_CXX, "-std=c++20", "-O2", "-fPIC", "-shared", "-pthread", "-o", str(lib)]
+    cmd = [_CXX, "-std=c++20", "-O2", "-fPIC", "-shared", "-pthread", TORCH_INCLUDE]
+    cmd += ["-o", str(lib)]
     subprocess.run([*cmd, str(CSRC / "emulate" / f"{name}.cpp")], check=True, timeout=300)
     return ctypes.CDLL(str(lib))
 
@@ -58,12 +69,9 @@ def _gram(
     lib: ctypes.CDLL, J: torch.Tensor, sms: int, K: torch.Tensor | None = None
 ) -> torch.Tensor:
     B, T, P = J.shape
-    out = K if K is not None else torch.empty(B, T, T, dtype=J.dtype)
-    fn = (
-        lib.mtl_fast_gram_emulated_f64
-        if J.dtype == torch.float64
-        else lib.mtl_fast_gram_emulated_f32
-    )
+    acc = torch.float64 if J.dtype == torch.float64 else torch.float32
+    out = K if K is not None else torch.empty(B, T, T, dtype=acc)
+    fn = getattr(lib, f"mtl_fast_gram_emulated_{_SUFFIX[J.dtype]}")
     fn.argtypes = [vp, vp, i64, i64, i64, ctypes.c_int, ctypes.c_int]
     fn(J.data_ptr(), out.data_ptr(), B, T, P, sms, int(K is not None))
     return out
@@ -72,11 +80,7 @@ def _gram(
 def _sign_conflict(lib: ctypes.CDLL, J: torch.Tensor, sms: int) -> torch.Tensor:
     B, T, P = J.shape
     out = torch.empty(B, T, T, dtype=torch.float64)
-    fn = (
-        lib.mtl_fast_sign_conflict_emulated_f64
-        if J.dtype == torch.float64
-        else lib.mtl_fast_sign_conflict_emulated_f32
-    )
+    fn = getattr(lib, f"mtl_fast_sign_conflict_emulated_{_SUFFIX[J.dtype]}")
     fn.argtypes = [vp, vp, i64, i64, i64, ctypes.c_int]
     fn(J.data_ptr(), out.data_ptr(), B, T, P, sms)
     return out
@@ -102,7 +106,8 @@ def _rel(x: torch.Tensor, truth: torch.Tensor) -> float:
     return err / scale if scale > 0 else err
 
 
-ATOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+ATOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-5, torch.bfloat16: 1e-5}
+ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 # Tile configurations 16×16 (T ≤ 16), 32×32 (T ≤ 32) and 64×64 with several tiles (T > 64);
 # sms=1 gives few long chunks, sms=16 many short ones.
@@ -110,12 +115,12 @@ GRAM_CASES = [(1, 1, 1, 4), (1, 2, 7, 4), (2, 5, 4099, 1), (2, 5, 4099, 16), (1,
 GRAM_CASES += [(1, 33, 1025, 4), (1, 65, 100, 2)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("B,T,P,sms", GRAM_CASES)
 def test_gram_kernel_code_matches_reference(
     gram_lib: ctypes.CDLL, B: int, T: int, P: int, sms: int, dtype: torch.dtype
 ) -> None:
-    J = torch.randn(B, T, P, generator=torch.Generator().manual_seed(T * P), dtype=dtype)
+    J = torch.randn(B, T, P, generator=torch.Generator().manual_seed(T * P)).to(dtype)
     truth = J.double() @ J.double().transpose(-1, -2)
     K = _gram(gram_lib, J, sms)
     assert torch.equal(K, K.transpose(-1, -2))
@@ -136,13 +141,13 @@ def test_gram_accumulates_blocks_like_gram_list(gram_lib: ctypes.CDLL) -> None:
     assert _rel(K[0], truth) <= 1e-13
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("B,T,P,sms", [(1, 1, 1, 4), (2, 5, 4099, 16), (1, 33, 1025, 4)])
 def test_sign_conflict_kernel_code_counts_exactly(
     gram_lib: ctypes.CDLL, B: int, T: int, P: int, sms: int, dtype: torch.dtype
 ) -> None:
     gen = torch.Generator().manual_seed(P)
-    J = torch.randn(B, T, P, generator=gen, dtype=dtype)
+    J = torch.randn(B, T, P, generator=gen).to(dtype)
     J[torch.rand(B, T, P, generator=gen) < 0.2] = 0.0
     if dtype == torch.float64:
         J[..., :2] = 1e-300 * torch.sign(J[..., :2])  # fp32 would flush these to zero
@@ -203,24 +208,22 @@ def _ptr(x: torch.Tensor | None) -> int | None:
     return None if x is None else x.data_ptr()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("B,T,P", [(1, 1, 1), (2, 3, 1000), (1, 17, 333)])
 def test_combine_kernel_code_matches_reference(
     adam_lib: ctypes.CDLL, B: int, T: int, P: int, dtype: torch.dtype
 ) -> None:
     gen = torch.Generator().manual_seed(P)
-    J = torch.randn(B, T, P, generator=gen, dtype=dtype)
-    w = torch.rand(B, T, generator=gen, dtype=dtype)
+    J = torch.randn(B, T, P, generator=gen).to(dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    w = torch.rand(B, T, generator=gen, dtype=acc)
     d = torch.empty(B, P, dtype=dtype)
-    fn = (
-        adam_lib.mtl_fast_combine_emulated_f64
-        if dtype == torch.float64
-        else adam_lib.mtl_fast_combine_emulated_f32
-    )
+    fn = getattr(adam_lib, f"mtl_fast_combine_emulated_{_SUFFIX[dtype]}")
     fn.argtypes = [vp, vp, vp, i64, i64, i64]
     fn(J.data_ptr(), w.data_ptr(), d.data_ptr(), B, T, P)
     truth = torch.einsum("bt,btp->bp", w.double(), J.double())
-    assert _rel(d, truth) <= 2 * _rel(ref.combine(J, w), truth) + ATOL[dtype]
+    half_ulp = torch.finfo(dtype).eps / 2 if dtype in (torch.float16, torch.bfloat16) else 0.0
+    assert _rel(d, truth) <= 2 * _rel(ref.combine(J, w), truth) + ATOL[dtype] + half_ulp
 
 
 ADAM_SCHEDULE = [[0], [2], [0, 1, 2, 3], [1], [3, 0], [2], [0, 1, 2, 3], [1, 3]]
@@ -301,7 +304,7 @@ def test_kernels_have_no_data_race_under_threadsanitizer(tmp_path: Path) -> None
     under ThreadSanitizer. The driver's own check: a missing barrier is reported."""
     assert _CXX is not None
     emu = CSRC / "emulate"
-    flags = ["-std=c++20", "-O1", "-g", "-fsanitize=thread", "-pthread"]
+    flags = ["-std=c++20", "-O1", "-g", "-fsanitize=thread", "-pthread", TORCH_INCLUDE]
     probe = tmp_path / "probe.cpp"
     probe.write_text(
         f'#include "{emu / "cuda_emulator.h"}"\n'
@@ -325,3 +328,53 @@ def test_kernels_have_no_data_race_under_threadsanitizer(tmp_path: Path) -> None
     assert "ThreadSanitizer" not in run.stderr, run.stderr[:4000]
     assert run.returncode == 0
     assert "sum(w)=1.000000000000" in run.stdout
+
+
+@pytest.mark.parametrize("pdtype", [torch.bfloat16, torch.float16])
+def test_multi_adam_kernel_code_low_precision_params(
+    adam_lib: ctypes.CDLL, pdtype: torch.dtype
+) -> None:
+    """MultiAdam's layout for fp16/bf16 parameters: low-precision p and g, fp32 moments."""
+    fn = getattr(adam_lib, f"mtl_fast_multi_adam_emulated_{_SUFFIX[pdtype]}")
+    fn.argtypes = [vp] * 8 + [i64, i64, vp, dbl, dbl, dbl, dbl, dbl]
+    gen = torch.Generator().manual_seed(3)
+    T, P = 3, 2000
+    p = torch.randn(P, generator=gen).to(pdtype)
+    ours = [p.clone(), torch.zeros(T, P), torch.zeros(T, P), torch.zeros(T)]
+    theirs = [p.clone(), torch.zeros(T, P), torch.zeros(T, P), torch.zeros(T)]
+    for tasks in ([0, 1, 2], [1], [2, 0]):
+        G = torch.randn(T, P, generator=gen).to(pdtype)
+        idx = torch.tensor(tasks)
+        w = torch.ones(len(tasks))
+        w64 = w.double()
+        kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
+        ref.multi_adam(theirs[0], G, idx, theirs[1], theirs[2], theirs[3], idx, w, **kw)
+        ptrs = (_ptr(x) for x in (ours[0], G, idx, ours[1], ours[2], ours[3], idx, w64))
+        fn(*ptrs, len(tasks), P, None, 1e-2, 0.9, 0.999, 1e-8, 0.01)
+    ulp = torch.finfo(pdtype).eps
+    assert _rel(ours[0], theirs[0].double()) <= 2 * ulp
+    assert _rel(ours[1], theirs[1].double()) <= 1e-5
+    assert _rel(ours[2], theirs[2].double()) <= 1e-5
+    assert torch.equal(ours[3], theirs[3])
+
+
+def test_combine_adam_kernel_code_bf16_gradients(adam_lib: ctypes.CDLL) -> None:
+    fn = adam_lib.mtl_fast_combine_adam_emulated_bf16
+    fn.argtypes = [vp] * 6 + [i64, i64, vp, dbl, dbl, dbl, dbl, dbl]
+    gen = torch.Generator().manual_seed(9)
+    T, P = 4, 1500
+    state = [torch.randn(P, generator=gen), torch.zeros(P), torch.zeros(P), torch.zeros(1)]
+    ours = [x.clone() for x in state]
+    theirs = [x.clone() for x in state]
+    for _ in range(5):
+        J = torch.randn(T, P, generator=gen).to(torch.bfloat16)
+        w = torch.rand(T, generator=gen)
+        kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+        ref.combine_adam(theirs[0], J, w, theirs[1], theirs[2], theirs[3], **kw)
+        ptrs = (_ptr(x) for x in (ours[0], J, w, ours[1], ours[2], ours[3]))
+        fn(*ptrs, T, P, None, 1e-2, 0.9, 0.999, 1e-8, 0.0)
+    # d is rounded to bf16 as the reference rounds it; fp32 sums in another order may round a
+    # few entries of d to the neighbouring bf16 value.
+    tol = 2 * torch.finfo(torch.bfloat16).eps
+    for name, a, b in zip(("param", "exp_avg", "exp_avg_sq"), ours, theirs):
+        assert _rel(a, b.double()) <= tol, name

@@ -1,7 +1,11 @@
 // The combine and Adam device code (../combine_kernel.cuh, ../adam_kernel.cuh), compiled for the
 // host against the CUDA emulator, launched as combine.cu / adam.cu launch it (with a small grid,
 // so that the grid-stride loops wrap), and exposed with a C ABI for tests/test_cuda_emulated.py.
-// fp32 and fp64 only: the fp16/bf16 instantiations need c10's types.
+// Needs torch's include directory for c10's fp16/bf16 types (header-only on the host), included
+// before the emulator's macros.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include "cuda_emulator.h"
 #include "../adam_kernel.cuh"
 #include "../combine_kernel.cuh"
@@ -23,29 +27,30 @@ void prologue(float* step, const int64_t* tasks, const double* weights, int64_t 
   });
 }
 
-template <typename T>
-void multi_adam(T* param, const T* grads, const int64_t* grad_rows, T* exp_avg, T* exp_avg_sq,
-                float* step, const int64_t* tasks, const double* weights, int64_t S, int64_t P,
-                const double* lr_ptr, double lr, double beta1, double beta2, double eps,
-                double weight_decay) {
+template <typename param_t, typename grad_t = param_t, typename state_t = param_t>
+void multi_adam(param_t* param, const grad_t* grads, const int64_t* grad_rows, state_t* exp_avg,
+                state_t* exp_avg_sq, float* step, const int64_t* tasks, const double* weights,
+                int64_t S, int64_t P, const double* lr_ptr, double lr, double beta1, double beta2,
+                double eps, double weight_decay) {
   std::vector<double> coefs(1 + 2 * S);
-  prologue<T, T>(step, tasks, weights, S, lr_ptr, lr, beta1, beta2, weight_decay, coefs.data());
+  prologue<param_t, state_t>(step, tasks, weights, S, lr_ptr, lr, beta1, beta2, weight_decay,
+                             coefs.data());
   const AdamScalars h = make_scalars(beta1, beta2, eps, weight_decay);
   warp_emulator::run_grid({kBlocks, 1, 1}, kEmuThreads, [&] {
-    multi_adam_kernel<T, T, T>(param, grads, grad_rows, exp_avg, exp_avg_sq, tasks, coefs.data(),
-                               S, P, h);
+    multi_adam_kernel<param_t, grad_t, state_t>(param, grads, grad_rows, exp_avg, exp_avg_sq,
+                                                tasks, coefs.data(), S, P, h);
   });
 }
 
-template <typename T>
-void combine_adam(T* param, const T* J, const T* w, T* exp_avg, T* exp_avg_sq, float* step,
+template <typename T, typename j_t = T>
+void combine_adam(T* param, const j_t* J, const T* w, T* exp_avg, T* exp_avg_sq, float* step,
                   int64_t Tn, int64_t P, const double* lr_ptr, double lr, double beta1,
                   double beta2, double eps, double weight_decay) {
   std::vector<double> coefs(3);
   prologue<T, T>(step, nullptr, nullptr, 1, lr_ptr, lr, beta1, beta2, weight_decay, coefs.data());
   const AdamScalars h = make_scalars(beta1, beta2, eps, weight_decay);
   warp_emulator::run_grid({kBlocks, 1, 1}, kEmuThreads, [&] {
-    combine_adam_kernel<T, T>(param, J, w, exp_avg, exp_avg_sq, coefs.data(), Tn, P, h);
+    combine_adam_kernel<T, j_t>(param, J, w, exp_avg, exp_avg_sq, coefs.data(), Tn, P, h);
   });
 }
 
@@ -81,6 +86,60 @@ int mtl_fast_combine_adam_emulated_f32(float* param, const float* J, const float
                                        double beta2, double eps, double weight_decay) {
   combine_adam<float>(param, J, w, exp_avg, exp_avg_sq, step, T, P, lr_ptr, lr, beta1, beta2, eps,
                       weight_decay);
+  return 0;
+}
+
+// bf16 / fp16 parameters and gradients with fp32 moments (MultiAdam's low-precision layout).
+int mtl_fast_multi_adam_emulated_bf16(void* param, const void* grads, const int64_t* grad_rows,
+                                      float* exp_avg, float* exp_avg_sq, float* step,
+                                      const int64_t* tasks, const double* weights, int64_t S,
+                                      int64_t P, const double* lr_ptr, double lr, double beta1,
+                                      double beta2, double eps, double weight_decay) {
+  multi_adam<c10::BFloat16, c10::BFloat16, float>(
+      static_cast<c10::BFloat16*>(param), static_cast<const c10::BFloat16*>(grads), grad_rows,
+      exp_avg, exp_avg_sq, step, tasks, weights, S, P, lr_ptr, lr, beta1, beta2, eps,
+      weight_decay);
+  return 0;
+}
+
+int mtl_fast_multi_adam_emulated_f16(void* param, const void* grads, const int64_t* grad_rows,
+                                     float* exp_avg, float* exp_avg_sq, float* step,
+                                     const int64_t* tasks, const double* weights, int64_t S,
+                                     int64_t P, const double* lr_ptr, double lr, double beta1,
+                                     double beta2, double eps, double weight_decay) {
+  multi_adam<c10::Half, c10::Half, float>(
+      static_cast<c10::Half*>(param), static_cast<const c10::Half*>(grads), grad_rows, exp_avg,
+      exp_avg_sq, step, tasks, weights, S, P, lr_ptr, lr, beta1, beta2, eps, weight_decay);
+  return 0;
+}
+
+// fp32 parameters and moments, bf16 J.
+int mtl_fast_combine_adam_emulated_bf16(float* param, const void* J, const float* w,
+                                        float* exp_avg, float* exp_avg_sq, float* step, int64_t T,
+                                        int64_t P, const double* lr_ptr, double lr, double beta1,
+                                        double beta2, double eps, double weight_decay) {
+  combine_adam<float, c10::BFloat16>(param, static_cast<const c10::BFloat16*>(J), w, exp_avg,
+                                     exp_avg_sq, step, T, P, lr_ptr, lr, beta1, beta2, eps,
+                                     weight_decay);
+  return 0;
+}
+
+// J (B, T, P) fp16 / bf16, w (B, T) fp32 -> d (B, P) in J's dtype.
+int mtl_fast_combine_emulated_bf16(const void* J, const float* w, void* d, int64_t B, int64_t T,
+                                   int64_t P) {
+  warp_emulator::run_grid({kBlocks, static_cast<unsigned>(B), 1}, kEmuThreads, [&] {
+    mtl_fast::combine_detail::combine_kernel<c10::BFloat16, float>(
+        static_cast<const c10::BFloat16*>(J), w, static_cast<c10::BFloat16*>(d), T, P);
+  });
+  return 0;
+}
+
+int mtl_fast_combine_emulated_f16(const void* J, const float* w, void* d, int64_t B, int64_t T,
+                                  int64_t P) {
+  warp_emulator::run_grid({kBlocks, static_cast<unsigned>(B), 1}, kEmuThreads, [&] {
+    mtl_fast::combine_detail::combine_kernel<c10::Half, float>(
+        static_cast<const c10::Half*>(J), w, static_cast<c10::Half*>(d), T, P);
+  });
   return 0;
 }
 

@@ -1,6 +1,10 @@
 // The Gram / sign-conflict device code (../gram_kernel.cuh), compiled for the host against the
 // CUDA emulator, launched with the same plan and tile choice as gram.cu, and exposed with a C
-// ABI for the CPU test tests/test_cuda_emulated.py.
+// ABI for the CPU test tests/test_cuda_emulated.py. Needs torch's include directory for c10's
+// fp16/bf16 types (header-only on the host), included before the emulator's macros.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include "cuda_emulator.h"
 #include "../gram_kernel.cuh"
 
@@ -58,6 +62,25 @@ int mtl_fast_gram_emulated_f32(const float* J, float* K, int64_t B, int64_t T, i
 int mtl_fast_gram_emulated_f64(const double* J, double* K, int64_t B, int64_t T, int64_t P,
                                int sms, int accumulate) {
   gram<double>(J, K, B, T, P, sms, accumulate != 0);
+  return 0;
+}
+
+// J: (B, T, P) fp16 / bf16; K: (B, T, T) fp32.
+int mtl_fast_gram_emulated_f16(const void* J, float* K, int64_t B, int64_t T, int64_t P, int sms,
+                               int accumulate) {
+  gram<c10::Half>(static_cast<const c10::Half*>(J), K, B, T, P, sms, accumulate != 0);
+  return 0;
+}
+
+int mtl_fast_gram_emulated_bf16(const void* J, float* K, int64_t B, int64_t T, int64_t P, int sms,
+                                int accumulate) {
+  gram<c10::BFloat16>(static_cast<const c10::BFloat16*>(J), K, B, T, P, sms, accumulate != 0);
+  return 0;
+}
+
+int mtl_fast_sign_conflict_emulated_bf16(const void* J, double* C, int64_t B, int64_t T,
+                                         int64_t P, int sms) {
+  run<c10::BFloat16, 32, 2, true>(static_cast<const c10::BFloat16*>(J), C, B, T, P, sms, false);
   return 0;
 }
 
