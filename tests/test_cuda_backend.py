@@ -88,6 +88,16 @@ def test_min_norm_rejects_too_many_tasks_by_name() -> None:
         cuda.min_norm(K, max_iter=10, tol=1e-6, sync_free=True)
 
 
+def test_dispatch_knows_the_task_limit() -> None:
+    import mtl_fast.cuda as cuda
+    from mtl_fast import _dispatch
+
+    assert _dispatch._task_limit_reason(cuda, "min_norm", 2048) is None
+    reason = _dispatch._task_limit_reason(cuda, "min_norm", 2049)
+    assert reason is not None and "T ≤ 2048" in reason
+    assert _dispatch._task_limit_reason(cuda, "gram", 100_000) is None  # gram has no limit
+
+
 def test_build_dir_is_per_torch_and_cuda_version(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MTL_FAST_CUDA_BUILD_DIR", raising=False)
     name = _build.build_dir().name

@@ -28,10 +28,14 @@ OPS = frozenset(
 # One warp per problem; scratch in shared memory up to T = 64, in global memory (≈ 16·T² bytes
 # per problem) beyond, up to this bound (csrc/min_norm.cu).
 MAX_MIN_NORM_TASKS = 2048
+# Read by the dispatch: "auto" passes over this backend above the limit, an explicit request
+# names it.
+TASK_LIMITS = {"min_norm": MAX_MIN_NORM_TASKS}
 
 __all__ = [
     "MAX_MIN_NORM_TASKS",
     "OPS",
+    "TASK_LIMITS",
     "combine",
     "combine_adam",
     "device_reason",

@@ -284,7 +284,8 @@ def load(allow_build: bool = False) -> str:
         torch.ops.load_library(candidate)
     except OSError as exc:
         raise ExtensionUnavailable(
-            f"the CUDA extension {candidate} could not be loaded: {exc}"
+            f"the CUDA extension {candidate} could not be loaded ({exc}); rebuild it, it was "
+            "probably built against another torch"
         ) from exc
     _finish_load(candidate)
     return candidate
