@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -103,6 +104,8 @@ def test_build_dir_is_per_torch_and_cuda_version(monkeypatch: pytest.MonkeyPatch
     name = _build.build_dir().name
     assert torch.__version__.replace("+", "_") in name
     assert str(torch.version.cuda) in name
+    monkeypatch.setattr(_build, "_writable", lambda directory: False)  # read-only home
+    assert Path(tempfile.gettempdir()) in _build.build_dir().parents
     monkeypatch.setenv("MTL_FAST_CUDA_BUILD_DIR", "/somewhere/else")
     assert _build.build_dir() == Path("/somewhere/else")
 

@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,11 +86,21 @@ def build_dir() -> Path:
     if override:
         return Path(override)
     cache = Path(os.environ.get("XDG_CACHE_HOME", "") or Path.home() / ".cache")
+    if not _writable(cache):  # e.g. a read-only home on a CI runner
+        cache = Path(tempfile.gettempdir()) / f"mtl_fast-{os.getuid()}"
     tag = (
         f"torch{torch.__version__}-cuda{torch.version.cuda}"
         f"-py{sys.version_info.major}{sys.version_info.minor}"
     ).replace("+", "_")
     return cache / "mtl_fast" / tag
+
+
+def _writable(directory: Path) -> bool:
+    """Whether ``directory`` (or its nearest existing ancestor) accepts new files."""
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            return os.access(candidate, os.W_OK | os.X_OK)
+    return False
 
 
 def source_hash(arches: str | None = None) -> str:
