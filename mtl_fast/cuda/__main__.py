@@ -2,4 +2,5 @@
 
 from mtl_fast.cuda._build import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())
