@@ -28,12 +28,22 @@ def _as_tensor(x: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _fused_cpu_applies(
-    param: torch.Tensor, grads: torch.Tensor, exp_avg: torch.Tensor, lr: float | torch.Tensor
+    param: torch.Tensor,
+    grads: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    lr: float | torch.Tensor,
 ) -> bool:
+    # torch's fused CPU kernel silently computes wrong values on non-contiguous tensors
+    # (seen with torch 2.14 and a column-strided gradient): the states and p must be contiguous,
+    # and each gradient row is made contiguous before the call.
     return (
         param.device.type == "cpu"
         and param.dtype in (torch.float32, torch.float64)
         and grads.dtype == param.dtype == exp_avg.dtype
+        and param.is_contiguous()
+        and exp_avg.is_contiguous()
+        and exp_avg_sq.is_contiguous()
         and not (isinstance(lr, torch.Tensor) and lr.device.type != "cpu")
     )
 
@@ -67,7 +77,7 @@ def _multi_adam_fused_cpu(
     for t, row, w in zip(tasks.tolist(), grad_rows.tolist(), weights.tolist()):
         torch_adam(
             [param],
-            [grads[row]],
+            [grads[row].contiguous()],
             [exp_avg[t]],
             [exp_avg_sq[t]],
             [],
@@ -116,7 +126,7 @@ def multi_adam(
     explicit formula below. Both compute the formula of the module docstring (the test suite
     checks that they agree).
     """
-    if _fused_cpu_applies(param, grads, exp_avg, lr):
+    if _fused_cpu_applies(param, grads, exp_avg, exp_avg_sq, lr):
         _multi_adam_fused_cpu(
             param,
             grads,
