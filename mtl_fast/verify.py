@@ -245,6 +245,22 @@ def _check_combine_adam(
         yield Check(backend, "combine_adam", f"T={T} P={P} 4 steps", "float32", err, ADAM_TOL)
 
 
+def _check_sign_conflict(
+    backend: str, fn: Callable, device: torch.device, quick: bool
+) -> Iterable[Check]:
+    """Counts are exact: the truth is a direct elementwise count in fp64."""
+    gen = torch.Generator().manual_seed(6)
+    for B, T, P in _gram_cases(quick):
+        for dtype in _dtypes(quick):
+            J = torch.randn(B, T, P, generator=gen).to(dtype)
+            J[..., ::5] = 0  # zero coordinates never count as conflicts
+            s = torch.sign(J.double())
+            truth = (s.unsqueeze(2) * s.unsqueeze(1) < 0).double().mean(-1)
+            C = fn(J.to(device)).cpu()
+            err = (C.double() - truth).abs().max().item()
+            yield Check(backend, "sign_conflict", f"B={B} T={T} P={P}", _name(dtype), err, 1e-12)
+
+
 CHECKS: dict[str, Callable[[str, Callable, torch.device, bool], Iterable[Check]]] = {
     "gram": _check_gram,
     "gram_list": _check_gram_list,
@@ -252,6 +268,7 @@ CHECKS: dict[str, Callable[[str, Callable, torch.device, bool], Iterable[Check]]
     "min_norm": _check_min_norm,
     "multi_adam": _check_multi_adam,
     "combine_adam": _check_combine_adam,
+    "sign_conflict": _check_sign_conflict,
 }
 
 
