@@ -169,7 +169,7 @@ class MultiAdam(torch.optim.Optimizer):
                     f"weights must have shape ({S},) (one per task), got {tuple(w.shape)}"
                 )
         if self.on_nonfinite != "ignore":
-            bad_rows = nonfinite_rows(G.index_select(0, grad_rows).unsqueeze(0))
+            bad_rows = nonfinite_rows(G, grad_rows.tolist())
             if bad_rows:
                 ids = task_ids.tolist()
                 bad = [int(ids[i]) for i in bad_rows]

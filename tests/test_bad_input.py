@@ -92,3 +92,21 @@ def test_combine_adam_equals_combine_then_adam() -> None:
         adam.step()
     torch.testing.assert_close(flat, p.detach(), rtol=2e-6, atol=1e-7)
     assert torch.equal(m, adam.state[p]["exp_avg"]) and s.item() == 5
+
+
+def test_finite_rows_whose_sum_overflows_are_not_flagged() -> None:
+    """The fast check sums rows first; a finite row whose sum overflows must be confirmed
+    element by element, not reported."""
+    from mtl_fast._validate import all_finite, nonfinite_rows
+
+    big = torch.full((3, 4), 3e38)  # finite, but every row sums to inf in fp32
+    big[1, 2] = float("nan")
+    big[2, 0] = float("-inf")
+    assert nonfinite_rows(big) == [1, 2]
+    assert nonfinite_rows(big, [2, 0]) == [0]
+    assert all_finite(big[0]) and not all_finite(big[1]) and not all_finite(big[2])
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = mtl_fast.MultiAdam([p], num_tasks=3, lr=1e-30)
+    assert opt.step(big[[0]], tasks=[0])  # overflowing but finite: the step is taken
+    with pytest.raises(mtl_fast.NonFiniteError, match=r"\[2\]"):
+        opt.step(big, tasks=[0, 2])

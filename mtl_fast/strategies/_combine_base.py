@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from mtl_fast._arena import TaskGradients
+from mtl_fast._validate import all_finite
 from mtl_fast.strategies._base import Strategy, loss_vector, raise_or_skip
 
 
@@ -72,7 +73,7 @@ class CombineStrategy(Strategy):
         if self.on_nonfinite == "ignore":
             return True
         grads = [p.grad for p in self.shared_params if p.grad is not None]
-        return not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        return all(all_finite(g) for g in grads)
 
     def _nonfinite_gram(self, K: torch.Tensor) -> list[int]:
         """Tasks whose gradient is not finite, read off the Gram's diagonal."""

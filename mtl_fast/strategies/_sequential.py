@@ -10,6 +10,7 @@ import torch
 
 from mtl_fast._arena import TaskGradients
 from mtl_fast._multi_adam import MultiAdam
+from mtl_fast._validate import all_finite
 from mtl_fast.strategies._base import Strategy, check_losses, raise_or_skip
 
 Closure = Callable[[], Sequence[torch.Tensor]]
@@ -113,9 +114,9 @@ class SequentialStrategy(Strategy):
         with self.arena.task(row):
             total.backward()
         g = self.arena.J[row]
-        checks = [g.isfinite().all()]
-        checks += [p.grad.isfinite().all() for p in self._heads if p.grad is not None]
-        if self.on_nonfinite != "ignore" and not bool(torch.stack(checks).all()):
+        if self.on_nonfinite != "ignore" and not (
+            all_finite(g) and all(all_finite(p.grad) for p in self._heads if p.grad is not None)
+        ):
             if self.head_optimizer is not None:
                 self.head_optimizer.zero_grad(set_to_none=True)
             raise_or_skip(self.on_nonfinite, "gradient", list(group))
