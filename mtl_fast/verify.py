@@ -15,7 +15,6 @@ import torch
 
 from mtl_fast import reference as ref
 from mtl_fast._dispatch import BACKEND_NAMES, _load
-from mtl_fast.reference.adam import _multi_adam_formula
 
 # Relative error allowed on top of 2× the reference's own error, by dtype of the input.
 ATOL = {
@@ -206,8 +205,8 @@ def _check_multi_adam(
                 w = torch.rand(len(tasks), generator=gen) + 0.5
                 kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=wd)
                 # The explicit formula is the definition (the CPU reference takes a fused path).
-                _multi_adam_formula(
-                    theirs[0], G, idx, theirs[1], theirs[2], theirs[3], idx, w, **kw
+                ref.multi_adam(
+                    theirs[0], G, idx, theirs[1], theirs[2], theirs[3], idx, w, **kw, fused=False
                 )
                 fn(
                     ours[0],
