@@ -272,6 +272,8 @@ def _run_multi_adam(
             G = G[: len(tasks)]
         elif rows == "strided":  # a column stride: the launcher makes it contiguous
             G = torch.randn(P, 3, generator=gen).to(dtype).T
+        elif rows == "aliased":  # one gradient for every stepped state (row stride 0)
+            G = torch.randn(1, P, generator=gen).to(dtype).expand(len(tasks), P)
         opt.step(to_dev(G), tasks=tasks, weights=weights)
     return [p.detach(), opt.exp_avg, opt.exp_avg_sq, opt.steps]
 
@@ -282,6 +284,7 @@ def _run_multi_adam(
         (torch.float32, 0.0, 1e-2, (0.9, 0.999), "all"),
         (torch.float32, 0.05, 1e-2, (0.9, 0.999), "subset"),
         (torch.float32, 0.01, "tensor", (0.3, 0.99), "strided"),  # β1 < 0.5: lerp's 2nd form
+        (torch.float32, 0.01, 1e-2, (0.9, 0.999), "aliased"),
         (torch.float64, 0.01, 1e-2, (0.9, 0.999), "all"),
         (torch.bfloat16, 0.01, 1e-2, (0.9, 0.999), "all"),
     ],

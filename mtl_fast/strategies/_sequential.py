@@ -122,7 +122,8 @@ class SequentialStrategy(Strategy):
             raise_or_skip(self.on_nonfinite, "gradient", list(group))
             self.last.skipped.extend(group)
             return False
-        G = g.unsqueeze(0).expand(len(state_tasks), -1).contiguous()
+        # Every stepped state reads the same arena row: an expanded view, not |S| copies.
+        G = g.unsqueeze(0).expand(len(state_tasks), -1)
         self.optimizer.step(G, tasks=list(state_tasks), weights=list(state_weights))
         if self.head_optimizer is not None:
             self.head_optimizer.step()
