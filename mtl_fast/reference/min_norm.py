@@ -73,8 +73,8 @@ def min_norm(K: torch.Tensor, *, max_iter: int, tol: float, sync_free: bool) -> 
         gx = torch.bmm(Kn, x.unsqueeze(-1)).squeeze(-1)
         return gx, (x * gx).sum(dim=-1)
 
+    g, f = objective(w)
     for _ in range(max_iter):
-        g, f = objective(w)
         s = g.argmin(dim=-1)
         g_s = g[rows, s]
         a = torch.where(w > 0, g, -inf).argmax(dim=-1)
@@ -124,8 +124,11 @@ def min_norm(K: torch.Tensor, *, max_iter: int, tol: float, sync_free: bool) -> 
         moved_sum = moved.sum(dim=-1, keepdim=True)
         ok = ok & (moved_sum.squeeze(-1) > 0)
         moved = moved / torch.where(ok[:, None], moved_sum, one)
-        _, f_w = objective(w)
-        _, f_moved = objective(moved)
+        g_w, f_w = objective(w)
+        g_moved, f_moved = objective(moved)
         accept = ok & (f_moved <= f_w)
         w = torch.where(accept[:, None], moved, w)
+        # The next iteration's Kw and wᵀKw, for whichever point was kept.
+        g = torch.where(accept[:, None], g_moved, g_w)
+        f = torch.where(accept, f_moved, f_w)
     return w.to(out_dtype)
