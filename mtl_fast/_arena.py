@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 
 from mtl_fast._flat import check_params, offsets
+from mtl_fast._validate import require_positive_int
 
 
 class TaskGradients:
@@ -42,8 +43,7 @@ class TaskGradients:
         for i, p in enumerate(self.params):
             if not p.requires_grad:
                 raise ValueError(f"params[{i}] does not require grad; the arena would stay empty")
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-            raise ValueError(f"num_tasks must be an int ≥ 1, got {num_tasks!r}")
+        require_positive_int("num_tasks", num_tasks, 1)
         self.num_tasks = num_tasks
         self._offsets = offsets(self.params)
         first = self.params[0]

@@ -10,7 +10,7 @@ import torch
 from mtl_fast._arena import TaskGradients
 from mtl_fast._dispatch import resolve
 from mtl_fast._flat import check_params, flatten_parameters
-from mtl_fast._validate import NonFiniteError, nonfinite_rows, require_float
+from mtl_fast._validate import NonFiniteError, nonfinite_rows, require_float, require_positive_int
 
 _ON_NONFINITE = ("raise", "skip", "ignore")
 
@@ -67,8 +67,7 @@ class MultiAdam(torch.optim.Optimizer):
         backend: str | None = None,
     ) -> None:
         plist = check_params(params)
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-            raise ValueError(f"num_tasks must be an int ≥ 1, got {num_tasks!r}")
+        require_positive_int("num_tasks", num_tasks, 1)
         if not (isinstance(lr, torch.Tensor) or lr >= 0):
             raise ValueError(f"lr must be ≥ 0, got {lr!r}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mtl_fast._validate import require_positive_int
+
 H, W = 10, 14
 IMAGE_SHAPE = (1, H, W)
 
@@ -130,8 +132,7 @@ def multi_digit(
     from sklearn.datasets import load_digits
 
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name} must be an int ≥ 1, got {n!r}")
+        require_positive_int(name, n, 1)
     source = load_digits()
     digits = (source.images / 16.0).astype(np.float32)  # (1797, 8, 8) in [0, 1]
     labels = np.asarray(source.target)

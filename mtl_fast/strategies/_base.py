@@ -10,7 +10,7 @@ import torch
 
 from mtl_fast._flat import check_params
 from mtl_fast._gram import gram
-from mtl_fast._validate import NonFiniteError
+from mtl_fast._validate import NonFiniteError, require_positive_int
 from mtl_fast.diagnostics import GradientDiagnostics, PathLength, gradient_diagnostics
 
 _ON_NONFINITE = ("raise", "skip", "ignore")
@@ -101,12 +101,8 @@ class Strategy:
                 raise TypeError(f"task_params[{i}] must be a torch.Tensor, got {type(p).__name__}")
             if id(p) in shared_ids:
                 raise ValueError(f"task_params[{i}] is also listed in shared_params")
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-            raise ValueError(f"num_tasks must be an int ≥ 1, got {num_tasks!r}")
-        if isinstance(diagnostics_every, bool) or not isinstance(diagnostics_every, int):
-            raise ValueError(f"diagnostics_every must be an int ≥ 0, got {diagnostics_every!r}")
-        if diagnostics_every < 0:
-            raise ValueError(f"diagnostics_every must be an int ≥ 0, got {diagnostics_every!r}")
+        require_positive_int("num_tasks", num_tasks, 1)
+        require_positive_int("diagnostics_every", diagnostics_every, 0)
         if on_nonfinite not in _ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {_ON_NONFINITE}, got {on_nonfinite!r}")
         self.num_tasks = num_tasks

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from mtl_fast._validate import require_positive_int
 from mtl_fast.strategies._base import loss_vector
 from mtl_fast.strategies._sequential import Closure, SequentialStrategy, partition
 
@@ -80,8 +81,7 @@ class PerTaskUpdates(SequentialStrategy):
         on_nonfinite: str = "raise",
         backend: str | None = None,
     ) -> None:
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"group_size must be an int ≥ 1, got {group_size!r}")
+        require_positive_int("group_size", group_size, 1)
         if isinstance(num_tasks, int) and not isinstance(num_tasks, bool) and num_tasks >= 1:
             group_size = min(group_size, num_tasks)
         num_groups = -(-num_tasks // group_size) if isinstance(num_tasks, int) else 1

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtl_fast._validate import require_positive_int
 from mtl_fast.strategies._base import loss_vector
 from mtl_fast.strategies._sequential import Closure, SequentialStrategy
 
@@ -184,8 +185,7 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
         )
         if not 0 < beta <= 1:
             raise ValueError(f"beta must be in (0, 1], got {beta!r}")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"warmup must be an int ≥ 0, got {warmup!r}")
+        require_positive_int("warmup", warmup, 0)
         if crediting not in CREDITING:
             raise ValueError(f"crediting must be one of {CREDITING}, got {crediting!r}")
         self.beta = beta
