@@ -7,8 +7,8 @@ when asked, and needs torch in the build environment, hence ``--no-build-isolati
 
 ``MAX_JOBS`` (parallel compile jobs, via ninja) and ``TORCH_CUDA_ARCH_LIST`` (e.g. "9.0"; default:
 the visible GPU, else 9.0) are respected. Without ``MTL_FAST_BUILD_CUDA=1`` nothing is compiled;
-``mtl_fast.cuda`` then explains how to build it, or builds it just in time with
-``MTL_FAST_CUDA_JIT=1`` (see mtl_fast/cuda/_build.py).
+``mtl_fast.kernels.cuda`` then explains how to build it, or builds it just in time with
+``MTL_FAST_CUDA_JIT=1`` (see mtl_fast/kernels/cuda/build.py).
 """
 
 from __future__ import annotations

@@ -24,5 +24,5 @@ fi
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export MAX_JOBS="${MAX_JOBS:-2}"
 start=$(date +%s)
-python -m mtl_fast.cuda
+python -m mtl_fast.kernels.cuda
 echo "compile_cuda: compiled, linked and loaded in $(( $(date +%s) - start )) s"

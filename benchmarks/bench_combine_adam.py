@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from bench_common import DEVICE, GRID, PROVIDERS, bench_provider, cached_case
 
-from mtl_fast.bench import combine_adam_case
+from mtl_fast.tools.bench import combine_adam_case
 
 SHAPES = list(itertools.product(GRID.dtypes, GRID.adam_Ts, GRID.Ps))
 

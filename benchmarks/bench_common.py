@@ -1,4 +1,4 @@
-"""pytest-benchmark suites over every op and strategy, built on ``mtl_fast.bench`` (the same
+"""pytest-benchmark suites over every op and strategy, built on ``mtl_fast.tools.bench`` (the same
 cases and byte formulas as ``mtl-fast bench``).
 
 Run: ``pytest benchmarks/ --benchmark-json=out.json`` (the ``bench`` extra installs
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from mtl_fast.bench import OpCase, default_config
-from mtl_fast.bench._device import device_name
+from mtl_fast.tools.bench import OpCase, default_config
+from mtl_fast.tools.bench._device import device_name
 
 DEVICE = torch.device(
     os.environ.get("MTL_FAST_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from bench_common import DEVICE, GRID, PROVIDERS, bench_provider, cached_case
 
-from mtl_fast.bench import gram_case
+from mtl_fast.tools.bench import gram_case
 
 SHAPES = list(itertools.product(GRID.dtypes, GRID.Ts, GRID.Ps))
 

@@ -1,5 +1,5 @@
 """Batched min-norm (MGDA) solve per backend vs the published Python-loop solver, problem by
-problem (``mtl_fast.bench.mgda_loop``; timed once, on a subset of the batch when the grid says
+problem (``mtl_fast.tools.bench.mgda_loop``; timed once, on a subset of the batch when the grid says
 so, and scaled to the whole batch in ``extra_info``)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from bench_common import DEVICE, GRID, PROVIDERS, bench_provider, cached_case
 
-from mtl_fast.bench import min_norm_case
+from mtl_fast.tools.bench import min_norm_case
 
 
 @pytest.mark.parametrize("provider", [*PROVIDERS, "python-loop"])

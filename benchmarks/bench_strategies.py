@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from bench_common import CONFIG, DEVICE
 
-from mtl_fast.bench import STRATEGIES, StrategySetting, make_strategy_step, torchjd_reason
-from mtl_fast.bench._device import device_name
+from mtl_fast.tools.bench import STRATEGIES, StrategySetting, make_strategy_step, torchjd_reason
+from mtl_fast.tools.bench._device import device_name
 
 SETTINGS = list(itertools.product(CONFIG.trunks, CONFIG.tasks))
 

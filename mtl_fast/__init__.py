@@ -14,16 +14,15 @@ Every op takes ``backend="auto" | "reference" | "triton" | "cuda"``; ``MTL_FAST_
 default. ``import mtl_fast`` needs neither a GPU, nor Triton, nor a compiler.
 """
 
-from mtl_fast._arena import TaskGradients
-from mtl_fast._combine import combine
-from mtl_fast._combine_adam import combine_adam
-from mtl_fast._dispatch import BackendStatus, BackendUnavailableError, backends
-from mtl_fast._flat import flatten_parameters
-from mtl_fast._gram import gram
-from mtl_fast._min_norm import min_norm
-from mtl_fast._multi_adam import MultiAdam
-from mtl_fast._validate import NonFiniteError
+from mtl_fast import _aliases
+from mtl_fast._core.dispatch import BackendStatus, BackendUnavailableError, backends
+from mtl_fast._core.flat import flatten_parameters
+from mtl_fast._core.validate import NonFiniteError
 from mtl_fast._version import __version__
+from mtl_fast.ops import combine, combine_adam, gram, min_norm
+from mtl_fast.optim import MultiAdam, TaskGradients
+
+_aliases.install()
 
 __all__ = [
     "BackendStatus",

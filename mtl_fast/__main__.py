@@ -1,5 +1,5 @@
 import sys
 
-from mtl_fast.cli import main
+from mtl_fast.tools.cli import main
 
 sys.exit(main())

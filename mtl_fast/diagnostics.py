@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from mtl_fast._dispatch import resolve
-from mtl_fast._validate import require_float, require_min_dim, require_tensor
+from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.validate import require_float, require_min_dim, require_tensor
 
 __all__ = [
     "GradientDiagnostics",

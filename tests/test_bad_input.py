@@ -97,7 +97,7 @@ def test_combine_adam_equals_combine_then_adam() -> None:
 def test_finite_rows_whose_sum_overflows_are_not_flagged() -> None:
     """The fast check sums rows first; a finite row whose sum overflows must be confirmed
     element by element, not reported."""
-    from mtl_fast._validate import all_finite, nonfinite_rows
+    from mtl_fast._core.validate import all_finite, nonfinite_rows
 
     big = torch.full((3, 4), 3e38)  # finite, but every row sums to inf in fp32
     big[1, 2] = float("nan")

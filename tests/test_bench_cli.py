@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl_fast.cli import main
+from mtl_fast.tools.cli import main
 
 
 @pytest.fixture(scope="module")

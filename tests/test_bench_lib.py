@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mtl_fast
-from mtl_fast.bench import (
+from mtl_fast.tools.bench import (
     Timing,
     combine_adam_bytes,
     gram_bytes,
@@ -17,7 +17,7 @@ from mtl_fast.bench import (
     measure,
     multi_adam_bytes,
 )
-from mtl_fast.bench.mgda_loop import _project_to_simplex, _segment
+from mtl_fast.tools.bench.mgda_loop import _project_to_simplex, _segment
 
 
 def test_timing_quantiles() -> None:
@@ -102,8 +102,8 @@ def test_loop_solver_rejects_huge_costs_like_the_original() -> None:
 
 
 def test_failing_strategy_is_skipped_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mtl_fast.bench import _strategies
-    from mtl_fast.bench._report import Report
+    from mtl_fast.tools.bench import _strategies
+    from mtl_fast.tools.bench._report import Report
 
     real = _strategies._make_step
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtl_fast.cli import main
+from mtl_fast.tools.cli import main
 
 
 def test_info(capsys: pytest.CaptureFixture[str]) -> None:
@@ -24,10 +24,10 @@ def test_verify_reference_quick(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_verify_fails_loudly_on_a_wrong_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     """A backend whose gram is off by a little must make verify exit non-zero."""
-    from mtl_fast import reference
+    from mtl_fast.kernels import reference
 
     monkeypatch.setattr(reference, "gram", _scaled_gram)
-    from mtl_fast import verify
+    from mtl_fast.tools import verify
 
     checks, _ = verify.run(["reference"], "cpu", quick=True)
     assert any(not c.passed for c in checks if c.op == "gram")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import mtl_fast
-from mtl_fast.cuda import _build
+from mtl_fast.kernels.cuda import _build
 
 
 def _run_python(code: str, env: dict[str, str]) -> str:
@@ -41,7 +41,7 @@ def test_import_and_backends_never_build(tmp_path: Path) -> None:
         import torch
         before = "torch.utils.cpp_extension" in sys.modules
         start = time.monotonic()
-        import mtl_fast, mtl_fast.cuda
+        import mtl_fast, mtl_fast.kernels.cuda
         status = mtl_fast.backends()["cuda"]
         print(before, "torch.utils.cpp_extension" in sys.modules, status.available,
               round(time.monotonic() - start, 1))
@@ -51,7 +51,9 @@ def test_import_and_backends_never_build(tmp_path: Path) -> None:
     )
     first, reason = out.splitlines()[0].split(), out.splitlines()[1]
     before, after, available, seconds = first[0], first[1], first[2], float(first[3])
-    assert after == before, "importing mtl_fast.cuda or asking for backends() loaded the compiler"
+    assert after == before, (
+        "importing mtl_fast.kernels.cuda or asking for backends() loaded the compiler"
+    )
     assert not build_dir.exists(), "asking for backends() created a build directory"
     assert seconds < 60  # a build takes minutes
     if available == "False":
@@ -82,7 +84,7 @@ def test_explicit_cuda_on_cpu_tensors_raises_with_reason() -> None:
 
 
 def test_min_norm_rejects_too_many_tasks_by_name() -> None:
-    import mtl_fast.cuda as cuda
+    import mtl_fast.kernels.cuda as cuda
 
     K = torch.empty(1, 2049, 2049)
     with pytest.raises(ValueError, match=r"T ≤ 2048.*T = 2049"):
@@ -90,8 +92,8 @@ def test_min_norm_rejects_too_many_tasks_by_name() -> None:
 
 
 def test_dispatch_knows_the_task_limit() -> None:
-    import mtl_fast.cuda as cuda
-    from mtl_fast import _dispatch
+    import mtl_fast.kernels.cuda as cuda
+    from mtl_fast._core import dispatch as _dispatch
 
     assert _dispatch._task_limit_reason(cuda, "min_norm", 2048) is None
     reason = _dispatch._task_limit_reason(cuda, "min_norm", 2049)
@@ -157,7 +159,7 @@ def test_build_lock_times_out_and_dies_with_its_holder(tmp_path: Path) -> None:
 
 
 def test_failed_jit_build_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mtl_fast.cuda as cuda
+    import mtl_fast.kernels.cuda as cuda
 
     def broken(allow_build: bool = False) -> str:
         raise RuntimeError("Error building extension 'mtl_fast_cuda'\nninja: build stopped")
@@ -181,7 +183,7 @@ def cuda_ops() -> object:
 
 def test_ops_are_registered_with_alias_annotations(cuda_ops: object) -> None:
     ops = torch.ops.mtl_fast_cuda
-    import mtl_fast.cuda as cuda
+    import mtl_fast.kernels.cuda as cuda
 
     for name in cuda.OPS:
         assert hasattr(ops, name), name

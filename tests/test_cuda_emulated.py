@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl_fast import reference as ref
-from mtl_fast import verify
+from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast.kernels import reference as ref
+from mtl_fast.tools import verify
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 _CXX = shutil.which("g++") or shutil.which("c++")
@@ -260,7 +261,7 @@ def test_multi_adam_kernel_code_matches_reference_every_state(
         w = torch.rand(len(tasks), generator=gen) + 0.5
         w64 = w.double()  # kept alive while the kernel reads it
         kw = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
-        ref.multi_adam(theirs[0], G, idx, theirs[1], theirs[2], theirs[3], idx, w, lr=lr, **kw)
+        ref.multi_adam(AdamState(*theirs), G, idx, idx, w.double(), AdamHyper(lr=lr, **kw))
         fn(
             *(_ptr(x) for x in (ours[0], G, idx, ours[1], ours[2], ours[3], idx, w64)),
             len(tasks),
@@ -291,7 +292,9 @@ def test_combine_adam_kernel_code_matches_reference(adam_lib: ctypes.CDLL, P: in
         J = torch.randn(T, P, generator=gen)
         w = torch.rand(T, generator=gen)
         kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
-        ref.combine_adam(theirs[0], J, w, theirs[1], theirs[2], theirs[3], **kw)
+        ref.combine_adam(
+            AdamState(theirs[0], theirs[1][None], theirs[2][None], theirs[3]), J, w, AdamHyper(**kw)
+        )
         fn(*(_ptr(x) for x in (ours[0], J, w, ours[1], ours[2], ours[3])), T, P, None, 1e-2, 0.9,
            0.999, 1e-8, 0.01)  # fmt: skip
     for name, a, b in zip(("param", "exp_avg", "exp_avg_sq"), ours, theirs):
@@ -348,7 +351,7 @@ def test_multi_adam_kernel_code_low_precision_params(
         w = torch.ones(len(tasks))
         w64 = w.double()
         kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
-        ref.multi_adam(theirs[0], G, idx, theirs[1], theirs[2], theirs[3], idx, w, **kw)
+        ref.multi_adam(AdamState(*theirs), G, idx, idx, w.double(), AdamHyper(**kw))
         ptrs = (_ptr(x) for x in (ours[0], G, idx, ours[1], ours[2], ours[3], idx, w64))
         fn(*ptrs, len(tasks), P, None, 1e-2, 0.9, 0.999, 1e-8, 0.01)
     ulp = torch.finfo(pdtype).eps
@@ -370,7 +373,9 @@ def test_combine_adam_kernel_code_bf16_gradients(adam_lib: ctypes.CDLL) -> None:
         J = torch.randn(T, P, generator=gen).to(torch.bfloat16)
         w = torch.rand(T, generator=gen)
         kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
-        ref.combine_adam(theirs[0], J, w, theirs[1], theirs[2], theirs[3], **kw)
+        ref.combine_adam(
+            AdamState(theirs[0], theirs[1][None], theirs[2][None], theirs[3]), J, w, AdamHyper(**kw)
+        )
         ptrs = (_ptr(x) for x in (ours[0], J, w, ours[1], ours[2], ours[3]))
         fn(*ptrs, T, P, None, 1e-2, 0.9, 0.999, 1e-8, 0.0)
     # d is rounded to bf16 as the reference rounds it; fp32 sums in another order may round a

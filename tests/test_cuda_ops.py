@@ -3,7 +3,7 @@
 Tolerance rule (flash-attention's): the truth is fp64 on the very inputs the kernel sees; the
 kernel's error may be at most twice the reference's own error at the same dtype plus a small
 atol. Every test here skips with the reason on a machine without a CUDA device or without the
-compiled extension (build it with ``python -m mtl_fast.cuda`` or ``MTL_FAST_CUDA_JIT=1``).
+compiled extension (build it with ``python -m mtl_fast.kernels.cuda`` or ``MTL_FAST_CUDA_JIT=1``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import mtl_fast
-from mtl_fast import reference as ref
-from mtl_fast import verify
-from mtl_fast._dispatch import _load
+from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.dispatch import _load
+from mtl_fast.kernels import reference as ref
+from mtl_fast.tools import verify
 
 
 def _cuda_backend_reason() -> str | None:
@@ -40,7 +41,7 @@ def _rel(x: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def _cuda():  # the backend module, for calls in the backend calling convention
-    import mtl_fast.cuda as cuda
+    import mtl_fast.kernels.cuda as cuda
 
     return cuda
 
@@ -261,18 +262,15 @@ def test_multi_adam_matches_reference_every_state(
         w = torch.rand(len(tasks), generator=gen) + 0.5
         lr = torch.tensor(3e-3) if lr_is_tensor else 3e-3
         kw = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
-        ref.multi_adam(theirs[0], G, idx, theirs[1], theirs[2], theirs[3], idx, w, lr=lr, **kw)
+        ref.multi_adam(AdamState(*theirs), G, idx, idx, w.double(), AdamHyper(lr=lr, **kw))
+        lr_dev = lr.cuda() if isinstance(lr, torch.Tensor) else lr
         _cuda().multi_adam(
-            ours[0],
+            AdamState(*ours),
             G.cuda(),
             idx.cuda(),
-            ours[1],
-            ours[2],
-            ours[3],
             idx.cuda(),
-            w.cuda(),
-            lr=lr.cuda() if isinstance(lr, torch.Tensor) else lr,
-            **kw,
+            w.double().cuda(),
+            AdamHyper(lr=lr_dev, **kw),
         )
     for name, a, b in zip(("param", "exp_avg", "exp_avg_sq", "step"), ours, theirs):
         assert _rel(a, b.double()) <= 1e-5, name
@@ -296,9 +294,9 @@ def test_multi_adam_low_precision_params(pdtype: torch.dtype) -> None:
         idx = torch.tensor(tasks)
         w = torch.ones(len(tasks))
         kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
-        ref.multi_adam(theirs[0], G, idx, theirs[1], theirs[2], theirs[3], idx, w, **kw)
+        ref.multi_adam(AdamState(*theirs), G, idx, idx, w.double(), AdamHyper(**kw))
         _cuda().multi_adam(
-            ours[0], G.cuda(), idx.cuda(), ours[1], ours[2], ours[3], idx.cuda(), w.cuda(), **kw
+            AdamState(*ours), G.cuda(), idx.cuda(), idx.cuda(), w.double().cuda(), AdamHyper(**kw)
         )
     ulp = torch.finfo(pdtype).eps
     assert _rel(ours[0], theirs[0].double()) <= 2 * ulp
@@ -314,10 +312,10 @@ def test_multi_adam_skips_tasks_outside_the_step() -> None:
     m0, v0, s0 = m.clone(), v.clone(), steps.clone()
     p = torch.randn(P, device="cuda")
     idx = torch.tensor([1, 3], device="cuda")
-    _cuda().multi_adam(
-        p, torch.randn(T, P, device="cuda"), idx, m, v, steps, idx, torch.ones(2, device="cuda"),
-        lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-    )  # fmt: skip
+    ones = torch.ones(2, dtype=torch.float64, device="cuda")
+    hyper = AdamHyper(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+    G = torch.randn(T, P, device="cuda")
+    _cuda().multi_adam(AdamState(p, m, v, steps), G, idx, idx, ones, hyper)
     for t in (0, 2, 4):
         assert torch.equal(m[t], m0[t]) and torch.equal(v[t], v0[t]) and steps[t] == s0[t]
     assert steps[1] == s0[1] + 1 and steps[3] == s0[3] + 1
@@ -335,8 +333,15 @@ def test_combine_adam_matches_reference(P: int, jdtype: torch.dtype) -> None:
         J = torch.randn(T, P, generator=gen).to(jdtype)
         w = torch.rand(T, generator=gen)
         kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
-        ref.combine_adam(theirs[0], J, w, theirs[1], theirs[2], theirs[3], **kw)
-        _cuda().combine_adam(ours[0], J.cuda(), w.cuda(), ours[1], ours[2], ours[3], **kw)
+        ref.combine_adam(
+            AdamState(theirs[0], theirs[1][None], theirs[2][None], theirs[3]), J, w, AdamHyper(**kw)
+        )
+        _cuda().combine_adam(
+            AdamState(ours[0], ours[1][None], ours[2][None], ours[3]),
+            J.cuda(),
+            w.cuda(),
+            AdamHyper(**kw),
+        )
     tol = 1e-5 if jdtype == torch.float32 else 2 * torch.finfo(jdtype).eps
     for name, a, b in zip(("param", "exp_avg", "exp_avg_sq", "step"), ours, theirs):
         assert _rel(a, b.double()) <= tol, name
@@ -406,8 +411,8 @@ def test_step_is_cuda_graph_capturable() -> None:
     def run() -> torch.Tensor:
         K = cuda.gram(J.unsqueeze(0))
         w = cuda.min_norm(K, max_iter=200, tol=1e-6, sync_free=True)[0]
-        cuda.combine_adam(p, J, w, m, v, step, lr=lr, beta1=0.9, beta2=0.999, eps=1e-8,
-                          weight_decay=0.0)  # fmt: skip
+        hyper = AdamHyper(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+        cuda.combine_adam(AdamState(p, m[None], v[None], step), J, w, hyper)
         return w
 
     side = torch.cuda.Stream()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from mtl_fast.data import TASKS, multi_digit
+from mtl_fast.tools.data import TASKS, multi_digit
 
 
 def small(seed: int):

@@ -43,7 +43,7 @@ def test_sign_conflict_chunks_and_batches(monkeypatch):
     gen = torch.Generator().manual_seed(1)
     J = torch.randn(2, 3, 50, generator=gen)
     whole = sign_conflict(J)
-    sc_ref = importlib.import_module("mtl_fast.reference.sign_conflict")
+    sc_ref = importlib.import_module("mtl_fast.kernels.reference.sign_conflict")
     monkeypatch.setattr(sc_ref, "_CHUNK", 7)  # several chunks, the last one partial
     torch.testing.assert_close(sign_conflict(J), whole, rtol=0, atol=1e-15)
     assert whole.shape == (2, 3, 3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mtl_fast
-from mtl_fast import _dispatch
+from mtl_fast._core import dispatch as _dispatch
 
 
 def test_reference_is_always_available() -> None:

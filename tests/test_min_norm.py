@@ -10,7 +10,7 @@ import torch
 from scipy.optimize import minimize
 
 import mtl_fast
-from mtl_fast.reference import min_norm as ref_min_norm
+from mtl_fast.kernels.reference import min_norm as ref_min_norm
 from tests.helpers import (
     assert_kkt,
     assert_on_simplex,

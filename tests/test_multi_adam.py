@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import mtl_fast
+from mtl_fast._core.contracts import AdamHyper, AdamState
 
 T = 4
 
@@ -223,7 +224,7 @@ def test_parameters_become_views_of_the_flat_buffer() -> None:
 def test_fused_cpu_path_agrees_with_the_formula(dtype: torch.dtype) -> None:
     """The reference's CPU fast path (torch's fused Adam, lr·w_t per task) and its explicit
     formula compute the same step: parameters and every state tensor, 12 steps."""
-    from mtl_fast.reference import adam as ref_adam
+    from mtl_fast.kernels.reference import adam as ref_adam
 
     gen = torch.Generator().manual_seed(16)
     P = 1001
@@ -248,8 +249,8 @@ def test_fused_cpu_path_agrees_with_the_formula(dtype: torch.dtype) -> None:
         kw = dict(lr=3e-3, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.02)
         fast, slow = states
         assert ref_adam._fused_cpu_applies(fast[0], G, fast[1], fast[2], 3e-3)
-        ref_adam.multi_adam(fast[0], G, idx, fast[1], fast[2], fast[3], idx, w, **kw)
-        ref_adam.multi_adam(slow[0], G, idx, slow[1], slow[2], slow[3], idx, w, **kw, fused=False)
+        ref_adam.multi_adam(AdamState(*fast), G, idx, idx, w.double(), AdamHyper(**kw))
+        ref_adam.multi_adam(AdamState(*slow), G, idx, idx, w.double(), AdamHyper(**kw), fused=False)
     rtol = 1e-5 if dtype == torch.float32 else 1e-12
     for a, b in zip(*states):
         torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * 1e-2)

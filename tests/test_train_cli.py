@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mtl_fast.cli import main
-from mtl_fast.train import STRATEGIES, delta_m
+from mtl_fast.tools.cli import main
+from mtl_fast.tools.train import STRATEGIES, delta_m
 
 TINY = [
     "--epochs", "2", "--n-train", "96", "--n-val", "32", "--n-test", "32", "--batch-size", "32",

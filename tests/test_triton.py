@@ -22,9 +22,9 @@ import torch
 pytest.importorskip("triton")
 
 import mtl_fast
-from mtl_fast import _dispatch
-from mtl_fast import reference as ref
-from mtl_fast.verify import ATOL
+from mtl_fast._core import dispatch as _dispatch
+from mtl_fast._core.precision import ATOL
+from mtl_fast.kernels import reference as ref
 from tests.helpers import (
     assert_on_simplex,
     conflicting_gram,
@@ -234,7 +234,7 @@ def test_min_norm_sync_free_flag_changes_nothing() -> None:
 
 
 def test_min_norm_above_max_tasks_says_so() -> None:
-    from mtl_fast.triton import MAX_TASKS
+    from mtl_fast.kernels.triton import MAX_TASKS
 
     # The dispatcher refuses from the backend's TASK_LIMITS before any kernel is launched.
     with pytest.raises(mtl_fast.BackendUnavailableError, match=f"supports T ≤ {MAX_TASKS} tasks"):
@@ -335,7 +335,7 @@ def test_every_kernel_compiles_for_sm90() -> None:
     """The interpreter checks the arithmetic; this compiles each launch for an H100 with ptxas."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run(
-        [sys.executable, "-m", "mtl_fast.triton._aot", "--arch", "90", "--quick"],
+        [sys.executable, "-m", "mtl_fast.kernels.triton.aot", "--arch", "90", "--quick"],
         capture_output=True,
         text=True,
         env=env,

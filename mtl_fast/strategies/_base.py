@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from mtl_fast._flat import check_params
-from mtl_fast._gram import gram
-from mtl_fast._validate import NonFiniteError, require_positive_int
+from mtl_fast._core.flat import check_params
+from mtl_fast._core.validate import NonFiniteError, require_positive_int
 from mtl_fast.diagnostics import GradientDiagnostics, PathLength, gradient_diagnostics
+from mtl_fast.ops.gram import gram
 
 _ON_NONFINITE = ("raise", "skip", "ignore")
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from mtl_fast._arena import TaskGradients
-from mtl_fast._validate import all_finite
+from mtl_fast._core.validate import all_finite
+from mtl_fast.optim.task_gradients import TaskGradients
 from mtl_fast.strategies._base import Strategy, loss_vector, raise_or_skip
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from mtl_fast._combine import combine
-from mtl_fast._gram import gram
-from mtl_fast._min_norm import DEFAULT_MAX_ITER, DEFAULT_TOL, min_norm
+from mtl_fast.ops.combine import combine
+from mtl_fast.ops.gram import gram
+from mtl_fast.ops.min_norm import DEFAULT_MAX_ITER, DEFAULT_TOL, min_norm
 from mtl_fast.strategies._base import check_losses, loss_vector
 from mtl_fast.strategies._combine_base import CombineStrategy
 

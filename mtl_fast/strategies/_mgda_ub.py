@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mtl_fast._gram import gram
+from mtl_fast.ops.gram import gram
 from mtl_fast.strategies._base import check_losses, loss_vector
 from mtl_fast.strategies._mgda import MGDA
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from mtl_fast._arena import TaskGradients
-from mtl_fast._multi_adam import MultiAdam
-from mtl_fast._validate import all_finite
+from mtl_fast._core.validate import all_finite
+from mtl_fast.optim.multi_adam import MultiAdam
+from mtl_fast.optim.task_gradients import TaskGradients
 from mtl_fast.strategies._base import Strategy, check_losses, raise_or_skip
 
 Closure = Callable[[], Sequence[torch.Tensor]]

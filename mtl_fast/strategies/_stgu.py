@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtl_fast._validate import require_positive_int
+from mtl_fast._core.validate import require_positive_int
 from mtl_fast.strategies._base import loss_vector
 from mtl_fast.strategies._sequential import Closure, SequentialStrategy
 

@@ -1,0 +1,132 @@
+"""The backend contract of every op, written once.
+
+A backend is a package under :mod:`mtl_fast.kernels` that exposes, besides ``OPS``,
+``unavailable_reason()`` and ``device_reason(device)`` (see :mod:`mtl_fast._core.dispatch`), one
+function per op it implements, named after the op and defined in the file :data:`OP_FILES` names.
+Each function's signature is the ``__call__`` of the op's Protocol below; a test holds every
+backend to it. Inputs reach a backend already validated by the public op (shapes, dtypes,
+devices, finiteness where asked), with the leading batch dimensions flattened into one.
+
+The optimizer ops take their tensors as :class:`AdamState` and their hyperparameters as
+:class:`AdamHyper`, so the calling convention is one short line everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class AdamHyper:
+    """Adam(W) hyperparameters; ``lr`` may be a 0-d tensor on the device (CUDA graphs).
+
+    ``weight_decay`` is decoupled (AdamW): p ← p (1 − lr λ) once per step.
+    """
+
+    lr: float | Tensor
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class AdamState:
+    """The tensors an Adam step updates in place, for R state rows (R = T tasks, or 1).
+
+    Attributes:
+        param: (P,) flat parameters, contiguous.
+        exp_avg, exp_avg_sq: (R, P) first and second moments, one row per task, contiguous
+            along P; fp32 for fp16/bf16/fp32 parameters, fp64 for fp64.
+        step: (R,) float32 step counts (device tensors: a step reads nothing back to the host).
+    """
+
+    param: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    step: Tensor
+
+
+class GramOp(Protocol):
+    """J: (B, T, P) fp16/bf16/fp32/fp64, P ≥ 1 → K = J Jᵀ (B, T, T) in the accumulation dtype,
+    exactly symmetric."""
+
+    def __call__(self, J: Tensor, /) -> Tensor: ...
+
+
+class GramListOp(Protocol):
+    """grads: non-empty list of (T, n_i) blocks of one dtype (n_i ≥ 1, rows may be strided) →
+    Σ_i G_i G_iᵀ (T, T) in the accumulation dtype."""
+
+    def __call__(self, grads: Sequence[Tensor], /) -> Tensor: ...
+
+
+class MinNormOp(Protocol):
+    """K: (B, T, T) fp32/fp64, T ≥ 2 → (B, T) min-norm weights on the simplex, in K's dtype.
+    ``sync_free``: run the whole budget with per-problem masks, no host read-back."""
+
+    def __call__(self, K: Tensor, /, *, max_iter: int, tol: float, sync_free: bool) -> Tensor: ...
+
+
+class CombineOp(Protocol):
+    """J: (B, T, P), w: (B, T) in the accumulation dtype → d = Σ_t w_t J_t (B, P) in J's dtype."""
+
+    def __call__(self, J: Tensor, w: Tensor, /) -> Tensor: ...
+
+
+class SignConflictOp(Protocol):
+    """J: (B, T, P), P ≥ 1 → (B, T, T) fp64, the fraction of coordinates whose signs differ."""
+
+    def __call__(self, J: Tensor, /) -> Tensor: ...
+
+
+class MultiAdamOp(Protocol):
+    """One multi-state Adam step in place for the tasks ``tasks`` ((S,) int64, distinct): task
+    ``tasks[i]`` takes gradient row ``grads[grad_rows[i]]`` ((R, P); rows may alias) and weight
+    ``weights[i]`` ((S,) fp64); ``state`` has T rows."""
+
+    def __call__(
+        self,
+        state: AdamState,
+        grads: Tensor,
+        grad_rows: Tensor,
+        tasks: Tensor,
+        weights: Tensor,
+        hyper: AdamHyper,
+        /,
+    ) -> None: ...
+
+
+class CombineAdamOp(Protocol):
+    """d = Σ_t w_t J_t (J: (T, P), w: (T,) in the accumulation dtype) and one single-state
+    Adam(W) step with d, in place; ``state`` has one row."""
+
+    def __call__(self, state: AdamState, J: Tensor, w: Tensor, hyper: AdamHyper, /) -> None: ...
+
+
+CONTRACTS: dict[str, type] = {
+    "gram": GramOp,
+    "gram_list": GramListOp,
+    "min_norm": MinNormOp,
+    "combine": CombineOp,
+    "sign_conflict": SignConflictOp,
+    "multi_adam": MultiAdamOp,
+    "combine_adam": CombineAdamOp,
+}
+
+# The file of each backend package that defines the op (the same name in every backend).
+OP_FILES: dict[str, str] = {
+    "gram": "gram",
+    "gram_list": "gram",
+    "min_norm": "min_norm",
+    "combine": "combine",
+    "sign_conflict": "sign_conflict",
+    "multi_adam": "adam",
+    "combine_adam": "adam",
+}

@@ -1,0 +1,167 @@
+"""The one dispatch point: which backend runs an op on a given device.
+
+Every public op takes ``backend="auto" | "reference" | "triton" | "cuda"`` (the environment
+variable ``MTL_FAST_BACKEND`` sets the default). A backend is a sub-package of ``mtl_fast``
+that exposes:
+
+- ``unavailable_reason() -> str | None``: why the backend cannot run at all on this machine
+  (missing package, no compiled extension, ...), or ``None``;
+- ``device_reason(device) -> str | None``: why it cannot run on tensors of ``device``;
+- ``OPS``: the names of the ops it implements, each a module-level function of that name;
+- optionally ``TASK_LIMITS``: ``{op: largest T it supports}``. ``"auto"`` passes over a backend
+  whose limit the problem exceeds; an explicit request for it raises and names the limit.
+
+An explicitly requested backend that cannot run raises :class:`BackendUnavailableError` with the
+reason; ``"auto"`` falls back quietly to the best backend that can.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+
+BACKEND_NAMES: tuple[str, ...] = ("reference", "triton", "cuda")
+_MODULES = {name: f"mtl_fast.kernels.{name}" for name in BACKEND_NAMES}
+
+# Preference of "auto" on a CUDA device, per op; the reference is always the last resort.
+# Triton first everywhere until GPU benchmarks decide per op: neither kernel family has been
+# timed on a GPU yet, and the CUDA extension is there only when a user built it.
+AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
+    "gram": ("triton", "cuda"),
+    "gram_list": ("triton", "cuda"),
+    "min_norm": ("triton", "cuda"),
+    "combine": ("triton", "cuda"),
+    "multi_adam": ("triton", "cuda"),
+    "combine_adam": ("triton", "cuda"),
+    "sign_conflict": ("triton", "cuda"),
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run the op here; the message says why."""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """What :func:`mtl_fast.backends` reports for one backend."""
+
+    name: str
+    available: bool
+    reason: str | None
+    ops: tuple[str, ...]
+
+
+_loaded: dict[str, ModuleType | str] = {}
+
+
+def _load(name: str) -> ModuleType | str:
+    """The backend module, or the reason it cannot be used (cached)."""
+    if name not in _loaded:
+        try:
+            module = importlib.import_module(_MODULES[name])
+        except ImportError as exc:  # a backend package that is not in this install
+            _loaded[name] = f"{_MODULES[name]} could not be imported: {exc}"
+        else:
+            reason = module.unavailable_reason()
+            _loaded[name] = reason if reason is not None else module
+    return _loaded[name]
+
+
+def _reset_cache() -> None:
+    """Forget what was loaded (tests use this after changing the environment)."""
+    _loaded.clear()
+
+
+def backends() -> dict[str, BackendStatus]:
+    """Which backends exist on this machine and, for each missing one, why.
+
+    Example:
+        >>> import mtl_fast
+        >>> mtl_fast.backends()["reference"].available
+        True
+    """
+    out: dict[str, BackendStatus] = {}
+    for name in BACKEND_NAMES:
+        loaded = _load(name)
+        if isinstance(loaded, str):
+            out[name] = BackendStatus(name, False, loaded, ())
+        else:
+            out[name] = BackendStatus(name, True, None, tuple(sorted(loaded.OPS)))
+    return out
+
+
+def default_backend() -> str:
+    value = os.environ.get("MTL_FAST_BACKEND", "auto").strip().lower() or "auto"
+    if value != "auto" and value not in BACKEND_NAMES:
+        raise ValueError(
+            f"MTL_FAST_BACKEND={value!r} is not one of 'auto', {', '.join(map(repr, BACKEND_NAMES))}"
+        )
+    return value
+
+
+def _task_limit_reason(module: ModuleType, op: str, tasks: int | None) -> str | None:
+    limit = getattr(module, "TASK_LIMITS", {}).get(op)
+    if tasks is not None and limit is not None and tasks > limit:
+        return f"it supports T ≤ {limit} tasks, got T={tasks}"
+    return None
+
+
+def _explicit(
+    op: str, name: str, device: torch.device, tasks: int | None = None
+) -> Callable[..., Any]:
+    loaded = _load(name)
+    if isinstance(loaded, str):
+        raise BackendUnavailableError(f"backend={name!r} cannot run {op}: {loaded}")
+    if op not in loaded.OPS:
+        raise BackendUnavailableError(
+            f"backend={name!r} has no implementation of {op} "
+            f"(it implements: {', '.join(sorted(loaded.OPS)) or 'nothing'})"
+        )
+    reason = loaded.device_reason(device)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend={name!r} cannot run {op} on {device}: {reason}")
+    reason = _task_limit_reason(loaded, op, tasks)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend={name!r} cannot run {op}: {reason}")
+    fn: Callable[..., Any] = getattr(loaded, op)
+    return fn
+
+
+def resolve_name(
+    op: str, backend: str | None, device: torch.device, tasks: int | None = None
+) -> str:
+    """The backend name that will run ``op`` on ``device`` (for T = ``tasks`` when given)."""
+    requested = default_backend() if backend is None else backend
+    if requested == "auto":
+        if device.type == "cuda":
+            for name in AUTO_PREFERENCE.get(op, ()):
+                loaded = _load(name)
+                if (
+                    not isinstance(loaded, str)
+                    and op in loaded.OPS
+                    and loaded.device_reason(device) is None
+                    and _task_limit_reason(loaded, op, tasks) is None
+                ):
+                    return name
+        return "reference"
+    if requested not in BACKEND_NAMES:
+        raise ValueError(
+            f"backend must be 'auto' or one of {', '.join(map(repr, BACKEND_NAMES))}, "
+            f"got {requested!r}"
+        )
+    _explicit(op, requested, device, tasks)
+    return requested
+
+
+def resolve(
+    op: str, backend: str | None, device: torch.device, tasks: int | None = None
+) -> Callable[..., Any]:
+    """The implementation of ``op`` for ``device``; raises if an explicit backend cannot run it."""
+    name = resolve_name(op, backend, device, tasks)
+    return _explicit(op, name, device, tasks)

@@ -1,0 +1,265 @@
+"""Result rows and their writers: JSON (everything), Markdown (tables), PNG (bandwidth vs P)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Row:
+    """One measured figure: one (section, op, provider, shape, dtype, metric)."""
+
+    section: str  # "op" or "strategy"
+    op: str
+    provider: str
+    shape: dict[str, Any]
+    dtype: str
+    metric: str
+    unit: str
+    value: float
+    q20: float | None = None
+    q80: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Report:
+    """A whole run: metadata (device, versions, commit, date, bandwidths), rows and skips."""
+
+    meta: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+
+    def skip(
+        self, section: str, op: str, provider: str, shape: dict[str, Any], reason: str
+    ) -> None:
+        self.skipped.append(
+            {"section": section, "op": op, "provider": provider, "shape": shape, "reason": reason}
+        )
+
+    def value(
+        self, section: str, op: str, provider: str, metric: str, **shape: Any
+    ) -> float | None:
+        """The value of the first row matching (shape entries given must match), or None."""
+        for r in self.rows:
+            if (r.section, r.op, r.provider, r.metric) == (section, op, provider, metric) and all(
+                r.shape.get(k) == v for k, v in shape.items()
+            ):
+                return r.value
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        common = {k: self.meta.get(k) for k in ("device", "date", "mtl_fast", "git_commit")}
+        return {
+            "meta": self.meta,
+            "targets": self.targets,
+            "rows": [{**asdict(r), **common} for r in self.rows],
+            "skipped": self.skipped,
+        }
+
+
+def scrub(text: str) -> str:
+    """Replace this machine's source-tree and home paths (they appear in some backends'
+    reasons) so result files can be shared: ``<repo>`` and ``~``."""
+    repo = str(Path(__file__).resolve().parents[3])
+    home = str(Path.home())
+    text = text.replace(repo, "<repo>")
+    return text.replace(home, "~") if len(home) > 1 else text
+
+
+def write_json(report: Report, path: Path) -> None:
+    path.write_text(scrub(json.dumps(report.to_json(), indent=1, default=_jsonable)) + "\n")
+
+
+def _jsonable(x: Any) -> Any:
+    return str(x)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if v == 0:
+        return "0"
+    mag = abs(v)
+    if mag >= 1000:
+        return f"{v:,.0f}"
+    if mag >= 1:
+        return f"{v:.{digits}g}" if mag < 100 else f"{v:.0f}"
+    return f"{v:.{digits}g}"
+
+
+def _shape_str(shape: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in shape.items())
+
+
+_OP_COLUMNS = (
+    ("time_ms", "median ms"),
+    ("bandwidth_GBps", "GB/s"),
+    ("bandwidth_vs_copy", "of copy"),
+    ("bandwidth_vs_spec", "of spec"),
+    ("problems_per_s", "problems/s"),
+    ("speedup_vs_baseline", "× vs baseline"),
+)
+_STRATEGY_PHASES = ("forward", "backward", "combination", "optimizer", "total")
+
+
+def markdown(report: Report) -> str:
+    """Human-readable tables: a header, the op table, the strategy table, targets, skips."""
+    m = report.meta
+    lines = [
+        f"# mtl_fast benchmarks — {m.get('device')}",
+        "",
+        f"- date: {m.get('date')}; mtl_fast {m.get('mtl_fast')} (commit {m.get('git_commit')}); "
+        f"torch {m.get('torch')}; triton {m.get('triton')}; torchjd {m.get('torchjd')}",
+    ]
+    if m.get("copy_bandwidth_GBps") is not None:
+        lines.append(f"- measured copy bandwidth: {_fmt(m['copy_bandwidth_GBps'])} GB/s")
+    if m.get("spec_bandwidth_GBps") is not None:
+        lines.append(f"- spec-sheet bandwidth: {_fmt(m['spec_bandwidth_GBps'])} GB/s")
+    if m.get("load_average_1m") is not None:
+        lines.append(
+            f"- CPU load average when started: {m['load_average_1m']:.2f} on {m.get('cpu_count')} "
+            "cores (other processes make CPU timings noisier)"
+        )
+    lines.append(f"- command: `{m.get('command')}`")
+    if m.get("warning"):
+        lines.append(f"- **warning**: {m['warning']}")
+    lines.append("")
+
+    op_rows = [r for r in report.rows if r.section == "op"]
+    if op_rows:
+        lines += ["## Ops", ""]
+        keys: dict[tuple[str, str, str, str], dict[str, Row]] = defaultdict(dict)
+        for r in op_rows:
+            keys[(r.op, _shape_str(r.shape), r.dtype, r.provider)][r.metric] = r
+        present = [(k, h) for k, h in _OP_COLUMNS if any(k in d for d in keys.values())]
+        lines.append(
+            "| op | shape | dtype | provider | " + " | ".join(h for _, h in present) + " |"
+        )
+        lines.append("|" + "---|" * (4 + len(present)))
+        for (op, shape, dtype, provider), d in keys.items():
+            cells = [_fmt(d[k].value) if k in d else "" for k, _ in present]
+            lines.append(f"| {op} | {shape} | {dtype} | {provider} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    st_rows = [r for r in report.rows if r.section == "strategy"]
+    if st_rows:
+        lines += [
+            "## Strategies: one training step, median ms per phase",
+            "",
+            "| trunk | T | strategy | " + " | ".join(_STRATEGY_PHASES) + " | overhead vs sum |",
+            "|" + "---|" * (4 + len(_STRATEGY_PHASES)),
+        ]
+        groups: dict[tuple[str, Any, str], dict[str, Row]] = defaultdict(dict)
+        for r in st_rows:
+            groups[(str(r.shape.get("trunk")), r.shape.get("T"), r.provider)][r.metric] = r
+        for (trunk, T, strat), d in groups.items():
+            cells = [_fmt(d[f"{p}_ms"].value) if f"{p}_ms" in d else "" for p in _STRATEGY_PHASES]
+            ovh = d.get("overhead_vs_sum")
+            lines.append(
+                f"| {trunk} | {T} | {strat} | "
+                + " | ".join(cells)
+                + f" | {_fmt(ovh.value) + '×' if ovh else ''} |"
+            )
+        notes = sorted({r.note for r in st_rows if r.note})
+        lines += [
+            "",
+            "- phases: forward; backward (every backward pass); combination (Gram + solve, or "
+            "the peer's whole aggregation); optimizer (every update; for mgda the fused "
+            "combine + Adam)",
+        ]
+        lines += [f"- {n}" for n in notes]
+        for r in st_rows:
+            if r.metric == "combination_share_of_fwd_bwd":
+                lines.append(
+                    f"- {r.shape.get('trunk')} T={r.shape.get('T')}: mgda (gram + solve + "
+                    f"combine_adam) / (forward + backward) = {_fmt(r.value)}"
+                )
+        lines.append("")
+
+    if report.targets:
+        lines += ["## Targets", "", "| target | measured | threshold | met |", "|---|---|---|---|"]
+        for t in report.targets:
+            met = {True: "yes", False: "no", None: "not measured"}[t.get("met")]
+            lines.append(
+                f"| {t['name']} | {_fmt(t.get('measured'))} | {t.get('threshold')} | {met} |"
+            )
+        lines.append("")
+    if report.skipped:
+        lines += ["## Skipped", ""]
+        seen = set()
+        for s in report.skipped:
+            key = (s["op"], s["provider"], s["reason"])
+            if key in seen:
+                continue
+            seen.add(key)
+            lines.append(f"- {s['op']} / {s['provider']}: {s['reason']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_markdown(report: Report, path: Path) -> None:
+    path.write_text(scrub(markdown(report)))
+
+
+def write_plot(report: Report, path: Path) -> bool:
+    """Achieved bandwidth against P, one panel per bandwidth-bound op, one line per
+    (provider, T); the measured copy bandwidth (and spec sheet) as horizontal lines.
+    Returns False (and writes nothing) when matplotlib is missing or nothing fits a plot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    series: dict[str, dict[tuple[str, Any, str], list[tuple[int, float]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for r in report.rows:
+        if (
+            r.section == "op"
+            and r.metric == "bandwidth_GBps"
+            and "P" in r.shape
+            and "trunk" not in r.shape
+        ):
+            series[r.op][(r.provider, r.shape.get("T"), r.dtype)].append((r.shape["P"], r.value))
+    ops = [op for op, s in series.items() if any(len(v) >= 2 for v in s.values())]
+    if not ops:
+        return False
+    fig, axes = plt.subplots(1, len(ops), figsize=(4.2 * len(ops), 3.8), squeeze=False)
+    copy_bw = report.meta.get("copy_bandwidth_GBps")
+    spec_bw = report.meta.get("spec_bandwidth_GBps")
+    for ax, op in zip(axes[0], ops):
+        for (provider, T, dtype), pts in sorted(series[op].items(), key=lambda kv: str(kv[0])):
+            pts.sort()
+            style = "--" if provider not in ("reference", "triton", "cuda") else "-"
+            ax.plot(
+                [p for p, _ in pts],
+                [v for _, v in pts],
+                style,
+                marker="o",
+                ms=3,
+                label=f"{provider} T={T}" + ("" if dtype == "float32" else f" {dtype}"),
+            )
+        if copy_bw:
+            ax.axhline(copy_bw, color="k", lw=0.8, ls=":", label="measured copy")
+        if spec_bw:
+            ax.axhline(spec_bw, color="r", lw=0.8, ls=":", label="spec sheet")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("P (shared parameters)")
+        ax.set_ylabel("achieved GB/s")
+        ax.set_title(op)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{report.meta.get('device')} — {report.meta.get('date')}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,288 @@
+"""One benchmark run: configuration per device, op cases, strategy settings, targets, files."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from mtl_fast.tools.bench._device import copy_bandwidth, run_metadata, spec_bandwidth
+from mtl_fast.tools.bench._ops import OpGrid, op_cases, run_case
+from mtl_fast.tools.bench._report import Report, write_json, write_markdown, write_plot
+from mtl_fast.tools.bench._strategies import STRATEGIES, StrategySetting, run_setting
+
+OPS = ("gram", "combine", "min_norm", "multi_adam", "combine_adam")
+
+
+@dataclass
+class BenchConfig:
+    """Everything a run measures. :func:`default_config` gives the per-device defaults."""
+
+    device: torch.device
+    quick: bool
+    grid: OpGrid
+    ops: tuple[str, ...] = OPS
+    strategies: tuple[str, ...] = STRATEGIES
+    trunks: tuple[str, ...] = ("resnet18", "vit-s")
+    tasks: tuple[int, ...] = (2, 10)
+    batch: int = 4
+    image: int = 64
+    steps: int = 3
+    warmup: int = 1
+    timing: dict[str, Any] = field(default_factory=dict)
+    loop_timing: dict[str, Any] = field(default_factory=dict)
+    copy_bytes: int | None = None
+
+
+def default_config(device: torch.device, quick: bool) -> BenchConfig:
+    """Defaults sized so that on a 2-core CPU the full run takes a few minutes, ``quick`` < 1."""
+    # The Python loop: once when a call takes seconds, repeated up to 1 s when it is quick.
+    loop_timing = {"warmup": 0, "min_repeat": 1, "max_repeat": 20, "min_time": 1.0}
+    if device.type == "cuda":
+        grid = OpGrid(
+            Ps=(2**16, 2**20, 2**22, 2**24, 2**26) if not quick else (2**20, 2**24),
+            Ts=(2, 8, 32) if not quick else (2, 8),
+            adam_Ts=(1, 2, 8) if not quick else (2,),
+            solver=((1, 8), (1024, 2), (1024, 8), (1024, 40), (16384, 8))
+            if not quick
+            else ((1, 8), (1024, 8)),
+            loop_problems=256 if not quick else 32,
+            dtypes=(torch.float32, torch.bfloat16) if not quick else (torch.float32,),
+        )
+        return BenchConfig(
+            device,
+            quick,
+            grid,
+            tasks=(2, 3, 10, 40) if not quick else (10,),
+            trunks=("resnet18", "vit-s") if not quick else ("resnet18",),
+            batch=32,
+            image=224,
+            steps=10 if not quick else 3,
+            warmup=3 if not quick else 1,
+            timing={"warmup": 3, "min_repeat": 10, "max_repeat": 200, "min_time": 0.2},
+            loop_timing=loop_timing,
+        )
+    if quick:
+        grid = OpGrid(
+            Ps=(2**16, 2**20),
+            Ts=(2, 8),
+            adam_Ts=(2,),
+            solver=((1, 8), (1024, 8)),
+            loop_problems=64,
+            dtypes=(torch.float32,),
+        )
+        return BenchConfig(
+            device,
+            quick,
+            grid,
+            strategies=("sum", "mgda", "torchjd-mgda"),
+            trunks=("resnet18",),
+            tasks=(2,),
+            batch=2,
+            image=32,
+            steps=1,
+            warmup=1,
+            timing={"warmup": 1, "min_repeat": 2, "max_repeat": 20, "min_time": 0.05},
+            loop_timing=loop_timing,
+            copy_bytes=2**26,
+        )
+    grid = OpGrid(
+        Ps=(2**16, 2**18, 2**20, 2**22),
+        Ts=(2, 8, 32),
+        adam_Ts=(2, 8),
+        solver=((1, 8), (1024, 2), (1024, 8), (64, 40)),
+        loop_problems=None,
+        dtypes=(torch.float32,),
+    )
+    return BenchConfig(
+        device,
+        quick,
+        grid,
+        steps=2,
+        timing={"warmup": 1, "min_repeat": 3, "max_repeat": 50, "min_time": 0.2},
+        loop_timing=loop_timing,
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48]
+
+
+def evaluate_targets(report: Report) -> list[dict[str, Any]]:
+    """The issue's targets, read from the rows (never asserted anywhere)."""
+    on = report.meta.get("device_type")
+    out: list[dict[str, Any]] = []
+
+    def add(
+        name: str, applies: str, measured: float | None, threshold: str, ok: bool | None
+    ) -> None:
+        met = None if measured is None or applies != on else ok
+        out.append(
+            {
+                "name": name,
+                "applies_to": applies,
+                "measured": measured,
+                "threshold": threshold,
+                "met": met,
+            }
+        )
+
+    s = report.value("op", "min_norm", "reference", "speedup_vs_baseline", B=1024, T=8)
+    add(
+        "batched reference solver vs Python loop, 1024 problems T=8 (× faster)",
+        "cpu",
+        s,
+        "≥ 50",
+        s is not None and s >= 50,
+    )
+    T_ref = 10
+    for provider in ("reference",):
+        r = report.value(
+            "op", "mgda_combination", provider, "speedup_vs_baseline", trunk="resnet18", T=T_ref
+        )
+        ratio = None if r is None else 1.0 / r
+        add(
+            f"MGDA gram+solve+combine ({provider}) / (torch.mm + combine), resnet18 T={T_ref}",
+            "cpu",
+            ratio,
+            "≤ 1.5",
+            ratio is not None and ratio <= 1.5,
+        )
+    share = report.value(
+        "strategy", "step", "mgda", "combination_share_of_fwd_bwd", trunk="resnet18", T=T_ref
+    )
+    add(
+        f"MGDA gram+solve+combine+Adam / forward+backward, resnet18 T={T_ref}",
+        "cuda",
+        share,
+        "< 0.05",
+        share is not None and share < 0.05,
+    )
+    best: float | None = None
+    for provider in ("cuda", "triton", "reference"):
+        ours = report.value(
+            "op", "mgda_combination", provider, "time_ms", trunk="resnet18", T=T_ref
+        )
+        peer = report.value(
+            "op", "mgda_combination", "torchjd MGDA", "time_ms", trunk="resnet18", T=T_ref
+        )
+        if ours is not None and peer is not None:
+            best = max(best or 0.0, peer / ours)
+    add(
+        f"TorchJD MGDA aggregation / ours on the same gradients, resnet18 T={T_ref} (×)",
+        "cuda",
+        best,
+        "≥ 10",
+        best is not None and best >= 10,
+    )
+    return out
+
+
+def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> Report:
+    """Measure everything ``config`` asks for and return the report."""
+    dev = config.device
+    meta = run_metadata(dev)
+    meta["command"] = command
+    meta["quick"] = config.quick
+    t0 = time.perf_counter()
+    meta["copy_bandwidth_GBps"] = copy_bandwidth(dev, nbytes=config.copy_bytes) / 1e9
+    spec = spec_bandwidth(dev)
+    meta["spec_bandwidth_GBps"] = None if spec is None else spec / 1e9
+    meta["timing"] = {"ops": config.timing, "python_loop": config.loop_timing}
+    print(f"device {meta['device']}: copy {meta['copy_bandwidth_GBps']:.1f} GB/s", file=log)
+    load, cores = meta.get("load_average_1m"), meta.get("cpu_count")
+    if load is not None and cores and torch.get_num_threads() > 1 and load > cores - 0.5:
+        # Measured on a 2-core machine at load 6: a 65k-element Gram took 25 ms with 2 OpenMP
+        # threads (they wait for each other's time slices) and 0.04 ms with 1.
+        meta["warning"] = (
+            f"load average {load:.1f} on {cores} cores with {torch.get_num_threads()} torch "
+            "threads: OpenMP threads stall each other; --threads 1 gives steadier numbers"
+        )
+        print("warning: " + meta["warning"], file=log)
+    report = Report(meta)
+    for build in op_cases(config.grid, dev, set(config.ops)):
+        try:
+            case = build()
+        except Exception as exc:  # e.g. out of memory for the largest shapes
+            args = getattr(build, "args", ())
+            report.skip(
+                "op",
+                getattr(getattr(build, "func", None), "__name__", "case"),
+                "all",
+                {"args": [str(a) for a in args]},
+                f"raised {type(exc).__name__}: {exc}",
+            )
+            print(f"case {args} failed to build: {exc}", file=log)
+            continue
+        run_case(
+            case,
+            report,
+            config.timing,
+            baseline_timing=config.loop_timing if case.op == "min_norm" else None,
+        )
+        times = {
+            r.provider: r.value
+            for r in report.rows
+            if r.op == case.op
+            and r.shape == case.shape
+            and r.metric == "time_ms"
+            and r.dtype == str(case.dtype).replace("torch.", "")
+        }
+        print(
+            f"{case.op:<13} {case.shape} " + ", ".join(f"{k} {v:.3g} ms" for k, v in times.items()),
+            file=log,
+        )
+        del case
+    for trunk in config.trunks:
+        for T in config.tasks:
+            if not config.strategies:
+                break
+            s = StrategySetting(trunk, T, config.batch, config.image)
+            run_setting(
+                s,
+                list(config.strategies),
+                dev,
+                report,
+                steps=config.steps,
+                warmup=config.warmup,
+                timing=config.timing,
+            )
+            tot = {
+                r.provider: r.value
+                for r in report.rows
+                if r.section == "strategy"
+                and r.shape.get("trunk") == trunk
+                and r.shape.get("T") == T
+                and r.metric == "total_ms"
+            }
+            print(
+                f"step {trunk} T={T}: " + ", ".join(f"{k} {v:.4g} ms" for k, v in tot.items()),
+                file=log,
+            )
+    report.targets = evaluate_targets(report)
+    meta["wall_s"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def write_all(report: Report, out: Path, *, plot: bool = True, tag: str = "") -> list[Path]:
+    """JSON + Markdown (+ PNG) named bench-<date>-<device>[-quick][-<tag>] under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    date = str(report.meta.get("date", ""))[:10]
+    stem = f"bench-{date}-{_slug(str(report.meta.get('device')))}"
+    if report.meta.get("quick"):
+        stem += "-quick"
+    if tag:
+        stem += "-" + _slug(tag)
+    paths = [out / f"{stem}.json", out / f"{stem}.md"]
+    write_json(report, paths[0])
+    write_markdown(report, paths[1])
+    if plot:
+        png = out / f"{stem}.png"
+        if write_plot(report, png):
+            paths.append(png)
+    return paths

@@ -1,0 +1,291 @@
+"""Reference-vs-backend verification: every available backend, every op, shapes × dtypes.
+
+The truth is computed in float64 from the very inputs the backend sees (already rounded to the
+dtype under test); the tolerance rule is :mod:`mtl_fast._core.precision`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.dispatch import BACKEND_NAMES, _load
+from mtl_fast._core.precision import ADAM_TOL, MIN_NORM_TOL, relative_error, tolerance
+from mtl_fast.kernels import reference as ref
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the verification table."""
+
+    backend: str
+    op: str
+    case: str
+    dtype: str
+    error: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.error <= self.tolerance  # NaN fails
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _gram_cases(quick: bool) -> list[tuple[int, int, int]]:
+    cases = [(1, 1, 1), (1, 2, 7), (1, 3, 1000), (2, 5, 4099)]
+    if not quick:
+        cases += [(1, 8, 65537), (1, 17, 333), (1, 40, 1000), (1, 64, 129)]
+    return cases
+
+
+def _dtypes(quick: bool) -> list[torch.dtype]:
+    return (
+        [torch.float32, torch.bfloat16]
+        if quick
+        else [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+    )
+
+
+def _tolerance(
+    backend: str, ref_err: float, dtype: torch.dtype, out_dtype: torch.dtype | None = None
+) -> float:
+    """The reference is held to ATOL, every other backend to 2× the reference's error + ATOL."""
+    return tolerance(0.0 if backend == "reference" else ref_err, dtype, out_dtype)
+
+
+def _check_gram(backend: str, fn: Callable, device: torch.device, quick: bool) -> Iterable[Check]:
+    gen = torch.Generator().manual_seed(0)
+    for B, T, P in _gram_cases(quick):
+        for dtype in _dtypes(quick):
+            J = torch.randn(B, T, P, generator=gen).to(dtype)
+            truth = J.double() @ J.double().transpose(-1, -2)
+            ref_err = relative_error(ref.gram(J), truth)
+            K = fn(J.to(device)).cpu()
+            yield Check(
+                backend,
+                "gram",
+                f"B={B} T={T} P={P}",
+                _name(dtype),
+                relative_error(K, truth),
+                _tolerance(backend, ref_err, dtype),
+            )
+
+
+def _check_gram_list(
+    backend: str, fn: Callable, device: torch.device, quick: bool
+) -> Iterable[Check]:
+    gen = torch.Generator().manual_seed(1)
+    for T, shapes in [(3, [(7,), (4, 5), (1,)]), (5, [(1000,), (3, 3, 3)])]:
+        for dtype in _dtypes(quick):
+            blocks = [torch.randn(T, *s, generator=gen).to(dtype) for s in shapes]
+            flat = [b.reshape(T, -1) for b in blocks]
+            Jd = torch.cat([f.double() for f in flat], dim=1)
+            truth = Jd @ Jd.T
+            ref_err = relative_error(ref.gram_list(flat), truth)
+            K = fn([f.to(device) for f in flat]).cpu()
+            yield Check(
+                backend,
+                "gram_list",
+                f"T={T} blocks={shapes}",
+                _name(dtype),
+                relative_error(K, truth),
+                _tolerance(backend, ref_err, dtype),
+            )
+
+
+def _check_combine(
+    backend: str, fn: Callable, device: torch.device, quick: bool
+) -> Iterable[Check]:
+    gen = torch.Generator().manual_seed(2)
+    for B, T, P in _gram_cases(quick):
+        for dtype in _dtypes(quick):
+            J = torch.randn(B, T, P, generator=gen).to(dtype)
+            w = torch.rand(B, T, generator=gen)
+            w = w / w.sum(-1, keepdim=True)
+            truth = torch.einsum("bt,btp->bp", w.double(), J.double())
+            ref_err = relative_error(ref.combine(J, w), truth)
+            d = fn(J.to(device), w.to(device)).cpu()
+            yield Check(
+                backend,
+                "combine",
+                f"B={B} T={T} P={P}",
+                _name(dtype),
+                relative_error(d, truth),
+                _tolerance(backend, ref_err, dtype, out_dtype=dtype),
+            )
+
+
+def gram_samples(T: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Named (T, T) PSD test matrices in fp64: generic, rank-1 conflicting, zero, duplicated."""
+    P = max(2 * T, 8)
+    J = torch.randn(T, P, generator=gen, dtype=torch.float64)
+    u = torch.randn(P, generator=gen, dtype=torch.float64)
+    signs = torch.where(torch.arange(T) % 2 == 0, 1.0, -1.0).to(torch.float64)[:, None]
+    near = signs * u + 1e-3 * torch.randn(T, P, generator=gen, dtype=torch.float64)
+    dup = J.clone()
+    dup[T // 2 :] = J[: T - T // 2]
+    return {
+        "full-rank": J @ J.T,
+        "near-rank-1 conflicting": near @ near.T,
+        "zero": torch.zeros(T, T, dtype=torch.float64),
+        "duplicated rows": dup @ dup.T,
+    }
+
+
+def _check_min_norm(
+    backend: str, fn: Callable, device: torch.device, quick: bool
+) -> Iterable[Check]:
+    gen = torch.Generator().manual_seed(3)
+    sizes = [2, 3, 8, 17] if quick else [2, 3, 5, 8, 17, 40, 64]
+    for T in sizes:
+        samples = gram_samples(T, gen)
+        Kd = torch.stack(list(samples.values()))
+        w_star = ref.min_norm(Kd, max_iter=1000, tol=1e-12, sync_free=False)
+        f_star = torch.einsum("bi,bij,bj->b", w_star, Kd, w_star)
+        scale = Kd.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1e-300)
+        for dtype in (torch.float32, torch.float64):
+            K = Kd.to(dtype)
+            w = fn(K.to(device), max_iter=1000, tol=1e-7, sync_free=True).cpu().double()
+            f = torch.einsum("bi,bij,bj->b", w, Kd, w)
+            excess = ((f - f_star) / scale).max().item()
+            off_simplex = max((w.sum(-1) - 1).abs().max().item(), (-w).clamp_min(0).max().item())
+            err = max(excess, off_simplex) if torch.isfinite(w).all() else float("nan")
+            yield Check(
+                backend, "min_norm", f"T={T} ×{len(samples)} kinds", _name(dtype), err, MIN_NORM_TOL
+            )
+
+
+def _adam_state(P: int, T: int, seed: int, device: torch.device) -> AdamState:
+    p = torch.randn(P, generator=torch.Generator().manual_seed(seed))
+    zeros = torch.zeros(T, P, device=device)
+    return AdamState(p.to(device), zeros, zeros.clone(), torch.zeros(T, device=device))
+
+
+def _state_error(ours: AdamState, theirs: AdamState) -> float:
+    return max(
+        relative_error(a.cpu(), b.double())
+        for a, b in zip(vars(ours).values(), vars(theirs).values())
+    )
+
+
+def _check_multi_adam(
+    backend: str, fn: Callable, device: torch.device, quick: bool
+) -> Iterable[Check]:
+    gen = torch.Generator().manual_seed(4)
+    T = 3
+    schedule = [[0], [2], [0, 1, 2], [1], [0, 2]]
+    for P in [1, 7, 1000] if quick else [1, 7, 1000, 65537]:
+        for wd in (0.0, 0.01):
+            hyper = AdamHyper(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=wd)
+            ours = _adam_state(P, T, P, device)
+            theirs = _adam_state(P, T, P, torch.device("cpu"))
+            for tasks in schedule:
+                G = torch.randn(T, P, generator=gen)
+                idx = torch.tensor(tasks)
+                w = torch.rand(len(tasks), generator=gen, dtype=torch.float64) + 0.5
+                # The explicit formula is the definition (the CPU reference takes a fused path).
+                ref.multi_adam(theirs, G, idx, idx, w, hyper, fused=False)
+                fn(ours, G.to(device), idx.to(device), idx.to(device), w.to(device), hyper)
+            yield Check(
+                backend,
+                "multi_adam",
+                f"T={T} P={P} wd={wd} 5 steps",
+                "float32",
+                _state_error(ours, theirs),
+                ADAM_TOL,
+            )
+
+
+def _check_combine_adam(
+    backend: str, fn: Callable, device: torch.device, quick: bool
+) -> Iterable[Check]:
+    gen = torch.Generator().manual_seed(5)
+    T = 4
+    hyper = AdamHyper(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
+    for P in [1, 7, 1000] if quick else [1, 7, 1000, 65537]:
+        ours = _adam_state(P, 1, P, device)
+        theirs = _adam_state(P, 1, P, torch.device("cpu"))
+        for _ in range(4):
+            J = torch.randn(T, P, generator=gen)
+            w = torch.rand(T, generator=gen)
+            ref.combine_adam(theirs, J, w, hyper)
+            fn(ours, J.to(device), w.to(device), hyper)
+        err = _state_error(ours, theirs)
+        yield Check(backend, "combine_adam", f"T={T} P={P} 4 steps", "float32", err, ADAM_TOL)
+
+
+def _check_sign_conflict(
+    backend: str, fn: Callable, device: torch.device, quick: bool
+) -> Iterable[Check]:
+    """Counts are exact: the truth is a direct elementwise count in fp64."""
+    gen = torch.Generator().manual_seed(6)
+    for B, T, P in _gram_cases(quick):
+        for dtype in _dtypes(quick):
+            J = torch.randn(B, T, P, generator=gen).to(dtype)
+            J[..., ::5] = 0  # zero coordinates never count as conflicts
+            s = torch.sign(J.double())
+            truth = (s.unsqueeze(2) * s.unsqueeze(1) < 0).double().mean(-1)
+            C = fn(J.to(device)).cpu()
+            err = (C.double() - truth).abs().max().item()
+            yield Check(backend, "sign_conflict", f"B={B} T={T} P={P}", _name(dtype), err, 1e-12)
+
+
+CHECKS: dict[str, Callable[[str, Callable, torch.device, bool], Iterable[Check]]] = {
+    "gram": _check_gram,
+    "gram_list": _check_gram_list,
+    "combine": _check_combine,
+    "min_norm": _check_min_norm,
+    "multi_adam": _check_multi_adam,
+    "combine_adam": _check_combine_adam,
+    "sign_conflict": _check_sign_conflict,
+}
+
+
+def run(
+    backends: Iterable[str] | None = None,
+    device: str | torch.device | None = None,
+    quick: bool = False,
+) -> tuple[list[Check], list[str]]:
+    """Run the verification matrix.
+
+    Returns:
+        (checks, skipped): every check made, and a line for each backend that was skipped and why.
+    """
+    dev = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    checks: list[Check] = []
+    skipped: list[str] = []
+    for name in backends or BACKEND_NAMES:
+        loaded = _load(name)
+        if isinstance(loaded, str):
+            skipped.append(f"{name}: {loaded}")
+            continue
+        reason = loaded.device_reason(dev)
+        if reason is not None:
+            skipped.append(f"{name}: cannot run on {dev}: {reason}")
+            continue
+        for op in sorted(loaded.OPS):
+            if op in CHECKS:
+                checks.extend(CHECKS[op](name, getattr(loaded, op), dev, quick))
+    return checks, skipped
+
+
+def format_table(checks: list[Check]) -> str:
+    """A fixed-width table of the checks, one row each."""
+    header = f"{'backend':<10} {'op':<13} {'case':<36} {'dtype':<9} {'max error':>10} {'tolerance':>10}  result"
+    lines = [header, "-" * len(header)]
+    for c in checks:
+        lines.append(
+            f"{c.backend:<10} {c.op:<13} {c.case[:36]:<36} {c.dtype:<9} {c.error:>10.2e} "
+            f"{c.tolerance:>10.2e}  {'pass' if c.passed else 'FAIL'}"
+        )
+    return "\n".join(lines)
