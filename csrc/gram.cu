@@ -1,7 +1,7 @@
 // Gram matrix K = J Jᵀ of per-task gradients, batched: J (B, T, P) -> K (B, T, T); and, with the
 // same tiling, the sign-conflict fractions C_ij = |{p : sign(J_ip) sign(J_jp) < 0}| / P.
 //
-// Accumulation is fp32 for fp16/bf16/fp32 input and fp64 for fp64 input (SPEC.md). The P axis
+// Accumulation is fp32 for fp16/bf16/fp32 input and fp64 for fp64 input (docs/math.md). The P axis
 // is split into chunks; each block computes one TT×TT tile of K (only tiles on or above the
 // diagonal: K is symmetric) over one chunk and writes it to a workspace, and a second kernel
 // sums the chunks in a fixed order and mirrors the tile. No atomics, so the result is bitwise

@@ -44,7 +44,7 @@ def test_measure_counts_calls() -> None:
 
 def test_byte_formulas() -> None:
     P = 1000
-    # SPEC.md: (8 + 20|S|)·P bytes for fp32 multi-state Adam.
+    # docs/math.md: (8 + 20|S|)·P bytes for fp32 multi-state Adam.
     for S in (1, 2, 8):
         assert multi_adam_bytes(S, P, torch.float32) == (8 + 20 * S) * P
     assert gram_bytes(1, 4, P, torch.float32) == 4 * 4 * P + 4 * 16

@@ -162,7 +162,7 @@ def test_affinity_update_hand_computed():
 
 
 def scalar_update(A, r, g, beta):
-    """The rule of SPEC.md, written with scalars (an independent statement of it)."""
+    """The rule of docs/math.md, written with scalars (an independent statement of it)."""
     k = len(g)
     for s in g:
         for t in range(len(r)):

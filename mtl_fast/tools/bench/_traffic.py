@@ -1,4 +1,4 @@
-"""Bytes each op must move at least (its physical minimum traffic), per SPEC.md.
+"""Bytes each op must move at least (its physical minimum traffic), per docs/math.md.
 
 Achieved bandwidth = these bytes / median time. Every provider of an op (a backend or a
 baseline) is measured against the same formula, so a provider that moves more data than the
@@ -38,7 +38,7 @@ def min_norm_bytes(B: int, T: int, dtype: torch.dtype) -> int:
 def multi_adam_bytes(S: int, P: int, dtype: torch.dtype) -> int:
     """One fused pass for |S| = ``S`` tasks: read p and S·(g, m, v), write p and S·(m, v).
 
-    For fp32 this is (8 + 20·S)·P bytes (SPEC.md).
+    For fp32 this is (8 + 20·S)·P bytes (docs/math.md).
     """
     p = _size(dtype)
     s = _size(state_dtype(dtype))

@@ -4,7 +4,7 @@ This is a faithful re-implementation, written for this project, of ``MinNormSolv
 find_min_norm_element`` from the code released with Sener & Koltun, "Multi-Task Learning as
 Multi-Objective Optimization" (NeurIPS 2018), fed with a Gram matrix K instead of the gradients
 (its ``dps`` table of inner products is filled from K). It is **a baseline, not a reference**:
-``mtl_fast.min_norm`` is the solver this project trusts (SPEC.md).
+``mtl_fast.min_norm`` is the solver this project trusts (docs/math.md).
 
 The algorithm, per problem, in Python and numpy:
 
