@@ -74,3 +74,13 @@ def test_task_limits_steer_auto_and_refuse_explicit(monkeypatch: pytest.MonkeyPa
     assert _dispatch.resolve_name("min_norm", "auto", meta, tasks=5) == "reference"
     with pytest.raises(mtl_fast.BackendUnavailableError, match="supports T ≤ 4 tasks, got T=5"):
         _dispatch.resolve_name("min_norm", "cuda", meta, tasks=5)
+
+
+def test_triton_interpreter_that_cannot_run_with_this_numpy_says_why() -> None:
+    pytest.importorskip("triton")
+    from mtl_fast.kernels.triton.common import interpreter_problem
+
+    reason = interpreter_problem("3.6.0", "2.4.6")
+    assert reason is not None and "Triton 3.6.0" in reason and "numpy<2.4" in reason
+    for triton_version, numpy_version in (("3.6.0", "2.3.5"), ("3.7.0", "2.4.6"), ("3.9.0", "2.5")):
+        assert interpreter_problem(triton_version, numpy_version) is None

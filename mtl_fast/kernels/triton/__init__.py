@@ -20,21 +20,23 @@ OPS = frozenset({"gram", "gram_list", "min_norm", "combine", "multi_adam", "comb
 TASK_LIMITS: dict[str, int] = {}
 
 try:
-    import triton  # noqa: F401  (the top-level package, not this one)
+    import triton  # the top-level package, not this one
 except ImportError as exc:  # the core package must work without Triton
     _IMPORT_ERROR: str | None = (
         f"triton is not installed ({exc}); install it with pip install 'mtl-fast[triton]'"
     )
 else:
-    _IMPORT_ERROR = None
+    import numpy as np
+
     from mtl_fast.kernels.triton.adam import combine_adam, multi_adam
     from mtl_fast.kernels.triton.combine import combine
-    from mtl_fast.kernels.triton.common import INTERPRETED
+    from mtl_fast.kernels.triton.common import INTERPRETED, interpreter_problem
     from mtl_fast.kernels.triton.gram import gram, gram_list
     from mtl_fast.kernels.triton.min_norm import MAX_TASKS, min_norm
 
     # The solver keeps K and its face system in registers: one program per problem.
     TASK_LIMITS["min_norm"] = MAX_TASKS
+    _IMPORT_ERROR = interpreter_problem(triton.__version__, np.__version__) if INTERPRETED else None
 
 __all__ = [
     "MAX_TASKS",

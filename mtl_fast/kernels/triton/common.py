@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import torch
 import triton
@@ -18,6 +19,28 @@ def _probe(x):
 # ``triton.jit`` decides at decoration time whether a kernel is compiled or interpreted
 # (TRITON_INTERPRET=1 read when the kernel modules are imported), so ask a decorated function.
 INTERPRETED: bool = not isinstance(_probe, JITFunction)
+
+
+def _release(version: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
+def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
+    """Why this Triton's interpreter cannot run the kernels next to this NumPy, or None.
+
+    Triton 3.6 and older turn one-element arrays into Python ints with ``int(array)``, which
+    NumPy 2.4 rejects for arrays of one or more dimensions: every kernel that loops over a
+    runtime range fails. Triton 3.7 fixed it. Compiled kernels (a GPU) are not affected.
+    """
+    if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
+        return (
+            f"Triton {triton_version}'s interpreter cannot run with NumPy {numpy_version} "
+            "(it needs NumPy < 2.4; Triton ≥ 3.7 works with both): "
+            "pip install 'numpy<2.4' or a newer triton"
+        )
+    return None
+
 
 # The programs a "persistent" launch aims for per SM. Under the interpreter every program is a
 # Python call, so a CPU run gets a handful of programs in all.

