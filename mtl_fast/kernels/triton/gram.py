@@ -117,7 +117,8 @@ def _gram_partial_kernel(
     # Only the upper triangle of tiles stores. The test is a row bound, not mask=ti <= tj:
     # Triton 3.9's interpreter fails on a scalar mask broadcast to a block ("mask has
     # unsupported dtype": it splats the comparison as int32, which older interpreters cast to
-    # bool). The same elements are stored, and ptxas for sm_90 (python -m mtl_fast.kernels.triton.aot)
+    # bool). The same elements are stored, and ptxas for sm_90
+    # (python -m mtl_fast.kernels.triton.aot)
     # reports the same registers and spills for every specialization of this kernel, with the
     # same PTX instruction mix: no change in results or speed on a GPU.
     row_end = tl.where(ti <= tj, BT, 0)
