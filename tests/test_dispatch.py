@@ -11,7 +11,7 @@ from mtl_fast._core import dispatch as _dispatch
 
 def test_reference_is_always_available() -> None:
     status = mtl_fast.backends()
-    assert set(status) == {"reference", "triton", "cuda"}
+    assert set(status) == {"reference", "triton", "cuda", "cpu"}
     assert status["reference"].available and status["reference"].reason is None
     assert "min_norm" in status["reference"].ops
     for s in status.values():
@@ -84,3 +84,24 @@ def test_triton_interpreter_that_cannot_run_with_this_numpy_says_why() -> None:
     assert reason is not None and "Triton 3.6.0" in reason and "numpy<2.4" in reason
     for triton_version, numpy_version in (("3.6.0", "2.3.5"), ("3.7.0", "2.4.6"), ("3.9.0", "2.5")):
         assert interpreter_problem(triton_version, numpy_version) is None
+
+
+def test_resolution_runs_untraced_under_torch_compile() -> None:
+    """Public ops compile as one graph even when no backend was loaded before tracing: the
+    dispatch imports and loads backends outside the trace (dynamo cannot trace importlib), and
+    check_finite=None does not read values back inside torch.compile."""
+    J = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    w = torch.full((4,), 0.25)
+
+    def step(J: torch.Tensor) -> torch.Tensor:
+        return mtl_fast.gram(J) @ mtl_fast.combine(J, w)[:4]
+
+    _dispatch._reset_cache()
+    torch._dynamo.reset()
+    try:
+        explained = torch._dynamo.explain(step)(J)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        compiled = torch.compile(step, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(J), step(J))
+    finally:
+        torch._dynamo.reset()

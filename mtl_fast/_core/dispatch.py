@@ -1,8 +1,8 @@
 """The one dispatch point: which backend runs an op on a given device.
 
-Every public op takes ``backend="auto" | "reference" | "triton" | "cuda"`` (the environment
-variable ``MTL_FAST_BACKEND`` sets the default). A backend is a sub-package of ``mtl_fast``
-that exposes:
+Every public op takes ``backend="auto" | "reference" | "triton" | "cuda" | "cpu"`` (the
+environment variable ``MTL_FAST_BACKEND`` sets the default). A backend is a sub-package of
+``mtl_fast.kernels`` that exposes:
 
 - ``unavailable_reason() -> str | None``: why the backend cannot run at all on this machine
   (missing package, no compiled extension, ...), or ``None``;
@@ -21,12 +21,12 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any
+from types import ModuleType, SimpleNamespace
+from typing import Any, TypeVar
 
 import torch
 
-BACKEND_NAMES: tuple[str, ...] = ("reference", "triton", "cuda")
+BACKEND_NAMES: tuple[str, ...] = ("reference", "triton", "cuda", "cpu")
 _MODULES = {name: f"mtl_fast.kernels.{name}" for name in BACKEND_NAMES}
 
 # Preference of "auto" on a CUDA device, per op; the reference is always the last resort.
@@ -41,6 +41,10 @@ AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
     "combine_adam": ("triton", "cuda"),
     "sign_conflict": ("triton", "cuda"),
 }
+# Preference of "auto" on the CPU, per op (the reference otherwise): the compiled solver gives
+# the reference's weights 6x (1024 problems of T = 8) to 400x (one of T = 10) faster, measured
+# on one thread (mtl_fast/kernels/cpu).
+CPU_AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {"min_norm": ("cpu",)}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -57,7 +61,21 @@ class BackendStatus:
     ops: tuple[str, ...]
 
 
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def _constant_under_compile(fn: _Fn) -> _Fn:
+    """Mark ``fn`` as ``torch.compiler.assume_constant_result`` does: dynamo calls it as plain
+    Python and uses its result as a constant. That function sets this very attribute, but first
+    imports torch._dynamo, 2-3 s (measured) that a program which never compiles would pay on
+    ``import mtl_fast``; tests/test_dispatch.py checks that dynamo still honours it."""
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
 _loaded: dict[str, ModuleType | str] = {}
+# Implementations resolved while torch.compile traced, as attributes "backend:op" (see resolve).
+_traced = SimpleNamespace()
 
 
 def _load(name: str) -> ModuleType | str:
@@ -76,6 +94,7 @@ def _load(name: str) -> ModuleType | str:
 def _reset_cache() -> None:
     """Forget what was loaded (tests use this after changing the environment)."""
     _loaded.clear()
+    _traced.__dict__.clear()
 
 
 def backends() -> dict[str, BackendStatus]:
@@ -139,8 +158,9 @@ def resolve_name(
     """The backend name that will run ``op`` on ``device`` (for T = ``tasks`` when given)."""
     requested = default_backend() if backend is None else backend
     if requested == "auto":
-        if device.type == "cuda":
-            for name in AUTO_PREFERENCE.get(op, ()):
+        if device.type in ("cuda", "cpu"):
+            preference = AUTO_PREFERENCE if device.type == "cuda" else CPU_AUTO_PREFERENCE
+            for name in preference.get(op, ()):
                 loaded = _load(name)
                 if (
                     not isinstance(loaded, str)
@@ -163,5 +183,20 @@ def resolve(
     op: str, backend: str | None, device: torch.device, tasks: int | None = None
 ) -> Callable[..., Any]:
     """The implementation of ``op`` for ``device``; raises if an explicit backend cannot run it."""
+    if torch.compiler.is_compiling():
+        impl: Callable[..., Any] = getattr(_traced, _resolve_untraced(op, backend, device, tasks))
+        return impl
     name = resolve_name(op, backend, device, tasks)
     return _explicit(op, name, device, tasks)
+
+
+@_constant_under_compile
+def _resolve_untraced(op: str, backend: str | None, device: torch.device, tasks: int | None) -> str:
+    """Under torch.compile: resolve as plain Python, store the implementation in ``_traced`` and
+    return its attribute name. Resolving imports and loads backends (importlib, ctypes), which
+    dynamo cannot trace, and dynamo would read ``_loaded`` as it was when the trace first read
+    it, before this loaded a backend; a namespace attribute it reads as it is now."""
+    name = resolve_name(op, backend, device, tasks)
+    key = f"{name}:{op}"
+    setattr(_traced, key, _explicit(op, name, device, tasks))
+    return key

@@ -57,9 +57,10 @@ def require_nonneg_float(name: str, x: object) -> float:
 
 
 def should_check(check_finite: bool | None, device: torch.device) -> bool:
-    """``None`` means: check on the CPU (free there); skip on a GPU (it would sync the host)."""
+    """``None`` means: check on the CPU (free there); skip on a GPU (it would sync the host), and
+    inside ``torch.compile`` (reading the answer back would break the graph)."""
     if check_finite is None:
-        return device.type == "cpu"
+        return device.type == "cpu" and not torch.compiler.is_compiling()
     return bool(check_finite)
 
 

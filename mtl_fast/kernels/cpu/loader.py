@@ -1,0 +1,59 @@
+"""Finding and loading the compiled CPU library (csrc/cpu/) that ``setup.py`` builds next to this
+file, with ctypes; never a build as a side effect."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.machinery
+from collections.abc import Callable
+from pathlib import Path
+
+# The file stem of the shared library built by setup.py (Extension "mtl_fast.kernels.cpu._lib").
+LIBRARY_STEM = "_lib"
+# Must equal MTL_MIN_NORM_ABI_VERSION in csrc/cpu/min_norm.h.
+ABI_VERSION = 1
+
+_BUILD_HINT = (
+    "it is built at install time when a C++17 compiler is present: install one (e.g. g++) and "
+    "reinstall mtl-fast, or run `python setup.py build_ext --inplace` in a source checkout"
+)
+
+_Solver = Callable[[int, int, int, int, int, float], int]
+
+
+def library_path() -> Path | None:
+    """The built shared library next to this file, or None when it was not built."""
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"{LIBRARY_STEM}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+@functools.cache
+def library() -> tuple[_Solver, _Solver] | str:
+    """(fp64 solver, fp32 solver) with their C signatures set, or why they cannot be loaded."""
+    path = library_path()
+    if path is None:
+        return f"the compiled CPU solver is not built ({_BUILD_HINT})"
+    try:
+        lib = ctypes.CDLL(str(path))
+        version = lib.mtl_min_norm_abi_version
+        f64, f32 = lib.mtl_min_norm_f64, lib.mtl_min_norm_f32
+    except (OSError, AttributeError) as exc:
+        return f"the compiled CPU solver at {path} cannot be loaded: {exc} ({_BUILD_HINT})"
+    version.restype = ctypes.c_int
+    version.argtypes = []
+    found = int(version())
+    if found != ABI_VERSION:
+        return (
+            f"the compiled CPU solver at {path} has ABI version {found}, this package expects "
+            f"{ABI_VERSION}: it is left over from another version; rebuild it ({_BUILD_HINT})"
+        )
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    for fn in (f64, f32):
+        fn.argtypes = [vp, vp, i64, i64, i64, ctypes.c_double]  # K, w, batch, T, max_iter, tol
+        fn.restype = ctypes.c_int
+    return f64, f32
