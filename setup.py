@@ -2,7 +2,8 @@
 
 Everything about the package lives in pyproject.toml. Two optional builds:
 
-**CPU solver** (csrc/cpu/, always attempted): the min-norm solver of the ``cpu`` backend, a plain
+**CPU library** (csrc/cpu/, always attempted): the min-norm solver and the Gram-space aggregators
+(PCGrad, IMTL-G, CAGrad, Nash-MTL, Aligned-MTL, ConFIG) of the ``cpu`` backend, a plain
 C++17 shared library with a C ABI, loaded with ctypes by ``mtl_fast.kernels.cpu``. It is an
 ``Extension(optional=True)``: setuptools compiles and links it like a Python extension module
 (same compiler discovery, same per-platform file name and install location, in ``pip install
@@ -39,7 +40,7 @@ CPU_LIBRARY = "mtl_fast.kernels.cpu._lib"
 def _cpu_library() -> Extension:
     return Extension(
         name=CPU_LIBRARY,
-        sources=["csrc/cpu/min_norm.cpp"],
+        sources=["csrc/cpu/min_norm.cpp", "csrc/cpu/aggregators.cpp"],
         include_dirs=["csrc/cpu"],
         language="c++",
         optional=True,  # a failed build (no compiler) warns; the install goes on without it

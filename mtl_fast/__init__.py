@@ -6,6 +6,9 @@ Public API (tensor inputs positional, hyperparameters keyword-only):
 - :func:`min_norm` — batched MGDA min-norm weights on the simplex;
 - :func:`combine` — d = Σ_t w_t J_t;
 - :func:`combine_adam` — combine and one Adam step, fused;
+- Gram-space aggregators, K → task coefficients c (batched, sync-free): :func:`pcgrad_weights`,
+  :func:`imtlg_weights`, :func:`cagrad_weights`, :func:`nash_mtl_weights` (stateful:
+  :func:`nash_mtl_step`), :func:`aligned_mtl_weights`, :func:`config_weights`;
 - :class:`MultiAdam` — Adam with one state per task for shared parameters;
 - :class:`TaskGradients` — the (T, P) gradient arena autograd writes into;
 - :func:`backends` — which backends exist here, and why the others do not.
@@ -19,7 +22,23 @@ from mtl_fast._core.dispatch import BackendStatus, BackendUnavailableError, back
 from mtl_fast._core.flat import flatten_parameters
 from mtl_fast._core.validate import NonFiniteError
 from mtl_fast._version import __version__
-from mtl_fast.ops import combine, combine_adam, gram, min_norm
+from mtl_fast.ops import (
+    NashMTLStep,
+    aligned_mtl_weights,
+    cagrad_weights,
+    combine,
+    combine_adam,
+    config_weights,
+    gram,
+    imtlg_weights,
+    min_norm,
+    nash_mtl_clip,
+    nash_mtl_solve,
+    nash_mtl_step,
+    nash_mtl_weights,
+    pcgrad_order,
+    pcgrad_weights,
+)
 from mtl_fast.optim import MultiAdam, TaskGradients
 
 _aliases.install()
@@ -28,13 +47,24 @@ __all__ = [
     "BackendStatus",
     "BackendUnavailableError",
     "MultiAdam",
+    "NashMTLStep",
     "NonFiniteError",
     "TaskGradients",
     "__version__",
+    "aligned_mtl_weights",
     "backends",
+    "cagrad_weights",
     "combine",
     "combine_adam",
+    "config_weights",
     "flatten_parameters",
     "gram",
+    "imtlg_weights",
     "min_norm",
+    "nash_mtl_clip",
+    "nash_mtl_solve",
+    "nash_mtl_step",
+    "nash_mtl_weights",
+    "pcgrad_order",
+    "pcgrad_weights",
 ]

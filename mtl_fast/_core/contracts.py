@@ -110,6 +110,70 @@ class CombineAdamOp(Protocol):
     def __call__(self, state: AdamState, J: Tensor, w: Tensor, hyper: AdamHyper, /) -> None: ...
 
 
+class PCGradOp(Protocol):
+    """K: (B, T, T) fp32/fp64, order: (B, T, T) int64 (row i a permutation of range(T), task
+    i's projection order) → (B, T) PCGrad weights in K's dtype."""
+
+    def __call__(self, K: Tensor, order: Tensor, /) -> Tensor: ...
+
+
+class IMTLGOp(Protocol):
+    """K: (B, T, T) fp32/fp64 → (B, T) IMTL-G weights in K's dtype; ``rtol``: the
+    pseudo-inverse cut-off relative to the largest eigenvalue of K / max_i K_ii."""
+
+    def __call__(self, K: Tensor, /, *, rtol: float) -> Tensor: ...
+
+
+class CAGradOp(Protocol):
+    """K: (B, T, T) fp32/fp64 → (B, T) CAGrad weights in K's dtype (see
+    :func:`mtl_fast.ops.aggregators.cagrad_weights` for the hyperparameters)."""
+
+    def __call__(
+        self,
+        K: Tensor,
+        /,
+        *,
+        c: float,
+        norm_eps: float,
+        rescale: int,
+        max_iter: int,
+        tol: float,
+        sync_free: bool,
+    ) -> Tensor: ...
+
+
+class NashMTLOp(Protocol):
+    """K: (B, T, T) fp32/fp64, prev_alpha: (B, T) fp64 state → (weights, alpha), both (B, T) in
+    K's dtype: the clipped Nash-MTL weights and the new state."""
+
+    def __call__(
+        self,
+        K: Tensor,
+        prev_alpha: Tensor,
+        /,
+        *,
+        max_norm: float,
+        max_iter: int,
+        tol: float,
+        sync_free: bool,
+    ) -> tuple[Tensor, Tensor]: ...
+
+
+class AlignedMTLOp(Protocol):
+    """K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) Aligned-MTL weights in K's dtype;
+    ``scale_mode`` "min" | "median" | "rmse"; ``rtol``: the rank cut-off relative to the largest
+    eigenvalue."""
+
+    def __call__(self, K: Tensor, pref: Tensor, /, *, scale_mode: str, rtol: float) -> Tensor: ...
+
+
+class ConFIGOp(Protocol):
+    """K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) ConFIG weights in K's dtype; ``rtol``:
+    the cut-off of the cosine matrix's pseudo-inverse."""
+
+    def __call__(self, K: Tensor, pref: Tensor, /, *, rtol: float) -> Tensor: ...
+
+
 CONTRACTS: dict[str, type] = {
     "gram": GramOp,
     "gram_list": GramListOp,
@@ -118,6 +182,12 @@ CONTRACTS: dict[str, type] = {
     "sign_conflict": SignConflictOp,
     "multi_adam": MultiAdamOp,
     "combine_adam": CombineAdamOp,
+    "pcgrad": PCGradOp,
+    "imtlg": IMTLGOp,
+    "cagrad": CAGradOp,
+    "nash_mtl": NashMTLOp,
+    "aligned_mtl": AlignedMTLOp,
+    "config": ConFIGOp,
 }
 
 # The file of each backend package that defines the op (the same name in every backend).
@@ -129,4 +199,13 @@ OP_FILES: dict[str, str] = {
     "sign_conflict": "sign_conflict",
     "multi_adam": "adam",
     "combine_adam": "adam",
+    "pcgrad": "aggregators",
+    "imtlg": "aggregators",
+    "cagrad": "aggregators",
+    "nash_mtl": "aggregators",
+    "aligned_mtl": "aggregators",
+    "config": "aggregators",
 }
+
+# The Gram-space aggregators (mtl_fast.ops.aggregators), one op each.
+AGGREGATOR_OPS: tuple[str, ...] = ("pcgrad", "imtlg", "cagrad", "nash_mtl", "aligned_mtl", "config")

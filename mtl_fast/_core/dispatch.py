@@ -40,11 +40,29 @@ AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
     "multi_adam": ("triton", "cuda"),
     "combine_adam": ("triton", "cuda"),
     "sign_conflict": ("triton", "cuda"),
+    # The aggregators: the Triton kernels where they exist (PCGrad, CAGrad, Nash-MTL; one launch,
+    # no host sync), the reference otherwise.
+    "pcgrad": ("triton",),
+    "imtlg": ("triton",),
+    "cagrad": ("triton",),
+    "nash_mtl": ("triton",),
+    "aligned_mtl": ("triton",),
+    "config": ("triton",),
 }
 # Preference of "auto" on the CPU, per op (the reference otherwise): the compiled solver gives
 # the reference's weights 6x (1024 problems of T = 8) to 400x (one of T = 10) faster, measured
 # on one thread (mtl_fast/kernels/cpu).
-CPU_AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {"min_norm": ("cpu",)}
+# The aggregators likewise: one problem of T = 10 takes 3-60 µs in the library against 0.3-4 ms
+# in the reference (docs/aggregators.md).
+CPU_AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
+    "min_norm": ("cpu",),
+    "pcgrad": ("cpu",),
+    "imtlg": ("cpu",),
+    "cagrad": ("cpu",),
+    "nash_mtl": ("cpu",),
+    "aligned_mtl": ("cpu",),
+    "config": ("cpu",),
+}
 
 
 class BackendUnavailableError(RuntimeError):

@@ -2,7 +2,9 @@
 
 Two shapes:
 
-- *combine-then-step* (:class:`LinearScalarization`, :class:`MGDA`, :class:`MGDAUB`):
+- *combine-then-step* (:class:`LinearScalarization`, :class:`MGDA`, :class:`MGDAUB`, and the
+  Gram-space aggregators :class:`PCGrad`, :class:`IMTLG`, :class:`CAGrad`, :class:`NashMTL`,
+  :class:`AlignedMTL`, :class:`ConFIG`):
   ``strategy.backward(losses)`` writes ``.grad`` of Σ_t c_t L_t with the coefficients the
   method chose, then the user's own optimizer steps;
 - *sequential-update* (:class:`PerTaskUpdates`, :class:`SelectiveTaskGroupUpdates`):
@@ -14,6 +16,15 @@ gradient diagnostics every ``diagnostics_every`` steps, and has ``state_dict()``
 ``load_state_dict()`` for an exact resume.
 """
 
+from mtl_fast.strategies._aggregators import (
+    IMTLG,
+    AlignedMTL,
+    CAGrad,
+    ConFIG,
+    GramAggregator,
+    NashMTL,
+    PCGrad,
+)
 from mtl_fast.strategies._base import StepRecord, Strategy
 from mtl_fast.strategies._combine_base import CombineStrategy
 from mtl_fast.strategies._linear import LinearScalarization
@@ -29,10 +40,17 @@ from mtl_fast.strategies._stgu import (
 )
 
 __all__ = [
+    "IMTLG",
     "MGDA",
     "MGDAUB",
+    "AlignedMTL",
+    "CAGrad",
     "CombineStrategy",
+    "ConFIG",
+    "GramAggregator",
     "LinearScalarization",
+    "NashMTL",
+    "PCGrad",
     "PerTaskUpdates",
     "SelectiveTaskGroupUpdates",
     "SequentialStrategy",

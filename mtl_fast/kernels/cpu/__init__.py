@@ -1,4 +1,5 @@
-"""CPU backend: the compiled min-norm solver of ``csrc/cpu/``, loaded with ctypes.
+"""CPU backend: the compiled min-norm solver and Gram-space aggregators of ``csrc/cpu/``, loaded
+with ctypes.
 
 ``setup.py`` builds the solver at install time as an optional shared library next to this file
 (``_lib`` plus the platform's extension-module suffix). Without a C++ compiler the install
@@ -23,21 +24,52 @@ from __future__ import annotations
 
 import torch
 
-from mtl_fast.kernels.cpu.loader import ABI_VERSION, library, library_path
+from mtl_fast._core.contracts import AGGREGATOR_OPS
+from mtl_fast.kernels.cpu.aggregators import (
+    MAX_AGGREGATOR_TASKS,
+    aligned_mtl,
+    cagrad,
+    config,
+    imtlg,
+    nash_mtl,
+    pcgrad,
+)
+from mtl_fast.kernels.cpu.loader import (
+    ABI_VERSION,
+    AGGREGATORS_ABI_VERSION,
+    aggregator_library,
+    library,
+    library_path,
+)
 from mtl_fast.kernels.cpu.min_norm import MAX_MIN_NORM_TASKS, min_norm
 
-OPS = frozenset({"min_norm"})
-TASK_LIMITS = {"min_norm": MAX_MIN_NORM_TASKS}
+# The aggregators (PCGrad, IMTL-G, CAGrad, Nash-MTL, Aligned-MTL, ConFIG: csrc/cpu/aggregators.cpp)
+# one problem at a time: measured on one thread, 1-150 µs per call through the public functions
+# at T = 2-40, against 0.1-40 ms for the batched reference (docs/aggregators.md). A library built
+# before they existed still serves min_norm.
+OPS = frozenset({"min_norm"}) | (
+    frozenset(AGGREGATOR_OPS) if not isinstance(aggregator_library(), str) else frozenset()
+)
+TASK_LIMITS = {"min_norm": MAX_MIN_NORM_TASKS} | dict.fromkeys(AGGREGATOR_OPS, MAX_AGGREGATOR_TASKS)
 
 __all__ = [
     "ABI_VERSION",
+    "AGGREGATORS_ABI_VERSION",
+    "MAX_AGGREGATOR_TASKS",
     "MAX_MIN_NORM_TASKS",
     "OPS",
     "TASK_LIMITS",
+    "aggregator_library",
+    "aligned_mtl",
+    "cagrad",
+    "config",
     "device_reason",
+    "imtlg",
     "library",
     "library_path",
     "min_norm",
+    "nash_mtl",
+    "pcgrad",
     "unavailable_reason",
 ]
 

@@ -13,6 +13,8 @@ from pathlib import Path
 LIBRARY_STEM = "_lib"
 # Must equal MTL_MIN_NORM_ABI_VERSION in csrc/cpu/min_norm.h.
 ABI_VERSION = 1
+# Must equal MTL_AGGREGATORS_ABI_VERSION in csrc/cpu/aggregators.h.
+AGGREGATORS_ABI_VERSION = 1
 
 _BUILD_HINT = (
     "it is built at install time when a C++17 compiler is present: install one (e.g. g++) and "
@@ -57,3 +59,46 @@ def library() -> tuple[_Solver, _Solver] | str:
         fn.argtypes = [vp, vp, i64, i64, i64, ctypes.c_double]  # K, w, batch, T, max_iter, tol
         fn.restype = ctypes.c_int
     return f64, f32
+
+
+@functools.cache
+def aggregator_library() -> dict[str, Callable[..., int]] | str:
+    """The aggregator functions of csrc/cpu/aggregators.h by name (``"pcgrad_f64"``, ...) with
+    their C signatures set, or why they cannot be loaded."""
+    path = library_path()
+    if path is None:
+        return f"the compiled CPU library is not built ({_BUILD_HINT})"
+    vp, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    signatures: dict[str, list[type]] = {
+        "pcgrad": [vp, vp, vp, i64, i64],  # K, order, c, batch, T
+        "imtlg": [vp, vp, i64, i64, f64],  # K, c, batch, T, rtol
+        # K, c, batch, T, c, norm_eps, rescale, max_iter, tol
+        "cagrad": [vp, vp, i64, i64, f64, f64, i64, i64, f64],
+        # K, prev, weights, alpha, batch, T, max_norm, max_iter, tol
+        "nash_mtl": [vp, vp, vp, vp, i64, i64, f64, i64, f64],
+        "aligned_mtl": [vp, vp, vp, i64, i64, i64, f64],  # K, pref, c, batch, T, mode, rtol
+        "config": [vp, vp, vp, i64, i64, f64],  # K, pref, c, batch, T, rtol
+    }
+    try:
+        lib = ctypes.CDLL(str(path))
+        version = lib.mtl_aggregators_abi_version
+        fns = {
+            f"{op}_{t}": getattr(lib, f"mtl_{op}_{t}") for op in signatures for t in ("f64", "f32")
+        }
+    except (OSError, AttributeError) as exc:
+        return (
+            f"the compiled CPU library at {path} has no aggregators or cannot be loaded: {exc} "
+            f"({_BUILD_HINT})"
+        )
+    version.restype = ctypes.c_int
+    version.argtypes = []
+    found = int(version())
+    if found != AGGREGATORS_ABI_VERSION:
+        return (
+            f"the aggregators of the compiled CPU library at {path} have ABI version {found}, "
+            f"this package expects {AGGREGATORS_ABI_VERSION}: rebuild it ({_BUILD_HINT})"
+        )
+    for name, fn in fns.items():
+        fn.argtypes = signatures[name.rsplit("_", 1)[0]]
+        fn.restype = ctypes.c_int
+    return fns

@@ -10,23 +10,51 @@ from __future__ import annotations
 import torch
 
 from mtl_fast.kernels.reference.adam import combine_adam, multi_adam
+from mtl_fast.kernels.reference.aggregators import (
+    aligned_mtl,
+    cagrad,
+    config,
+    imtlg,
+    nash_mtl,
+    pcgrad,
+)
 from mtl_fast.kernels.reference.combine import combine
 from mtl_fast.kernels.reference.gram import gram, gram_list
 from mtl_fast.kernels.reference.min_norm import min_norm
 from mtl_fast.kernels.reference.sign_conflict import sign_conflict
 
 OPS = frozenset(
-    {"gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam", "sign_conflict"}
+    {
+        "gram",
+        "gram_list",
+        "min_norm",
+        "combine",
+        "multi_adam",
+        "combine_adam",
+        "sign_conflict",
+        "pcgrad",
+        "imtlg",
+        "cagrad",
+        "nash_mtl",
+        "aligned_mtl",
+        "config",
+    }
 )
 
 __all__ = [
     "OPS",
+    "aligned_mtl",
+    "cagrad",
     "combine",
     "combine_adam",
+    "config",
     "gram",
     "gram_list",
+    "imtlg",
     "min_norm",
     "multi_adam",
+    "nash_mtl",
+    "pcgrad",
     "sign_conflict",
 ]
 

@@ -1,4 +1,5 @@
-"""Triton backend: fused Gram, batched min-norm solve, combine and multi-state Adam kernels.
+"""Triton backend: fused Gram, batched min-norm solve, combine and multi-state Adam kernels, and
+the iterative Gram-space aggregators (PCGrad, CAGrad, Nash-MTL).
 
 One file per op (``_gram.py``, ``_min_norm.py``, ``_combine.py``, ``_adam.py``): private
 ``@triton.jit`` kernels first, then the host launchers, which take the backend calling
@@ -15,7 +16,19 @@ from __future__ import annotations
 
 import torch
 
-OPS = frozenset({"gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam"})
+OPS = frozenset(
+    {
+        "gram",
+        "gram_list",
+        "min_norm",
+        "combine",
+        "multi_adam",
+        "combine_adam",
+        "pcgrad",
+        "cagrad",
+        "nash_mtl",
+    }
+)
 # Largest T per op ("auto" passes over this backend above it); filled once Triton imports.
 TASK_LIMITS: dict[str, int] = {}
 
@@ -29,6 +42,8 @@ else:
     import numpy as np
 
     from mtl_fast.kernels.triton.adam import combine_adam, multi_adam
+    from mtl_fast.kernels.triton.aggregators import MAX_TASKS as MAX_AGGREGATOR_TASKS
+    from mtl_fast.kernels.triton.aggregators import cagrad, nash_mtl, pcgrad
     from mtl_fast.kernels.triton.combine import combine
     from mtl_fast.kernels.triton.common import INTERPRETED, interpreter_problem
     from mtl_fast.kernels.triton.gram import gram, gram_list
@@ -36,11 +51,13 @@ else:
 
     # The solver keeps K and its face system in registers: one program per problem.
     TASK_LIMITS["min_norm"] = MAX_TASKS
+    TASK_LIMITS.update(dict.fromkeys(("pcgrad", "cagrad", "nash_mtl"), MAX_AGGREGATOR_TASKS))
     _IMPORT_ERROR = interpreter_problem(triton.__version__, np.__version__) if INTERPRETED else None
 
 __all__ = [
     "MAX_TASKS",
     "OPS",
+    "cagrad",
     "combine",
     "combine_adam",
     "device_reason",
@@ -48,6 +65,8 @@ __all__ = [
     "gram_list",
     "min_norm",
     "multi_adam",
+    "nash_mtl",
+    "pcgrad",
     "unavailable_reason",
 ]
 

@@ -87,13 +87,13 @@ def record(quick: bool = False) -> list[Launch]:
     ``quick`` keeps one case of each code path (both Gram inner products, one and two row
     tiles, every solver tile, each Adam variant) instead of every dtype and size.
     """
-    _adam, _combine, _gram, _min_norm = (
+    _adam, _combine, _gram, _min_norm, _agg = (
         importlib.import_module(f"mtl_fast.kernels.triton.{name}")
-        for name in ("adam", "combine", "gram", "min_norm")
+        for name in ("adam", "combine", "gram", "min_norm", "aggregators")
     )
 
     launches: list[Launch] = []
-    for module in (_adam, _combine, _gram, _min_norm):
+    for module in (_adam, _combine, _gram, _min_norm, _agg):
         for name in dir(module):
             obj = getattr(module, name)
             if name.endswith("_kernel") and hasattr(obj, "params"):
@@ -117,6 +117,20 @@ def record(quick: bool = False) -> list[Launch]:
         for T in (2, 16, 32, 64) if quick else (2, 3, 5, 8, 16, 17, 32, 40, 64):
             _min_norm.min_norm(
                 torch.zeros(4, T, T, dtype=dtype), max_iter=10, tol=1e-6, sync_free=True
+            )
+    for dtype in (torch.float32,) if quick else (torch.float32, torch.float64):
+        for T in (2, 16, 32, 64) if quick else (2, 3, 5, 8, 10, 16, 17, 32, 40, 64):
+            K = torch.zeros(4, T, T, dtype=dtype)
+            order = torch.zeros(4, T, T, dtype=torch.int64)
+            _agg.pcgrad(K, order)
+            _agg.cagrad(K, c=0.5, norm_eps=1e-4, rescale=0, max_iter=10, tol=1e-12, sync_free=True)
+            _agg.nash_mtl(
+                K,
+                torch.ones(4, T, dtype=torch.float64),
+                max_norm=1.0,
+                max_iter=10,
+                tol=1e-10,
+                sync_free=True,
             )
     for pdtype in (
         (torch.float32, torch.bfloat16) if quick else (torch.float32, torch.bfloat16, torch.float64)

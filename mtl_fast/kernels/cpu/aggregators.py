@@ -1,0 +1,314 @@
+"""The Gram-space aggregators on the compiled CPU library (csrc/cpu/aggregators.cpp), as the ops
+``torch.ops.mtl_fast_cpu.{pcgrad, imtlg, cagrad, nash_mtl, aligned_mtl, config}``.
+
+Each op runs the reference algorithm (:mod:`mtl_fast.kernels.reference.aggregators`) problem by
+problem in fp64 as one compiled loop, where the reference spends 50-700 small torch operations
+per iteration or per solve; the eigen-based ones use a cyclic Jacobi eigensolver. Every op has a
+fake implementation, so ``torch.compile(fullgraph=True)`` traces it as one opaque node; called
+eagerly on a plain tensor, the functions below skip the dispatcher and call the library
+directly (the custom op's eager dispatch costs ~10 µs, more than the T = 10 solves). The
+coefficients are not differentiable: they are a constant of the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtl_fast.kernels.cpu.loader import aggregator_library
+
+# Largest T the library accepts (kMaxT in csrc/cpu/aggregators.cpp).
+MAX_AGGREGATOR_TASKS = 4096
+
+_STATUS = {1: "an invalid argument", 2: "an allocation failure (its scratch is a few T² doubles)"}
+_SCALE_MODES = {"min": 0, "median": 1, "rmse": 2}
+
+
+def _fn(op: str, dtype: torch.dtype) -> Callable[..., int]:
+    loaded = aggregator_library()
+    if isinstance(loaded, str):
+        raise RuntimeError(f"backend='cpu' cannot run {op}: {loaded}")
+    if dtype == torch.float64:
+        return loaded[f"{op}_f64"]
+    if dtype == torch.float32:
+        return loaded[f"{op}_f32"]
+    raise TypeError(f"backend='cpu' {op} takes fp32 or fp64 K, got {dtype}")
+
+
+def _check(status: int, op: str, B: int, T: int) -> None:
+    if status != 0:
+        what = _STATUS.get(status, f"status {status}")
+        raise RuntimeError(f"backend='cpu' {op} failed with {what} (B={B}, T={T})")
+
+
+def _c(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    x = x if dtype is None or x.dtype == dtype else x.to(dtype)
+    return x if x.is_contiguous() else x.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# The library calls. K: (B, T, T) fp32/fp64 CPU tensor; vectors (B, T) fp64; order (B, T, T).
+# ---------------------------------------------------------------------------------------------
+
+
+def _pcgrad(K: Tensor, order: Tensor) -> Tensor:
+    fn = _fn("pcgrad", K.dtype)
+    K, order = _c(K), _c(order, torch.int64)
+    B, T = K.shape[0], K.shape[1]
+    c = torch.empty((B, T), dtype=K.dtype)
+    _check(fn(K.data_ptr(), order.data_ptr(), c.data_ptr(), B, T), "pcgrad", B, T)
+    return c
+
+
+def _imtlg(K: Tensor, rtol: float) -> Tensor:
+    fn = _fn("imtlg", K.dtype)
+    K = _c(K)
+    B, T = K.shape[0], K.shape[1]
+    c = torch.empty((B, T), dtype=K.dtype)
+    _check(fn(K.data_ptr(), c.data_ptr(), B, T, rtol), "imtlg", B, T)
+    return c
+
+
+def _cagrad(
+    K: Tensor, c: float, norm_eps: float, rescale: int, max_iter: int, tol: float
+) -> Tensor:
+    fn = _fn("cagrad", K.dtype)
+    K = _c(K)
+    B, T = K.shape[0], K.shape[1]
+    out = torch.empty((B, T), dtype=K.dtype)
+    status = fn(K.data_ptr(), out.data_ptr(), B, T, c, norm_eps, rescale, max_iter, tol)
+    _check(status, "cagrad", B, T)
+    return out
+
+
+def _nash_mtl(
+    K: Tensor, prev_alpha: Tensor, max_norm: float, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor]:
+    fn = _fn("nash_mtl", K.dtype)
+    K, prev = _c(K), _c(prev_alpha, torch.float64)
+    B, T = K.shape[0], K.shape[1]
+    weights = torch.empty((B, T), dtype=K.dtype)
+    alpha = torch.empty((B, T), dtype=K.dtype)
+    status = fn(
+        K.data_ptr(),
+        prev.data_ptr(),
+        weights.data_ptr(),
+        alpha.data_ptr(),
+        B,
+        T,
+        max_norm,
+        max_iter,
+        tol,
+    )
+    _check(status, "nash_mtl", B, T)
+    return weights, alpha
+
+
+def _aligned_mtl(K: Tensor, pref: Tensor, scale_mode: str, rtol: float) -> Tensor:
+    fn = _fn("aligned_mtl", K.dtype)
+    if scale_mode not in _SCALE_MODES:
+        raise ValueError(f"scale_mode must be one of {tuple(_SCALE_MODES)}, got {scale_mode!r}")
+    K, p = _c(K), _c(pref, torch.float64)
+    B, T = K.shape[0], K.shape[1]
+    c = torch.empty((B, T), dtype=K.dtype)
+    status = fn(K.data_ptr(), p.data_ptr(), c.data_ptr(), B, T, _SCALE_MODES[scale_mode], rtol)
+    _check(status, "aligned_mtl", B, T)
+    return c
+
+
+def _config(K: Tensor, pref: Tensor, rtol: float) -> Tensor:
+    fn = _fn("config", K.dtype)
+    K, p = _c(K), _c(pref, torch.float64)
+    B, T = K.shape[0], K.shape[1]
+    c = torch.empty((B, T), dtype=K.dtype)
+    _check(fn(K.data_ptr(), p.data_ptr(), c.data_ptr(), B, T, rtol), "config", B, T)
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered ops (torch.compile, export, tensor subclasses) with their fakes.
+# ---------------------------------------------------------------------------------------------
+
+
+def _weights_like(K: Tensor) -> Tensor:
+    torch._check(K.dim() == 3, lambda: f"K must have shape (B, T, T), got {tuple(K.shape)}")
+    return K.new_empty((K.shape[0], K.shape[1]))
+
+
+def _constant_outputs(op: Any, n_inputs: int) -> None:
+    """The outputs are a constant of the step, as on the direct path (no history there): no
+    gradient flows back, and autograd and torch.compile need no backward formula."""
+
+    def setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        outs = output if isinstance(output, tuple) else (output,)
+        ctx.mark_non_differentiable(*outs)
+
+    def backward(ctx: Any, *grads: Any) -> tuple[None, ...]:
+        return (None,) * n_inputs
+
+    op.register_autograd(backward, setup_context=setup)
+
+
+@torch.library.custom_op("mtl_fast_cpu::pcgrad", mutates_args=(), device_types="cpu")
+def _pcgrad_op(K: Tensor, order: Tensor) -> Tensor:
+    return _pcgrad(K, order)
+
+
+@_pcgrad_op.register_fake
+def _pcgrad_fake(K: Tensor, order: Tensor) -> Tensor:
+    return _weights_like(K)
+
+
+@torch.library.custom_op("mtl_fast_cpu::imtlg", mutates_args=(), device_types="cpu")
+def _imtlg_op(K: Tensor, rtol: float) -> Tensor:
+    return _imtlg(K, rtol)
+
+
+@_imtlg_op.register_fake
+def _imtlg_fake(K: Tensor, rtol: float) -> Tensor:
+    return _weights_like(K)
+
+
+@torch.library.custom_op("mtl_fast_cpu::cagrad", mutates_args=(), device_types="cpu")
+def _cagrad_op(
+    K: Tensor, c: float, norm_eps: float, rescale: int, max_iter: int, tol: float
+) -> Tensor:
+    return _cagrad(K, c, norm_eps, rescale, max_iter, tol)
+
+
+@_cagrad_op.register_fake
+def _cagrad_fake(
+    K: Tensor, c: float, norm_eps: float, rescale: int, max_iter: int, tol: float
+) -> Tensor:
+    return _weights_like(K)
+
+
+@torch.library.custom_op("mtl_fast_cpu::nash_mtl", mutates_args=(), device_types="cpu")
+def _nash_mtl_op(
+    K: Tensor, prev_alpha: Tensor, max_norm: float, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor]:
+    return _nash_mtl(K, prev_alpha, max_norm, max_iter, tol)
+
+
+@_nash_mtl_op.register_fake
+def _nash_mtl_fake(
+    K: Tensor, prev_alpha: Tensor, max_norm: float, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor]:
+    return _weights_like(K), _weights_like(K)
+
+
+@torch.library.custom_op("mtl_fast_cpu::aligned_mtl", mutates_args=(), device_types="cpu")
+def _aligned_mtl_op(K: Tensor, pref: Tensor, scale_mode: str, rtol: float) -> Tensor:
+    return _aligned_mtl(K, pref, scale_mode, rtol)
+
+
+@_aligned_mtl_op.register_fake
+def _aligned_mtl_fake(K: Tensor, pref: Tensor, scale_mode: str, rtol: float) -> Tensor:
+    return _weights_like(K)
+
+
+@torch.library.custom_op("mtl_fast_cpu::config", mutates_args=(), device_types="cpu")
+def _config_op(K: Tensor, pref: Tensor, rtol: float) -> Tensor:
+    return _config(K, pref, rtol)
+
+
+@_config_op.register_fake
+def _config_fake(K: Tensor, pref: Tensor, rtol: float) -> Tensor:
+    return _weights_like(K)
+
+
+_constant_outputs(_pcgrad_op, 2)
+_constant_outputs(_imtlg_op, 2)
+_constant_outputs(_cagrad_op, 6)
+_constant_outputs(_nash_mtl_op, 5)
+_constant_outputs(_aligned_mtl_op, 4)
+_constant_outputs(_config_op, 3)
+
+
+def _traced(K: Tensor) -> bool:
+    """Go through the registered op when traced (torch.compile, export) or for a subclass."""
+    return torch.compiler.is_compiling() or type(K) is not torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend functions (the contracts of mtl_fast._core.contracts)
+# ---------------------------------------------------------------------------------------------
+
+
+def pcgrad(K: Tensor, order: Tensor, /) -> Tensor:
+    """PCGrad weights. K: (B, T, T) fp32/fp64, order: (B, T, T) int64 → (B, T) in K's dtype."""
+    if _traced(K):
+        out: Tensor = torch.ops.mtl_fast_cpu.pcgrad(K, order)
+        return out
+    return _pcgrad(K, order)
+
+
+def imtlg(K: Tensor, /, *, rtol: float) -> Tensor:
+    """IMTL-G weights. K: (B, T, T) fp32/fp64 → (B, T) in K's dtype."""
+    if _traced(K):
+        out: Tensor = torch.ops.mtl_fast_cpu.imtlg(K, float(rtol))
+        return out
+    return _imtlg(K, float(rtol))
+
+
+def cagrad(
+    K: Tensor,
+    /,
+    *,
+    c: float,
+    norm_eps: float,
+    rescale: int,
+    max_iter: int,
+    tol: float,
+    sync_free: bool,
+) -> Tensor:
+    """CAGrad weights. K: (B, T, T) fp32/fp64 → (B, T) in K's dtype.
+
+    ``sync_free`` changes nothing here: each problem stops on its own inside the compiled loop,
+    and on the CPU there is no device to synchronise with.
+    """
+    del sync_free
+    args = (float(c), float(norm_eps), int(rescale), int(max_iter), float(tol))
+    if _traced(K):
+        out: Tensor = torch.ops.mtl_fast_cpu.cagrad(K, *args)
+        return out
+    return _cagrad(K, *args)
+
+
+def nash_mtl(
+    K: Tensor,
+    prev_alpha: Tensor,
+    /,
+    *,
+    max_norm: float,
+    max_iter: int,
+    tol: float,
+    sync_free: bool,
+) -> tuple[Tensor, Tensor]:
+    """Nash-MTL (weights, alpha). K: (B, T, T) fp32/fp64, prev_alpha: (B, T) fp64 → both (B, T)
+    in K's dtype. ``sync_free`` changes nothing here (see :func:`cagrad`)."""
+    del sync_free
+    args = (float(max_norm), int(max_iter), float(tol))
+    if _traced(K):
+        weights, alpha = torch.ops.mtl_fast_cpu.nash_mtl(K, prev_alpha, *args)
+        return weights, alpha
+    return _nash_mtl(K, prev_alpha, *args)
+
+
+def aligned_mtl(K: Tensor, pref: Tensor, /, *, scale_mode: str, rtol: float) -> Tensor:
+    """Aligned-MTL weights. K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) in K's dtype."""
+    if _traced(K):
+        out: Tensor = torch.ops.mtl_fast_cpu.aligned_mtl(K, pref, scale_mode, float(rtol))
+        return out
+    return _aligned_mtl(K, pref, scale_mode, float(rtol))
+
+
+def config(K: Tensor, pref: Tensor, /, *, rtol: float) -> Tensor:
+    """ConFIG weights. K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) in K's dtype."""
+    if _traced(K):
+        out: Tensor = torch.ops.mtl_fast_cpu.config(K, pref, float(rtol))
+        return out
+    return _config(K, pref, float(rtol))

@@ -1,0 +1,449 @@
+"""Combine-then-step strategies on the Gram-space aggregators (:mod:`mtl_fast.ops.aggregators`):
+PCGrad, IMTL-G, CAGrad, Nash-MTL, Aligned-MTL and ConFIG.
+
+Each step: T backward passes write ∇_shared L_t into the gradient arena J (T, P) with no copy;
+K = J Jᵀ; the method's coefficients c from K alone; the shared ``.grad`` receives d = Jᵀc (one
+pass over J, no further trunk backward) and each head ∇ c_t L_t, as for
+:class:`~mtl_fast.strategies.MGDA`. Diagnostics come from the same Gram.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from mtl_fast.ops.aggregators import (
+    CAGRAD_MAX_ITER,
+    CAGRAD_NORM_EPS,
+    CAGRAD_TOL,
+    NASH_MAX_ITER,
+    NASH_MAX_NORM,
+    NASH_TOL,
+    aligned_mtl_weights,
+    cagrad_weights,
+    config_weights,
+    imtlg_weights,
+    nash_mtl_step,
+    pcgrad_order,
+    pcgrad_weights,
+)
+from mtl_fast.ops.combine import combine
+from mtl_fast.ops.gram import gram
+from mtl_fast.strategies._base import check_losses, loss_vector
+from mtl_fast.strategies._combine_base import CombineStrategy
+
+
+class GramAggregator(CombineStrategy):
+    """Base of the strategies whose coefficients are a function of the Gram matrix K alone.
+
+    Subclasses implement :meth:`coefficients`; the step is that of :class:`MGDA` with c in
+    place of the min-norm weights (``last.weights`` = ``last.loss_scales`` = c).
+    """
+
+    space = "parameters"
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor] = (),
+        num_tasks: int = 2,
+        *,
+        backend: str | None = None,
+        diagnostics_every: int = 0,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            shared_params,
+            task_params,
+            num_tasks,
+            diagnostics_every=diagnostics_every,
+            on_nonfinite=on_nonfinite,
+        )
+        self.backend = backend
+
+    def coefficients(self, K: torch.Tensor) -> torch.Tensor:
+        """c (T,) from the Gram K (T, T) of the step's shared gradients."""
+        raise NotImplementedError
+
+    def backward(
+        self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
+    ) -> bool:
+        """Write the method's gradients. ``features`` is ignored (accepted for symmetry)."""
+        del features
+        losses = check_losses(losses, self.num_tasks)
+        self._track_path()
+        lv = loss_vector(losses)
+        bad = self._nonfinite_losses(losses)
+        if bad:
+            return self._refuse(lv, bad, "loss")
+        arena = self._fill_arena(losses)
+        K = gram(arena.J, backend=self.backend, check_finite=False)
+        bad = self._nonfinite_gram(K)
+        if bad:
+            return self._refuse(lv, bad, "gradient")
+        c = self.coefficients(K)
+        d = combine(arena.J, c.to(arena.J.dtype), backend=self.backend)
+        self._backward_heads(losses, c)
+        self._accumulate_shared(arena, d)
+        diag = self._diagnose(arena.J, K) if self._diagnostics_due() else None
+        self.num_steps += 1
+        self.last.step = self.num_steps
+        self.last.losses = lv
+        self.last.weights = c.detach().clone()
+        self.last.loss_scales = c.detach().clone()
+        self.last.diagnostics = diag
+        self.last.skipped = []
+        return True
+
+
+class PCGrad(GramAggregator):
+    """PCGrad (Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020).
+
+    Each task's gradient is projected, in a random order of the other tasks, onto the normal
+    plane of every gradient it conflicts with, and the projections are summed
+    (:func:`mtl_fast.pcgrad_weights`). The orders come from the strategy's own generator,
+    seeded with ``seed``, on the parameters' device: a run is reproducible, and its state is in
+    :meth:`state_dict`.
+
+    Args:
+        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.MGDA`.
+        seed: seed of the projection orders.
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.strategies import PCGrad
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
+        ...     torch.nn.Linear(8, 1) for _ in range(2))
+        >>> pcgrad = PCGrad(trunk.parameters(), heads.parameters(), num_tasks=2, seed=0)
+        >>> z = trunk(torch.randn(16, 4))
+        >>> pcgrad.backward([h(z).pow(2).mean() for h in heads])
+        True
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor] = (),
+        num_tasks: int = 2,
+        *,
+        seed: int = 0,
+        backend: str | None = None,
+        diagnostics_every: int = 0,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            shared_params,
+            task_params,
+            num_tasks,
+            backend=backend,
+            diagnostics_every=diagnostics_every,
+            on_nonfinite=on_nonfinite,
+        )
+        self.generator = torch.Generator(device=self.shared_params[0].device)
+        self.generator.manual_seed(seed)
+
+    def coefficients(self, K: torch.Tensor) -> torch.Tensor:
+        order = pcgrad_order((), self.num_tasks, generator=self.generator, device=K.device)
+        return pcgrad_weights(K, order=order, backend=self.backend, check_finite=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
+
+
+class IMTLG(GramAggregator):
+    """IMTL-G (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021): the update has
+    equal projections onto every task's unit gradient (:func:`mtl_fast.imtlg_weights`).
+
+    Args:
+        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.MGDA`.
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.strategies import IMTLG
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
+        ...     torch.nn.Linear(8, 1) for _ in range(2))
+        >>> imtlg = IMTLG(trunk.parameters(), heads.parameters(), num_tasks=2)
+        >>> z = trunk(torch.randn(16, 4))
+        >>> imtlg.backward([h(z).pow(2).mean() for h in heads])
+        True
+        >>> round(float(imtlg.last.weights.sum()), 6)
+        1.0
+    """
+
+    def coefficients(self, K: torch.Tensor) -> torch.Tensor:
+        return imtlg_weights(K, backend=self.backend, check_finite=False)
+
+
+class CAGrad(GramAggregator):
+    """CAGrad (Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning",
+    NeurIPS 2021): the direction within c·‖g₀‖ of the mean gradient g₀ that maximises the worst
+    task's improvement (:func:`mtl_fast.cagrad_weights`).
+
+    Args:
+        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.MGDA`.
+        c: radius scale (default 0.5, the official code's; TorchJD has no default).
+        norm_eps, rescale, max_iter, tol: see :func:`mtl_fast.cagrad_weights`.
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.strategies import CAGrad
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
+        ...     torch.nn.Linear(8, 1) for _ in range(2))
+        >>> cagrad = CAGrad(trunk.parameters(), heads.parameters(), num_tasks=2, c=0.4)
+        >>> z = trunk(torch.randn(16, 4))
+        >>> cagrad.backward([h(z).pow(2).mean() for h in heads])
+        True
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor] = (),
+        num_tasks: int = 2,
+        *,
+        c: float = 0.5,
+        norm_eps: float = CAGRAD_NORM_EPS,
+        rescale: Literal[0, 1, 2] = 0,
+        max_iter: int = CAGRAD_MAX_ITER,
+        tol: float = CAGRAD_TOL,
+        backend: str | None = None,
+        diagnostics_every: int = 0,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            shared_params,
+            task_params,
+            num_tasks,
+            backend=backend,
+            diagnostics_every=diagnostics_every,
+            on_nonfinite=on_nonfinite,
+        )
+        # Validate once, here, rather than at the first step.
+        cagrad_weights(
+            torch.eye(1), c=c, norm_eps=norm_eps, rescale=rescale, max_iter=max_iter, tol=tol
+        )
+        self.c = c
+        self.norm_eps = norm_eps
+        self.rescale: Literal[0, 1, 2] = rescale
+        self.max_iter = max_iter
+        self.tol = tol
+
+    def coefficients(self, K: torch.Tensor) -> torch.Tensor:
+        return cagrad_weights(
+            K,
+            c=self.c,
+            norm_eps=self.norm_eps,
+            rescale=self.rescale,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            backend=self.backend,
+            check_finite=False,
+        )
+
+
+class NashMTL(GramAggregator):
+    """Nash-MTL (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022): α > 0
+    with g_iᵀ(Jᵀα) = 1/α_i for every task, the update clipped to ‖Jᵀα‖ ≤ ``max_norm``
+    (:func:`mtl_fast.nash_mtl_step`).
+
+    Stateful like TorchJD's ``NashMTL``: α is recomputed every ``update_weights_every`` steps
+    (warm-started from, and falling back to, the previous α) and reused, re-clipped with the
+    current gradients, in between. The state is in :meth:`state_dict`.
+
+    Args:
+        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.MGDA`.
+        max_norm: the clipping bound (0: none).
+        update_weights_every: steps between weight updates.
+        max_iter, tol: the Newton budget and tolerance (see :func:`mtl_fast.nash_mtl_step`).
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.strategies import NashMTL
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
+        ...     torch.nn.Linear(8, 1) for _ in range(2))
+        >>> nash = NashMTL(trunk.parameters(), heads.parameters(), num_tasks=2)
+        >>> z = trunk(torch.randn(16, 4))
+        >>> nash.backward([h(z).pow(2).mean() for h in heads])
+        True
+        >>> nash.alpha.shape
+        torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor] = (),
+        num_tasks: int = 2,
+        *,
+        max_norm: float = NASH_MAX_NORM,
+        update_weights_every: int = 1,
+        max_iter: int = NASH_MAX_ITER,
+        tol: float = NASH_TOL,
+        backend: str | None = None,
+        diagnostics_every: int = 0,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            shared_params,
+            task_params,
+            num_tasks,
+            backend=backend,
+            diagnostics_every=diagnostics_every,
+            on_nonfinite=on_nonfinite,
+        )
+        if isinstance(update_weights_every, bool) or not (
+            isinstance(update_weights_every, int) and update_weights_every >= 1
+        ):
+            raise ValueError(
+                f"update_weights_every must be an int ≥ 1, got {update_weights_every!r}"
+            )
+        nash_mtl_step(torch.eye(1), max_norm=max_norm, max_iter=max_iter, tol=tol)  # validate
+        self.max_norm = max_norm
+        self.update_weights_every = update_weights_every
+        self.max_iter = max_iter
+        self.tol = tol
+        self.alpha = torch.ones(num_tasks, dtype=torch.float64, device=self.shared_params[0].device)
+
+    def coefficients(self, K: torch.Tensor) -> torch.Tensor:
+        update = self.num_steps % self.update_weights_every == 0
+        weights, alpha = nash_mtl_step(
+            K,
+            prev_alpha=self.alpha,
+            max_norm=self.max_norm,
+            max_iter=self.max_iter if update else 0,
+            tol=self.tol,
+            backend=self.backend,
+            check_finite=False,
+        )
+        self.alpha = alpha.to(torch.float64)
+        return weights
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["alpha"] = self.alpha.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.alpha = state["alpha"].to(self.alpha.device, torch.float64).clone()
+
+
+def _pref(pref: Sequence[float] | torch.Tensor | None, T: int, device: torch.device) -> Any:
+    if pref is None:
+        return None
+    p = torch.as_tensor(pref, dtype=torch.float64).detach().clone().to(device)
+    if p.shape != (T,):
+        raise ValueError(f"pref must have shape ({T},), got {tuple(p.shape)}")
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError("pref must be finite")
+    return p
+
+
+class AlignedMTL(GramAggregator):
+    """Aligned-MTL (Senushkin et al., "Independent Component Alignment for Multi-Task
+    Learning", CVPR 2023): the preference vector mapped through the transformation that gives
+    the task gradients equal singular values (:func:`mtl_fast.aligned_mtl_weights`).
+
+    Args:
+        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.MGDA`.
+        pref: (T,) preference vector (default 1/T each, TorchJD's).
+        scale_mode: "min", "median" or "rmse".
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.strategies import AlignedMTL
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
+        ...     torch.nn.Linear(8, 1) for _ in range(2))
+        >>> aligned = AlignedMTL(trunk.parameters(), heads.parameters(), num_tasks=2)
+        >>> z = trunk(torch.randn(16, 4))
+        >>> aligned.backward([h(z).pow(2).mean() for h in heads])
+        True
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor] = (),
+        num_tasks: int = 2,
+        *,
+        pref: Sequence[float] | torch.Tensor | None = None,
+        scale_mode: Literal["min", "median", "rmse"] = "min",
+        backend: str | None = None,
+        diagnostics_every: int = 0,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            shared_params,
+            task_params,
+            num_tasks,
+            backend=backend,
+            diagnostics_every=diagnostics_every,
+            on_nonfinite=on_nonfinite,
+        )
+        self.pref = _pref(pref, num_tasks, self.shared_params[0].device)
+        aligned_mtl_weights(torch.eye(num_tasks), scale_mode=scale_mode)  # validate
+        self.scale_mode: Literal["min", "median", "rmse"] = scale_mode
+
+    def coefficients(self, K: torch.Tensor) -> torch.Tensor:
+        return aligned_mtl_weights(
+            K, pref=self.pref, scale_mode=self.scale_mode, backend=self.backend, check_finite=False
+        )
+
+
+class ConFIG(GramAggregator):
+    """ConFIG (Liu et al., "ConFIG: Towards Conflict-free Training of Physics Informed Neural
+    Networks", ICLR 2025): the direction with equal positive cosine to every task gradient (or
+    cosines ∝ ``pref``), scaled by the sum of the projections (:func:`mtl_fast.config_weights`).
+
+    Args:
+        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.MGDA`.
+        pref: (T,) target cosine weights (default ones).
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.strategies import ConFIG
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
+        ...     torch.nn.Linear(8, 1) for _ in range(2))
+        >>> config = ConFIG(trunk.parameters(), heads.parameters(), num_tasks=2)
+        >>> z = trunk(torch.randn(16, 4))
+        >>> config.backward([h(z).pow(2).mean() for h in heads])
+        True
+    """
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor] = (),
+        num_tasks: int = 2,
+        *,
+        pref: Sequence[float] | torch.Tensor | None = None,
+        backend: str | None = None,
+        diagnostics_every: int = 0,
+        on_nonfinite: str = "raise",
+    ) -> None:
+        super().__init__(
+            shared_params,
+            task_params,
+            num_tasks,
+            backend=backend,
+            diagnostics_every=diagnostics_every,
+            on_nonfinite=on_nonfinite,
+        )
+        self.pref = _pref(pref, num_tasks, self.shared_params[0].device)
+
+    def coefficients(self, K: torch.Tensor) -> torch.Tensor:
+        return config_weights(K, pref=self.pref, backend=self.backend, check_finite=False)
