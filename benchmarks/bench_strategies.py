@@ -22,7 +22,10 @@ def test_strategy_step(benchmark: Any, trunk: str, T: int, strategy: str) -> Non
     if strategy.startswith("torchjd") and (reason := torchjd_reason()):
         pytest.skip(reason)
     setting = StrategySetting(trunk, T, CONFIG.batch, CONFIG.image)
-    step = make_strategy_step(strategy, setting, DEVICE)
+    try:
+        step = make_strategy_step(strategy, setting, DEVICE)
+    except ImportError as exc:  # TorchJD's CAGrad and NashMTL need cvxpy
+        pytest.skip(str(exc))
     benchmark.group = f"step {trunk} T={T}"
     benchmark.extra_info.update(
         {

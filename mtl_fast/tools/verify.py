@@ -13,7 +13,13 @@ import torch
 
 from mtl_fast._core.contracts import AdamHyper, AdamState
 from mtl_fast._core.dispatch import BACKEND_NAMES, _load
-from mtl_fast._core.precision import ADAM_TOL, MIN_NORM_TOL, relative_error, tolerance
+from mtl_fast._core.precision import (
+    ADAM_TOL,
+    AGGREGATOR_TOL,
+    MIN_NORM_TOL,
+    relative_error,
+    tolerance,
+)
 from mtl_fast.kernels import reference as ref
 
 
@@ -236,6 +242,85 @@ def _check_sign_conflict(
             yield Check(backend, "sign_conflict", f"B={B} T={T} P={P}", _name(dtype), err, 1e-12)
 
 
+def aggregator_samples(T: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Named (T, T) fp64 Grams on which every aggregator's answer is unique and well posed:
+    independent, conflicting (near-parallel, both signs), acute-angled gradients, and zero."""
+    P = 2 * T + 8
+    J = torch.randn(T, P, generator=gen, dtype=torch.float64)
+    signs = torch.where(torch.arange(T) % 2 == 0, 1.0, -1.0).to(torch.float64)[:, None]
+    u = torch.randn(P, generator=gen, dtype=torch.float64)
+    conflicting = signs * u + 0.3 * torch.randn(T, P, generator=gen, dtype=torch.float64)
+    positive = torch.randn(T, P, generator=gen, dtype=torch.float64).abs()
+    return {
+        "independent": J @ J.T,
+        "conflicting": conflicting @ conflicting.T,
+        "acute": positive @ positive.T,
+        "zero": torch.zeros(T, T, dtype=torch.float64),
+    }
+
+
+def _aggregator_call(
+    op: str, fn: Callable, K: torch.Tensor, extra: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """One backend call of ``op`` with the settings verify uses, as one (B, ·) tensor."""
+    T = K.shape[-1]
+    eps = T * torch.finfo(K.dtype).eps
+    if op == "pcgrad":
+        out: torch.Tensor = fn(K, extra["order"])
+    elif op == "imtlg":
+        out = fn(K, rtol=eps)
+    elif op == "cagrad":
+        out = fn(K, c=0.5, norm_eps=1e-4, rescale=0, max_iter=100, tol=1e-12, sync_free=True)
+    elif op == "nash_mtl":
+        weights, alpha = fn(K, extra["alpha"], max_norm=1.0, max_iter=50, tol=1e-10, sync_free=True)
+        out = torch.cat([weights, alpha], dim=-1)
+    elif op == "aligned_mtl":
+        out = torch.cat(
+            [fn(K, extra["pref"], scale_mode=m, rtol=eps) for m in ("min", "median", "rmse")],
+            dim=-1,
+        )
+    else:
+        out = fn(K, extra["pref"], rtol=eps)
+    return out
+
+
+def _check_aggregator(op: str) -> Callable[[str, Callable, torch.device, bool], Iterable[Check]]:
+    def check(backend: str, fn: Callable, device: torch.device, quick: bool) -> Iterable[Check]:
+        gen = torch.Generator().manual_seed(7)
+        limit = 64 if backend == "triton" else 1024
+        sizes = [2, 3, 8, 17] if quick else [2, 3, 5, 8, 17, 40, 64]
+        for T in (t for t in sizes if t <= limit):
+            samples = aggregator_samples(T, gen)
+            Kd = torch.stack(list(samples.values()))
+            B = Kd.shape[0]
+            extra = {
+                "order": torch.rand(B, T, T, generator=gen, dtype=torch.float64).argsort(-1),
+                "alpha": torch.ones(B, T, dtype=torch.float64),
+                "pref": torch.rand(B, T, generator=gen, dtype=torch.float64) + 0.5,
+            }
+            for dtype in (torch.float32, torch.float64):
+                K = Kd.to(dtype)
+                # The truth: the reference in fp64 on the very (rounded) K the backend sees.
+                truth = _aggregator_call(op, getattr(ref, op), K.double(), extra)
+                got = _aggregator_call(
+                    op, fn, K.to(device), {k: v.to(device) for k, v in extra.items()}
+                )
+                got = got.cpu().double()
+                scale = truth.abs().amax(dim=-1).clamp_min(1.0)
+                diff = ((got - truth).abs().amax(dim=-1) / scale).max().item()
+                err = diff if torch.isfinite(got).all() else float("nan")
+                yield Check(
+                    backend,
+                    op,
+                    f"T={T} ×{len(samples)} kinds",
+                    _name(dtype),
+                    err,
+                    AGGREGATOR_TOL[dtype],
+                )
+
+    return check
+
+
 CHECKS: dict[str, Callable[[str, Callable, torch.device, bool], Iterable[Check]]] = {
     "gram": _check_gram,
     "gram_list": _check_gram_list,
@@ -244,6 +329,12 @@ CHECKS: dict[str, Callable[[str, Callable, torch.device, bool], Iterable[Check]]
     "multi_adam": _check_multi_adam,
     "combine_adam": _check_combine_adam,
     "sign_conflict": _check_sign_conflict,
+    "pcgrad": _check_aggregator("pcgrad"),
+    "imtlg": _check_aggregator("imtlg"),
+    "cagrad": _check_aggregator("cagrad"),
+    "nash_mtl": _check_aggregator("nash_mtl"),
+    "aligned_mtl": _check_aggregator("aligned_mtl"),
+    "config": _check_aggregator("config"),
 }
 
 

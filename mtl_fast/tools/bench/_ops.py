@@ -49,6 +49,10 @@ class OpCase:
     time_scale: dict[str, float] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     extra_rows: list[Row] = field(default_factory=list)
+    # Interleaved cases (the aggregators): ``rounds`` rounds, each calling every provider once,
+    # cycling through its list of callables (one per problem).
+    rounds: int | None = None
+    cycles: dict[str, list[Callable[[], object]]] = field(default_factory=dict)
 
 
 def op_backends(op: str, device: torch.device) -> tuple[list[str], dict[str, str]]:
@@ -269,6 +273,11 @@ def run_case(
     baseline_timing: dict[str, Any] | None = None,
 ) -> None:
     """Measure every provider of ``case`` and append its rows to ``report``."""
+    if case.rounds is not None:
+        from mtl_fast.tools.bench._aggregators import run_interleaved
+
+        run_interleaved(case, report)
+        return
     dname = _dtype_name(case.dtype)
     for name, reason in case.skipped.items():
         report.skip("op", case.op, name, case.shape, reason)
@@ -345,6 +354,10 @@ class OpGrid:
     solver: tuple[tuple[int, int], ...]  # (B, T)
     loop_problems: int | None  # cap on problems the Python-loop baseline runs per case
     dtypes: tuple[torch.dtype, ...]
+    # The aggregators (op "aggregators"): task counts, batch sizes, interleaved rounds.
+    aggregator_Ts: tuple[int, ...] = (2, 10, 40)
+    aggregator_batches: tuple[int, ...] = (1, 256)
+    aggregator_rounds: int = 30
 
 
 def op_cases(grid: OpGrid, device: torch.device, ops: set[str]) -> Iterator[Callable[[], OpCase]]:
@@ -364,3 +377,13 @@ def op_cases(grid: OpGrid, device: torch.device, ops: set[str]) -> Iterator[Call
     if "min_norm" in ops:
         for B, T in grid.solver:
             yield partial(min_norm_case, B, T, device, loop_problems=grid.loop_problems)
+    if "aggregators" in ops:
+        from mtl_fast.tools.bench._aggregators import METHODS, aggregator_case
+
+        for method in METHODS:
+            for T in grid.aggregator_Ts:
+                for B in grid.aggregator_batches:
+                    rounds = (
+                        grid.aggregator_rounds if B == 1 else max(3, grid.aggregator_rounds // 4)
+                    )
+                    yield partial(aggregator_case, method, T, B, device, rounds)

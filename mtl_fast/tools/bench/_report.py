@@ -100,6 +100,7 @@ def _shape_str(shape: dict[str, Any]) -> str:
 
 _OP_COLUMNS = (
     ("time_ms", "median ms"),
+    ("cpu_time_ms", "thread-CPU ms"),
     ("bandwidth_GBps", "GB/s"),
     ("bandwidth_vs_copy", "of copy"),
     ("bandwidth_vs_spec", "of spec"),

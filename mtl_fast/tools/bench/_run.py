@@ -14,9 +14,13 @@ import torch
 from mtl_fast.tools.bench._device import copy_bandwidth, run_metadata, spec_bandwidth
 from mtl_fast.tools.bench._ops import OpGrid, op_cases, run_case
 from mtl_fast.tools.bench._report import Report, write_json, write_markdown, write_plot
-from mtl_fast.tools.bench._strategies import STRATEGIES, StrategySetting, run_setting
+from mtl_fast.tools.bench._strategies import (
+    DEFAULT_STRATEGIES,
+    StrategySetting,
+    run_setting,
+)
 
-OPS = ("gram", "combine", "min_norm", "multi_adam", "combine_adam")
+OPS = ("gram", "combine", "min_norm", "multi_adam", "combine_adam", "aggregators")
 
 
 @dataclass
@@ -27,7 +31,7 @@ class BenchConfig:
     quick: bool
     grid: OpGrid
     ops: tuple[str, ...] = OPS
-    strategies: tuple[str, ...] = STRATEGIES
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
     trunks: tuple[str, ...] = ("resnet18", "vit-s")
     tasks: tuple[int, ...] = (2, 10)
     batch: int = 4
@@ -53,6 +57,9 @@ def default_config(device: torch.device, quick: bool) -> BenchConfig:
             else ((1, 8), (1024, 8)),
             loop_problems=256 if not quick else 32,
             dtypes=(torch.float32, torch.bfloat16) if not quick else (torch.float32,),
+            aggregator_Ts=(2, 10, 40) if not quick else (10,),
+            aggregator_batches=(1, 1024) if not quick else (1,),
+            aggregator_rounds=50 if not quick else 10,
         )
         return BenchConfig(
             device,
@@ -75,6 +82,9 @@ def default_config(device: torch.device, quick: bool) -> BenchConfig:
             solver=((1, 8), (1024, 8)),
             loop_problems=64,
             dtypes=(torch.float32,),
+            aggregator_Ts=(10,),
+            aggregator_batches=(1,),
+            aggregator_rounds=5,
         )
         return BenchConfig(
             device,

@@ -17,7 +17,11 @@ Every strategy is written with the public ``mtl_fast`` API (the gradient arena, 
 - ``per-task``: Pascal et al. with groups of one task: T × (fresh forward, backward of L_t,
   ``MultiAdam`` step of task t);
 - ``torchjd-mgda`` / ``torchjd-upgrad`` (when TorchJD is installed): like ``mgda``, with the
-  combination done by TorchJD's aggregator on the same arena, then one Adam step.
+  combination done by TorchJD's aggregator on the same arena, then one Adam step;
+- ``pcgrad``, ``imtlg``, ``cagrad``, ``nashmtl``, ``alignedmtl``, ``config``: like ``mgda``
+  with the Gram-space aggregator's coefficients (:mod:`mtl_fast.ops.aggregators`) in place of
+  the min-norm weights; ``torchjd-<name>`` of each (on request, when TorchJD and the solver it
+  needs are installed): TorchJD's aggregator on the arena, then one Adam step.
 
 Phases (device-synchronised at their boundaries): forward, backward (every backward pass),
 combination (Gram + solve, or the peer's aggregation), optimizer (every parameter update).
@@ -43,7 +47,20 @@ from mtl_fast.tools.bench._ops import OpCase, op_backends, run_case
 from mtl_fast.tools.bench._report import Report, Row
 from mtl_fast.tools.bench._timing import synchronize
 
-STRATEGIES = ("sum", "mgda", "mgda-ub", "multi-adam", "per-task", "torchjd-mgda", "torchjd-upgrad")
+AGGREGATOR_STEPS = ("pcgrad", "imtlg", "cagrad", "nashmtl", "alignedmtl", "config")
+TORCHJD_AGGREGATOR_STEPS = tuple(f"torchjd-{name}" for name in AGGREGATOR_STEPS)
+# What a run measures by default; TORCHJD_AGGREGATOR_STEPS only when asked (--strategies).
+DEFAULT_STRATEGIES = (
+    "sum",
+    "mgda",
+    "mgda-ub",
+    "multi-adam",
+    "per-task",
+    "torchjd-mgda",
+    "torchjd-upgrad",
+    *AGGREGATOR_STEPS,
+)
+STRATEGIES = (*DEFAULT_STRATEGIES, *TORCHJD_AGGREGATOR_STEPS)
 LR = 1e-4
 
 
@@ -105,6 +122,44 @@ class _Problem:
             p.grad = None
 
 
+def _aggregator_weights(name: str, T: int, device: torch.device) -> Callable[[torch.Tensor], Any]:
+    """K (T, T) → c (T,) of the Gram-space aggregator ``name`` (Nash-MTL keeps its state)."""
+    if name == "pcgrad":
+        gen = torch.Generator(device=device).manual_seed(0)
+        return lambda K: mtl_fast.pcgrad_weights(K, generator=gen, check_finite=False)
+    if name == "imtlg":
+        return lambda K: mtl_fast.imtlg_weights(K, check_finite=False)
+    if name == "cagrad":
+        return lambda K: mtl_fast.cagrad_weights(K, c=0.5, check_finite=False)
+    if name == "alignedmtl":
+        return lambda K: mtl_fast.aligned_mtl_weights(K, check_finite=False)
+    if name == "config":
+        return lambda K: mtl_fast.config_weights(K, check_finite=False)
+    state: dict[str, torch.Tensor | None] = {"alpha": None}
+
+    def nash(K: torch.Tensor) -> torch.Tensor:
+        step = mtl_fast.nash_mtl_step(K, prev_alpha=state["alpha"], check_finite=False)
+        state["alpha"] = step.alpha
+        return step.weights
+
+    return nash
+
+
+def _torchjd_aggregator(name: str, T: int) -> Any:
+    """TorchJD's aggregator for ``torchjd-<name>`` (its CAGrad and NashMTL need cvxpy)."""
+    from torchjd import aggregation as a
+
+    makers: dict[str, Callable[[], Any]] = {
+        "pcgrad": a.PCGrad,
+        "imtlg": a.IMTLG,
+        "cagrad": lambda: a.CAGrad(c=0.5),
+        "nashmtl": lambda: a.NashMTL(n_tasks=T),
+        "alignedmtl": a.AlignedMTL,
+        "config": a.ConFIG,
+    }
+    return makers[name]()
+
+
 def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[PhaseTimer], None]:
     T = prob.T
     if name == "sum":
@@ -121,14 +176,15 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[Pha
 
         return step
 
-    if name in ("mgda", "torchjd-mgda", "torchjd-upgrad"):
+    if name in ("mgda", "torchjd-mgda", "torchjd-upgrad", *AGGREGATOR_STEPS):
         arena = mtl_fast.TaskGradients(prob.shared, num_tasks=T)
         head_opt = _adam(prob.head_params, device)
-        if name == "mgda":
+        aggregate: Any = None
+        if name == "mgda" or name in AGGREGATOR_STEPS:
             flat = mtl_fast.flatten_parameters(prob.shared)
             m, v = torch.zeros_like(flat), torch.zeros_like(flat)
             n = torch.zeros(1, dtype=torch.float32, device=device)
-            aggregate = None
+            solve = mtl_fast.min_norm if name == "mgda" else _aggregator_weights(name, T, device)
         else:
             from torchjd.aggregation import MGDA, UPGrad
 
@@ -143,7 +199,7 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[Pha
             if aggregate is None:
                 K = mtl_fast.gram(arena.J)
                 tm.lap("gram")
-                w = mtl_fast.min_norm(K)
+                w = solve(K)
                 tm.lap("solve")
                 mtl_fast.combine_adam(arena.J, w, flat, m, v, n, lr=LR)
                 tm.lap("combine_adam")
@@ -159,6 +215,30 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[Pha
             tm.lap("head_optimizer")
 
         return step
+
+    if name in TORCHJD_AGGREGATOR_STEPS:
+        arena = mtl_fast.TaskGradients(prob.shared, num_tasks=T)
+        head_opt = _adam(prob.head_params, device)
+        shared_opt = _adam(prob.shared, device)
+        peer = _torchjd_aggregator(name.removeprefix("torchjd-"), T)
+
+        def peer_step(tm: PhaseTimer) -> None:
+            losses = prob.losses_from(prob.trunk(prob.x))
+            tm.lap("forward")
+            arena.backward(losses)
+            tm.lap("backward")
+            with torch.no_grad():
+                d = peer(arena.J)
+            tm.lap("aggregate")
+            arena.assign_grad(d)
+            shared_opt.step()
+            shared_opt.zero_grad(set_to_none=True)
+            tm.lap("shared_optimizer")
+            head_opt.step()
+            head_opt.zero_grad(set_to_none=True)
+            tm.lap("head_optimizer")
+
+        return peer_step
 
     if name == "mgda-ub":
         opt = _adam(prob.shared + prob.head_params, device)

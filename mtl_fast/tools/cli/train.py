@@ -76,6 +76,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stgu-beta", type=float, default=1e-3)
     parser.add_argument("--stgu-crediting", choices=["corrected", "reference"], default="corrected")
     parser.add_argument(
+        "--cagrad-c", type=float, default=0.5, help="cagrad: radius scale c (official default 0.5)"
+    )
+    parser.add_argument(
+        "--nash-max-norm",
+        type=float,
+        default=1.0,
+        help="nashmtl: clip ‖d‖ of the shared update to this (0: no clipping; TorchJD's default 1)",
+    )
+    parser.add_argument(
+        "--aligned-scale-mode",
+        choices=["min", "median", "rmse"],
+        default="min",
+        help="alignedmtl: which eigenvalue sets the scale",
+    )
+    parser.add_argument(
         "--diagnostics-every", type=int, default=25, help="steps between diagnostics (0: none)"
     )
     parser.add_argument(
@@ -89,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a baselines.json written by an earlier --single-task run (for Δm without retraining)",
     )
-    parser.add_argument("--backend", default=None, help="auto, reference, triton or cuda")
+    parser.add_argument("--backend", default=None, help="auto, reference, triton, cuda or cpu")
     parser.add_argument(
         "--out",
         type=Path,
@@ -143,6 +158,9 @@ def config_from(args: argparse.Namespace, strategy: str, seed: int) -> Any:
         stgu_warmup=args.stgu_warmup,
         stgu_beta=args.stgu_beta,
         stgu_crediting=args.stgu_crediting,
+        cagrad_c=args.cagrad_c,
+        nash_max_norm=args.nash_max_norm,
+        aligned_scale_mode=args.aligned_scale_mode,
         diagnostics_every=args.diagnostics_every,
         backend=args.backend,
     )

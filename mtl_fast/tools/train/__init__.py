@@ -1,6 +1,7 @@
 """Training a shared-trunk model on the multi-digit set with any strategy (``mtl-fast train``)."""
 
 from mtl_fast.tools.train._loop import (
+    AGGREGATORS,
     SEQUENTIAL,
     STRATEGIES,
     TrainConfig,
@@ -13,6 +14,7 @@ from mtl_fast.tools.train._metrics import SIGN_CONVENTION, delta_m
 from mtl_fast.tools.train._model import MultiDigitNet, task_error_sum, task_loss
 
 __all__ = [
+    "AGGREGATORS",
     "SEQUENTIAL",
     "SIGN_CONVENTION",
     "STRATEGIES",

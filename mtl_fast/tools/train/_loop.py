@@ -10,10 +10,16 @@ from typing import Any
 import torch
 
 from mtl_fast.strategies import (
+    IMTLG,
     MGDA,
     MGDAUB,
+    AlignedMTL,
+    CAGrad,
     CombineStrategy,
+    ConFIG,
     LinearScalarization,
+    NashMTL,
+    PCGrad,
     PerTaskUpdates,
     SelectiveTaskGroupUpdates,
     SequentialStrategy,
@@ -23,7 +29,17 @@ from mtl_fast.tools.data import TASKS, MultiDigit, TaskSpec, multi_digit
 from mtl_fast.tools.train._metrics import delta_m
 from mtl_fast.tools.train._model import MultiDigitNet, task_error_sum, task_loss
 
-STRATEGIES: tuple[str, ...] = ("ls", "mgda", "mgda-ub", "pertask", "pertask-grouped", "stgu")
+# The Gram-space aggregators (mtl_fast.strategies.PCGrad, ...), combine-then-step like MGDA.
+AGGREGATORS: tuple[str, ...] = ("pcgrad", "imtlg", "cagrad", "nashmtl", "alignedmtl", "config")
+STRATEGIES: tuple[str, ...] = (
+    "ls",
+    "mgda",
+    "mgda-ub",
+    "pertask",
+    "pertask-grouped",
+    "stgu",
+    *AGGREGATORS,
+)
 SEQUENTIAL = ("pertask", "pertask-grouped", "stgu")
 
 
@@ -51,6 +67,9 @@ class TrainConfig:
     stgu_warmup: int = 100
     stgu_beta: float = 1e-3
     stgu_crediting: str = "corrected"
+    cagrad_c: float = 0.5
+    nash_max_norm: float = 1.0
+    aligned_scale_mode: str = "min"
     diagnostics_every: int = 25
     backend: str | None = None
     tasks: list[int] = field(default_factory=lambda: list(range(len(TASKS))))
@@ -70,6 +89,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not self.cagrad_c >= 0 or not self.nash_max_norm >= 0:
+            raise ValueError("cagrad_c and nash_max_norm must be ≥ 0")
+        if self.aligned_scale_mode not in ("min", "median", "rmse"):
+            raise ValueError(
+                f"aligned_scale_mode must be min, median or rmse, got {self.aligned_scale_mode!r}"
+            )
         if not self.tasks or any(not 0 <= t < len(TASKS) for t in self.tasks):
             raise ValueError(f"tasks must be a non-empty list of indices into {len(TASKS)} tasks")
 
@@ -86,6 +111,8 @@ def build_strategy(
     strategy: Strategy
     if s in ("ls", "single"):
         strategy = LinearScalarization(shared, heads, **common)
+    elif s in AGGREGATORS:
+        strategy = _aggregator(config, shared, heads, common)
     elif s in ("mgda", "mgda-ub"):
         cls = MGDA if s == "mgda" else MGDAUB
         strategy = cls(
@@ -122,6 +149,25 @@ def build_strategy(
     else:
         opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9)
     return strategy, opt
+
+
+def _aggregator(
+    config: TrainConfig, shared: list[Any], heads: list[Any], common: dict[str, Any]
+) -> Strategy:
+    """The Gram-space aggregator strategy of ``config.strategy``."""
+    s, backend = config.strategy, config.backend
+    if s == "pcgrad":
+        return PCGrad(shared, heads, seed=config.seed, backend=backend, **common)
+    if s == "imtlg":
+        return IMTLG(shared, heads, backend=backend, **common)
+    if s == "cagrad":
+        return CAGrad(shared, heads, c=config.cagrad_c, backend=backend, **common)
+    if s == "nashmtl":
+        return NashMTL(shared, heads, max_norm=config.nash_max_norm, backend=backend, **common)
+    if s == "alignedmtl":
+        mode: Any = config.aligned_scale_mode  # checked by TrainConfig.check
+        return AlignedMTL(shared, heads, scale_mode=mode, backend=backend, **common)
+    return ConFIG(shared, heads, backend=backend, **common)
 
 
 @torch.no_grad()
