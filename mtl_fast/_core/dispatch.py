@@ -52,8 +52,8 @@ AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
 # Preference of "auto" on the CPU, per op (the reference otherwise): the compiled solver gives
 # the reference's weights 6x (1024 problems of T = 8) to 400x (one of T = 10) faster, measured
 # on one thread (mtl_fast/kernels/cpu).
-# The aggregators likewise: one problem of T = 10 takes 3-60 µs in the library against 0.3-4 ms
-# in the reference (docs/aggregators.md).
+# The aggregators likewise: one problem of T = 10 takes 36-135 µs through the public functions
+# on the library against 0.24-3.0 ms on the reference (thread CPU time, docs/aggregators.md).
 CPU_AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
     "min_norm": ("cpu",),
     "pcgrad": ("cpu",),

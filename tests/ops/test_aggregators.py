@@ -1001,3 +1001,22 @@ def test_explicit_backend_without_the_op_says_why() -> None:
     if isinstance(cuda, str):
         with pytest.raises(mtl_fast.BackendUnavailableError, match="backend='cuda'"):
             imtlg_weights(torch.eye(2), backend="cuda")
+
+
+@pytest.mark.parametrize("op", AGGREGATOR_OPS)
+def test_every_backend_follows_the_contract(op: str) -> None:
+    """Positional-only tensors, keyword-only hyperparameters, as the op's Protocol says."""
+    import inspect
+
+    from mtl_fast._core.contracts import CONTRACTS, OP_FILES
+
+    want = inspect.signature(CONTRACTS[op].__call__)
+    want_params = [(p.name, p.kind) for p in want.parameters.values() if p.name != "self"]
+    for backend in BACKENDS:
+        loaded = _load(backend)
+        if isinstance(loaded, str) or op not in loaded.OPS:
+            continue
+        fn = getattr(loaded, op)
+        assert fn.__module__.endswith(f".{OP_FILES[op]}"), (backend, fn.__module__)
+        got = [(p.name, p.kind) for p in inspect.signature(fn).parameters.values()]
+        assert got == want_params, (backend, op)

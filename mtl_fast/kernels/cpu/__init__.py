@@ -44,9 +44,9 @@ from mtl_fast.kernels.cpu.loader import (
 from mtl_fast.kernels.cpu.min_norm import MAX_MIN_NORM_TASKS, min_norm
 
 # The aggregators (PCGrad, IMTL-G, CAGrad, Nash-MTL, Aligned-MTL, ConFIG: csrc/cpu/aggregators.cpp)
-# one problem at a time: measured on one thread, 1-150 µs per call through the public functions
-# at T = 2-40, against 0.1-40 ms for the batched reference (docs/aggregators.md). A library built
-# before they existed still serves min_norm.
+# one problem at a time: measured on one thread, 26-284 µs per call through the public functions
+# at T = 2-40, against 0.18-6.5 ms for the batched reference (docs/aggregators.md). A library
+# built before they existed still serves min_norm.
 OPS = frozenset({"min_norm"}) | (
     frozenset(AGGREGATOR_OPS) if not isinstance(aggregator_library(), str) else frozenset()
 )

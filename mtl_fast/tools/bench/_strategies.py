@@ -482,9 +482,13 @@ def combination_case(J: torch.Tensor, shape: dict[str, Any], device: torch.devic
     if torchjd_reason() is None:
         from torchjd.aggregation import MGDA, UPGrad
 
-        mgda, upgrad = MGDA(), UPGrad()
-        case.providers["torchjd MGDA"] = lambda: mgda(J)
-        case.providers["torchjd UPGrad"] = lambda: upgrad(J)
+        for label, make in (("torchjd MGDA", MGDA), ("torchjd UPGrad", UPGrad)):
+            try:
+                peer = make()
+            except ImportError as exc:  # an optional solver of TorchJD's is missing
+                case.skipped[label] = f"ImportError: {exc}"
+            else:
+                case.providers[label] = partial(peer, J)
     else:
         case.skipped["torchjd"] = torchjd_reason() or ""
     return case
