@@ -79,7 +79,7 @@ def test_bad_arguments_are_refused(tmp_path):
         main(["train", "--out", str(tmp_path), *TINY, "--epochs", "0"])
     assert not (tmp_path / "ls").exists()
     with pytest.raises(SystemExit, match="unknown strategy"):
-        main(["train", "--strategy", "pcgrad", "--out", str(tmp_path), *TINY])
+        main(["train", "--strategy", "gradnorm", "--out", str(tmp_path), *TINY])
     with pytest.raises(SystemExit, match="optimizer"):
         main(
             ["train", "--strategy", "pertask", "--optimizer", "sgd", "--out", str(tmp_path), *TINY]

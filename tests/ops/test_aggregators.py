@@ -838,9 +838,12 @@ def test_scale_behaviour(name: str, backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_degenerate_input_is_finite(name: str, backend: str) -> None:
     require_backend(backend, OP_OF[name])
-    method = functools.partial(METHODS[name], backend=backend)
+    # Under the Triton interpreter a Newton step costs ~1 s per batch of these problems, and
+    # most of them have no Nash solution (they spend the whole budget): a smaller one.
+    budget = {"max_iter": 10} if backend == "triton" and name.startswith("nash") else {}
+    method = functools.partial(METHODS[name], backend=backend, **budget)
     gen = torch.Generator().manual_seed(12)
-    for T in (1, 2, 3) if backend == "triton" else (1, 2, 3, 10):
+    for T in (1, 3) if backend == "triton" else (1, 2, 3, 10):
         J = torch.stack([jacobian(T, kind, gen) for kind in KINDS])
         for scale in (1e-30, 1.0, 1e30):
             for dtype in (torch.float32, torch.float64):

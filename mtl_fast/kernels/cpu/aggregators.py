@@ -6,8 +6,8 @@ problem in fp64 as one compiled loop, where the reference spends 50-700 small to
 per iteration or per solve; the eigen-based ones use a cyclic Jacobi eigensolver. Every op has a
 fake implementation, so ``torch.compile(fullgraph=True)`` traces it as one opaque node; called
 eagerly on a plain tensor, the functions below skip the dispatcher and call the library
-directly (the custom op's eager dispatch costs ~10 µs, more than the T = 10 solves). The
-coefficients are not differentiable: they are a constant of the step.
+directly: measured at T = 10 (IMTL-G), 9 µs per direct call against 16.5 µs through the custom
+op's eager dispatch. The coefficients are not differentiable: they are a constant of the step.
 """
 
 from __future__ import annotations
