@@ -39,7 +39,7 @@ CPU_LIBRARY = "mtl_fast.kernels.cpu._lib"
 def _cpu_library() -> Extension:
     return Extension(
         name=CPU_LIBRARY,
-        sources=["csrc/cpu/min_norm.cpp"],
+        sources=["csrc/cpu/min_norm.cpp", "csrc/cpu/dense.cpp"],
         include_dirs=["csrc/cpu"],
         language="c++",
         optional=True,  # a failed build (no compiler) warns; the install goes on without it

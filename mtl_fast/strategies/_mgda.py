@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from mtl_fast.ops.combine import combine
-from mtl_fast.ops.gram import gram
+from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.validate import require_nonneg_float, require_positive_int
 from mtl_fast.ops.min_norm import DEFAULT_MAX_ITER, DEFAULT_TOL, min_norm
 from mtl_fast.strategies._base import check_losses, loss_vector
 from mtl_fast.strategies._combine_base import CombineStrategy
@@ -88,12 +88,21 @@ class MGDA(CombineStrategy):
     Diagnostics come from the Gram that already exists (plus one pass over J for sign
     conflicts): no extra backward pass.
 
+    Per step beyond the user's forward and the T backward passes: the Gram (one read of J),
+    the solve, the combination (one more read of J, written into a buffer kept across steps when
+    every shared ``.grad`` is empty), one backward pass through the heads, and one host read for
+    the NaN/Inf refusal. Every hyperparameter and the backend of each op are checked once, here.
+
     Args:
         shared_params, task_params, num_tasks, diagnostics_every, on_nonfinite: see
             :class:`~mtl_fast.strategies.Strategy`.
         normalization: "none" (default), "l2", "loss" or "loss+".
         apply_to: "raw" (default) or "normalized".
         max_iter, tol, backend: passed to :func:`mtl_fast.min_norm` / the other ops.
+        batched: fill the arena with one vmapped backward pass per chunk of tasks instead of
+            one backward pass per task (:meth:`mtl_fast.TaskGradients.backward`); None picks
+            per device (:data:`mtl_fast.optim.task_gradients.BATCHED_DEFAULT`).
+        chunk_size: tasks per vmapped pass (None: all T), bounding its memory.
 
     Example:
         >>> import torch
@@ -121,6 +130,8 @@ class MGDA(CombineStrategy):
         max_iter: int = DEFAULT_MAX_ITER,
         tol: float = DEFAULT_TOL,
         backend: str | None = None,
+        batched: bool | None = None,
+        chunk_size: int | None = None,
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
@@ -137,13 +148,36 @@ class MGDA(CombineStrategy):
             )
         if apply_to not in APPLY_TO:
             raise ValueError(f"apply_to must be one of {APPLY_TO}, got {apply_to!r}")
+        require_positive_int("max_iter", max_iter)
+        require_nonneg_float("tol", tol)
+        if batched is not None and not isinstance(batched, bool):
+            raise ValueError(f"batched must be True, False or None, got {batched!r}")
+        if chunk_size is not None:
+            require_positive_int("chunk_size", chunk_size, 1)
         self.normalization = normalization
         self.apply_to = apply_to
         self.max_iter = max_iter
-        self.tol = tol
+        self.tol = float(tol)
         self.backend = backend
+        self.batched = batched
+        self.chunk_size = chunk_size
+        device = self.shared_params[0].device
+        self._ops(backend)
+        self._solve = (
+            resolve("min_norm", backend, device, tasks=num_tasks) if num_tasks > 1 else None
+        )
+        self._sync_free = device.type != "cpu"
 
     def _decide(self, K: torch.Tensor, lv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.normalization == "none":
+            # The common case without the normalisers' dozen small ops: c = w either way.
+            if self._solve is None:
+                w = torch.ones(1, dtype=K.dtype, device=K.device)
+            else:
+                w = self._solve(
+                    K.unsqueeze(0), max_iter=self.max_iter, tol=self.tol, sync_free=self._sync_free
+                )[0]
+            return w, w
         return solve_weights(
             K,
             lv,
@@ -158,8 +192,9 @@ class MGDA(CombineStrategy):
         self.num_steps += 1
         self.last.step = self.num_steps
         self.last.losses = lv
-        self.last.weights = w.detach().clone()
-        self.last.loss_scales = c.detach().clone()
+        # Fresh tensors of this step, with no history: recorded as they are, no copy.
+        self.last.weights = w
+        self.last.loss_scales = c
         self.last.diagnostics = diag
         self.last.skipped = []
 
@@ -171,18 +206,20 @@ class MGDA(CombineStrategy):
         losses = check_losses(losses, self.num_tasks)
         self._track_path()
         lv = loss_vector(losses)
-        bad = self._nonfinite_losses(losses)
-        if bad:
-            return self._refuse(lv, bad, "loss")
-        arena = self._fill_arena(losses)
-        K = gram(arena.J, backend=self.backend, check_finite=False)
-        bad = self._nonfinite_gram(K)
-        if bad:
-            return self._refuse(lv, bad, "gradient")
+        arena = self._fill_arena(losses, self.batched, self.chunk_size)
+        self._lap("backward")
+        K = self._gram(arena.J)
+        # One check for losses and gradients together (a NaN/Inf row of J shows on K's
+        # diagonal); nothing the user sees has changed yet, so a refusal leaves it as it was.
+        bad = self._bad_tasks(lv, K)
+        if bad is not None:
+            return self._refuse(lv, *bad)
         w, c = self._decide(K, lv)
-        d = combine(arena.J, c.to(arena.J.dtype), backend=self.backend)
+        d = self._combined(arena.J, c, reuse=self._shared_grads_empty())
+        self._lap("combination")
         self._backward_heads(losses, c)
         self._accumulate_shared(arena, d)
+        self._lap("backward")
         diag = self._diagnose(arena.J, K) if self._diagnostics_due() else None
         self._record(lv, w, c, diag)
         return True

@@ -1,4 +1,5 @@
-"""CPU backend: the compiled min-norm solver of ``csrc/cpu/``, loaded with ctypes.
+"""CPU backend: the compiled min-norm solver, Gram and combination of ``csrc/cpu/``, loaded with
+ctypes (the Gram and combination: :mod:`mtl_fast.kernels.cpu.dense`).
 
 ``setup.py`` builds the solver at install time as an optional shared library next to this file
 (``_lib`` plus the platform's extension-module suffix). Without a C++ compiler the install
@@ -23,10 +24,12 @@ from __future__ import annotations
 
 import torch
 
-from mtl_fast.kernels.cpu.loader import ABI_VERSION, library, library_path
+from mtl_fast.kernels.cpu.dense import combine, gram
+from mtl_fast.kernels.cpu.loader import ABI_VERSION, dense, library, library_path
 from mtl_fast.kernels.cpu.min_norm import MAX_MIN_NORM_TASKS, min_norm
 
-OPS = frozenset({"min_norm"})
+# gram and combine only when the library has them (one built before they existed does not).
+OPS = frozenset({"min_norm"} | (set() if isinstance(dense(), str) else {"gram", "combine"}))
 TASK_LIMITS = {"min_norm": MAX_MIN_NORM_TASKS}
 
 __all__ = [
@@ -34,7 +37,10 @@ __all__ = [
     "MAX_MIN_NORM_TASKS",
     "OPS",
     "TASK_LIMITS",
+    "combine",
+    "dense",
     "device_reason",
+    "gram",
     "library",
     "library_path",
     "min_norm",

@@ -13,6 +13,8 @@ from pathlib import Path
 LIBRARY_STEM = "_lib"
 # Must equal MTL_MIN_NORM_ABI_VERSION in csrc/cpu/min_norm.h.
 ABI_VERSION = 1
+# Must equal MTL_DENSE_ABI_VERSION in csrc/cpu/dense.h.
+DENSE_ABI_VERSION = 1
 
 _BUILD_HINT = (
     "it is built at install time when a C++17 compiler is present: install one (e.g. g++) and "
@@ -20,6 +22,7 @@ _BUILD_HINT = (
 )
 
 _Solver = Callable[[int, int, int, int, int, float], int]
+_Kernel = Callable[..., int]
 
 
 def library_path() -> Path | None:
@@ -57,3 +60,39 @@ def library() -> tuple[_Solver, _Solver] | str:
         fn.argtypes = [vp, vp, i64, i64, i64, ctypes.c_double]  # K, w, batch, T, max_iter, tol
         fn.restype = ctypes.c_int
     return f64, f32
+
+
+@functools.cache
+def dense() -> dict[str, _Kernel] | str:
+    """The Gram and combination kernels of csrc/cpu/dense.cpp (``gram_f32``, ``gram_f64``,
+    ``combine_f32``, ``combine_f64``) with their C signatures set, or why they cannot be loaded
+    (a library built before they existed lacks them)."""
+    loaded = library()
+    if isinstance(loaded, str):
+        return loaded
+    path = library_path()
+    try:
+        lib = ctypes.CDLL(str(path))
+        version = lib.mtl_dense_abi_version
+        fns = {name: getattr(lib, f"mtl_{name}") for name in _DENSE_NAMES}
+    except (OSError, AttributeError) as exc:
+        return f"the compiled CPU library at {path} has no Gram/combine kernels: {exc} ({_BUILD_HINT})"
+    version.restype = ctypes.c_int
+    version.argtypes = []
+    found = int(version())
+    if found != DENSE_ABI_VERSION:
+        return (
+            f"the compiled CPU library at {path} has dense ABI version {found}, this package "
+            f"expects {DENSE_ABI_VERSION}; rebuild it ({_BUILD_HINT})"
+        )
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    for name, fn in fns.items():
+        if name.startswith("gram"):
+            fn.argtypes = [vp, i64, i64, i64, i64, vp, i64]  # J, batch, T, P, ld, K, threads
+        else:
+            fn.argtypes = [vp, vp, i64, i64, i64, i64, vp, i64]  # J, w, batch, T, P, ld, d, thr.
+        fn.restype = ctypes.c_int
+    return fns
+
+
+_DENSE_NAMES = ("gram_f32", "gram_f64", "combine_f32", "combine_f64")
