@@ -205,9 +205,7 @@ class TaskGradients:
             for p in params:
                 p.grad = None
             for t, loss in enumerate(losses):
-                torch.autograd.backward(
-                    loss, retain_graph=retain_graph or t < last, inputs=inputs
-                )
+                torch.autograd.backward(loss, retain_graph=retain_graph or t < last, inputs=inputs)
                 grads = [p.grad for p in params]
                 if any(g is None for g in grads):  # a parameter this loss does not reach
                     for v, g in zip(self._rows[t], grads):

@@ -136,9 +136,7 @@ class CombineStrategy(Strategy):
     def _shared_grads_empty(self) -> bool:
         return all(p.grad is None for p in self.shared_params)
 
-    def _bad_tasks(
-        self, lv: torch.Tensor, K: torch.Tensor | None
-    ) -> tuple[list[int], str] | None:
+    def _bad_tasks(self, lv: torch.Tensor, K: torch.Tensor | None) -> tuple[list[int], str] | None:
         """The tasks whose loss (first) or gradient (the Gram's diagonal) is NaN/Inf, with what
         is bad, or None when all are finite: one fused sum and one host read when they are (a
         NaN/Inf anywhere makes the sum non-finite; only then are the culprits named)."""

@@ -76,7 +76,9 @@ def dense() -> dict[str, _Kernel] | str:
         version = lib.mtl_dense_abi_version
         fns = {name: getattr(lib, f"mtl_{name}") for name in _DENSE_NAMES}
     except (OSError, AttributeError) as exc:
-        return f"the compiled CPU library at {path} has no Gram/combine kernels: {exc} ({_BUILD_HINT})"
+        return (
+            f"the compiled CPU library at {path} has no Gram/combine kernels: {exc} ({_BUILD_HINT})"
+        )
     version.restype = ctypes.c_int
     version.argtypes = []
     found = int(version())

@@ -151,35 +151,48 @@ def markdown(report: Report) -> str:
     st_rows = [r for r in report.rows if r.section == "strategy"]
     if st_rows:
         lines += [
-            "## Strategies: one training step, median ms per phase",
+            "## Whole training step, median ms per phase (providers interleaved)",
             "",
-            "| trunk | T | strategy | " + " | ".join(_STRATEGY_PHASES) + " | overhead vs sum |",
-            "|" + "---|" * (4 + len(_STRATEGY_PHASES)),
+            "| trunk | T | provider | "
+            + " | ".join(_STRATEGY_PHASES)
+            + " | × sum | × floor | × TorchJD best | peak MB |",
+            "|" + "---|" * (8 + len(_STRATEGY_PHASES)),
         ]
         groups: dict[tuple[str, Any, str], dict[str, Row]] = defaultdict(dict)
         for r in st_rows:
             groups[(str(r.shape.get("trunk")), r.shape.get("T"), r.provider)][r.metric] = r
+
+        def cell(d: dict[str, Row], key: str, suffix: str = "") -> str:
+            return _fmt(d[key].value) + suffix if key in d else ""
+
         for (trunk, T, strat), d in groups.items():
-            cells = [_fmt(d[f"{p}_ms"].value) if f"{p}_ms" in d else "" for p in _STRATEGY_PHASES]
-            ovh = d.get("overhead_vs_sum")
+            cells = [cell(d, f"{p}_ms") for p in _STRATEGY_PHASES]
+            ratios = [cell(d, k, "×") for k in ("overhead_vs_sum", "vs_floor", "vs_torchjd_best")]
             lines.append(
                 f"| {trunk} | {T} | {strat} | "
-                + " | ".join(cells)
-                + f" | {_fmt(ovh.value) + '×' if ovh else ''} |"
+                + " | ".join(cells + ratios + [cell(d, "peak_memory_MB")])
+                + " |"
             )
-        notes = sorted({r.note for r in st_rows if r.note})
+        notes = sorted({r.note for r in st_rows if r.note and r.metric == "total_ms"})
+        first = st_rows[0].shape
         lines += [
             "",
-            "- phases: forward; backward (every backward pass); combination (Gram + solve, or "
-            "the peer's whole aggregation); optimizer (every update; for mgda the fused "
-            "combine + Adam)",
+            f"- batch {first.get('batch')}, image {first.get('image')} (resnet18, vit-s); "
+            "floor: one forward, T backward passes accumulating into .grad, one Adam step; "
+            "TorchJD best: the fastest of its full pipelines (autojac MGDA, autojac UPGrad, "
+            "autogram UPGrad) in the same run",
+            "- phases: forward; backward (every backward pass); combination (Gram + solve + "
+            "combination, or the peer's aggregation); optimizer (every update; for mgda-fused "
+            "the fused combine + Adam)",
+            "- peak MB: growth of the peak memory while the provider is built and takes two "
+            "steps, alone (CPU: resident-set high-water mark; GPU: max_memory_allocated)",
         ]
         lines += [f"- {n}" for n in notes]
         for r in st_rows:
             if r.metric == "combination_share_of_fwd_bwd":
                 lines.append(
-                    f"- {r.shape.get('trunk')} T={r.shape.get('T')}: mgda (gram + solve + "
-                    f"combine_adam) / (forward + backward) = {_fmt(r.value)}"
+                    f"- {r.shape.get('trunk')} T={r.shape.get('T')}: {r.provider} combination / "
+                    f"(forward + backward) = {_fmt(r.value)}"
                 )
         lines.append("")
 
