@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -191,34 +191,50 @@ class TaskGradients:
         self, losses: Sequence[torch.Tensor], retain_graph: bool, accumulate_others: bool
     ) -> None:
         """One backward pass per task. The shared parameters' ``.grad`` are emptied first, so
-        autograd hands each its freshly computed gradient without a copy; that tensor is copied
-        into the row (one read and one write of P) and ``.grad`` emptied again; the previous
-        ``.grad`` are restored at the end. Routing ``.grad`` into zeroed rows instead costs a
-        write of P more per task, and ``torch.autograd.grad`` measured 1.3× slower per pass on
-        ResNet-18 (it hands over gradients that the copy then reads from a colder place).
-        ``accumulate_others=False`` restricts each pass to the shared parameters (``inputs=``)."""
+        autograd hands each its freshly computed gradient without a copy; a post-accumulate
+        hook copies that tensor into the row and empties ``.grad`` again at once, while it is
+        still in cache, and its memory goes back to the allocator for the next parameter's
+        gradient. The previous ``.grad`` are restored at the end.
+
+        Measured on ViT-S (one thread, T = 3, 21.6 M parameters): the backward passes took the
+        same time as the floor's plain ``loss.backward()`` calls plus 23-38 ms per task when
+        every gradient was copied after its pass (87 MB written back to memory, then read
+        again); routing ``.grad`` into zeroed rows costs a zeroing pass per row instead.
+        ``accumulate_others=False`` restricts each pass to the shared parameters (``inputs=``).
+        """
         params = self.params
         inputs = None if accumulate_others else params
         saved = [p.grad for p in params]
         last = self.num_tasks - 1
+        current = [0]
+        reached = [False] * len(params)
+
+        def hook_for(i: int) -> Callable[[torch.Tensor], None]:
+            def hook(p: torch.Tensor) -> None:
+                g = p.grad
+                if g is not None:
+                    self._rows[current[0]][i].copy_(g)
+                    reached[i] = True
+                    p.grad = None
+
+            return hook
+
+        handles = [p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(params)]
         try:
             for p in params:
                 p.grad = None
             for t, loss in enumerate(losses):
+                current[0] = t
+                for i in range(len(reached)):
+                    reached[i] = False
                 torch.autograd.backward(loss, retain_graph=retain_graph or t < last, inputs=inputs)
-                grads = [p.grad for p in params]
-                if any(g is None for g in grads):  # a parameter this loss does not reach
-                    for v, g in zip(self._rows[t], grads):
-                        if g is None:
+                if not all(reached):  # parameters this loss does not reach
+                    for v, hit in zip(self._rows[t], reached):
+                        if not hit:
                             v.zero_()
-                    pairs = [(v, g) for v, g in zip(self._rows[t], grads) if g is not None]
-                    if pairs:
-                        torch._foreach_copy_([v for v, _ in pairs], [g for _, g in pairs])
-                else:
-                    torch._foreach_copy_(self._rows[t], grads)  # type: ignore[arg-type]
-                for p in params:
-                    p.grad = None
         finally:
+            for h in handles:
+                h.remove()
             for p, old in zip(params, saved):
                 p.grad = old
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 import torch
 
 from mtl_fast.kernels.cpu.dense import combine, gram
-from mtl_fast.kernels.cpu.loader import ABI_VERSION, dense, library, library_path
+from mtl_fast.kernels.cpu.loader import ABI_VERSION, dense_kernels, library, library_path
 from mtl_fast.kernels.cpu.min_norm import MAX_MIN_NORM_TASKS, min_norm
 
 # gram and combine only when the library has them (one built before they existed does not).
-OPS = frozenset({"min_norm"} | (set() if isinstance(dense(), str) else {"gram", "combine"}))
+OPS = frozenset({"min_norm"} | (set() if isinstance(dense_kernels(), str) else {"gram", "combine"}))
 TASK_LIMITS = {"min_norm": MAX_MIN_NORM_TASKS}
 
 __all__ = [
@@ -38,7 +38,7 @@ __all__ = [
     "OPS",
     "TASK_LIMITS",
     "combine",
-    "dense",
+    "dense_kernels",
     "device_reason",
     "gram",
     "library",

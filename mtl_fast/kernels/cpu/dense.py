@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from mtl_fast.kernels.cpu.loader import dense
+from mtl_fast.kernels.cpu.loader import dense_kernels
 from mtl_fast.kernels.reference import combine as _ref_combine
 from mtl_fast.kernels.reference import gram as _ref_gram
 
@@ -18,7 +18,7 @@ _KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def _kernels() -> dict:
-    loaded = dense()
+    loaded = dense_kernels()
     if isinstance(loaded, str):
         raise RuntimeError(f"backend='cpu' cannot run gram/combine: {loaded}")
     return loaded

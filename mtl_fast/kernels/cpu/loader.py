@@ -63,7 +63,7 @@ def library() -> tuple[_Solver, _Solver] | str:
 
 
 @functools.cache
-def dense() -> dict[str, _Kernel] | str:
+def dense_kernels() -> dict[str, _Kernel] | str:
     """The Gram and combination kernels of csrc/cpu/dense.cpp (``gram_f32``, ``gram_f64``,
     ``combine_f32``, ``combine_f64``) with their C signatures set, or why they cannot be loaded
     (a library built before they existed lacks them)."""
