@@ -172,12 +172,14 @@ def test_library_rejects_bad_arguments() -> None:
 def test_auto_prefers_cpu_for_min_norm_on_cpu_tensors_only() -> None:
     cpu_device = torch.device("cpu")
     assert _dispatch.resolve_name("min_norm", "auto", cpu_device) == "cpu"
-    assert _dispatch.resolve_name("gram", "auto", cpu_device) == "reference"
+    assert _dispatch.resolve_name("gram", "auto", cpu_device) == "cpu"
+    assert _dispatch.resolve_name("combine", "auto", cpu_device) == "cpu"
+    assert _dispatch.resolve_name("gram_list", "auto", cpu_device) == "reference"
     # On a CUDA device (resolution only; nothing runs there) the CPU solver is never chosen.
     assert _dispatch.resolve_name("min_norm", "auto", torch.device("cuda")) != "cpu"
     assert "CPU tensors only" in (cpu.device_reason(torch.device("cuda")) or "")
-    with pytest.raises(mtl_fast.BackendUnavailableError, match="no implementation of gram"):
-        mtl_fast.gram(torch.randn(2, 3), backend="cpu")
+    with pytest.raises(mtl_fast.BackendUnavailableError, match="no implementation of gram_list"):
+        mtl_fast.gram([torch.randn(2, 3)], backend="cpu")
 
 
 @needs_library

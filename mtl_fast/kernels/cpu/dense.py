@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from mtl_fast.kernels.cpu.loader import dense_kernels
-from mtl_fast.kernels.reference import combine as _ref_combine
-from mtl_fast.kernels.reference import gram as _ref_gram
+from mtl_fast.kernels.reference.combine import combine as _ref_combine
+from mtl_fast.kernels.reference.gram import gram as _ref_gram
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -37,11 +37,24 @@ def _threads(numel: int) -> int:
     return max(1, torch.get_num_threads()) if numel >= 1 << 20 else 1
 
 
+def _traced(x: torch.Tensor) -> bool:
+    """Under torch.compile (or export, or for a tensor subclass) the registered ops run instead
+    of the direct ctypes calls, which dynamo cannot trace."""
+    return torch.compiler.is_compiling() or type(x) is not torch.Tensor
+
+
 def gram(J: torch.Tensor) -> torch.Tensor:
     """K[b] = J[b] J[b]ᵀ. J: (B, T, P) CPU tensor -> (B, T, T) fp32 (fp64 for fp64), exactly
     symmetric."""
     if J.dtype not in _KERNEL_DTYPES:
         return _ref_gram(J)
+    if _traced(J):
+        out: torch.Tensor = torch.ops.mtl_fast_cpu.gram(J)
+        return out
+    return _gram(J)
+
+
+def _gram(J: torch.Tensor) -> torch.Tensor:
     J = _rows(J)
     B, T, P = J.shape
     K = torch.empty((B, T, T), dtype=J.dtype)
@@ -62,6 +75,13 @@ def combine(J: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = None
     if J.dtype not in _KERNEL_DTYPES:
         d = _ref_combine(J, w)
         return d if out is None else out.copy_(d)
+    if _traced(J) or _traced(w):
+        d = torch.ops.mtl_fast_cpu.combine(J, w)
+        return d if out is None else out.copy_(d)
+    return _combine(J, w, out)
+
+
+def _combine(J: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     J = _rows(J)
     B, T, P = J.shape
     wk = w.to(J.dtype).contiguous()
@@ -74,3 +94,27 @@ def combine(J: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = None
     if status != 0:
         raise RuntimeError(f"backend='cpu' combine failed with status {status} (B={B}, T={T})")
     return out
+
+
+# Registered ops, so that torch.compile(fullgraph=True) traces the kernels as opaque nodes (the
+# weights and the Gram are constants of a step: no backward formula, as for min_norm).
+@torch.library.custom_op("mtl_fast_cpu::gram", mutates_args=(), device_types="cpu")
+def _gram_op(J: torch.Tensor) -> torch.Tensor:
+    return _gram(J)
+
+
+@_gram_op.register_fake
+def _gram_fake(J: torch.Tensor) -> torch.Tensor:
+    torch._check(J.dim() == 3, lambda: f"J must have shape (B, T, P), got {tuple(J.shape)}")
+    return J.new_empty((J.shape[0], J.shape[1], J.shape[1]))
+
+
+@torch.library.custom_op("mtl_fast_cpu::combine", mutates_args=(), device_types="cpu")
+def _combine_op(J: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return _combine(J, w, None)
+
+
+@_combine_op.register_fake
+def _combine_fake(J: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    torch._check(J.dim() == 3, lambda: f"J must have shape (B, T, P), got {tuple(J.shape)}")
+    return J.new_empty((J.shape[0], J.shape[2]))

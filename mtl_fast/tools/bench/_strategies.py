@@ -361,7 +361,7 @@ def _libmtl_mgda_class() -> Any:
     spec = importlib.util.find_spec("LibMTL")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("No module named 'LibMTL'")
-    root = list(spec.submodule_search_locations)[0]
+    root = next(iter(spec.submodule_search_locations))
     for pkg, path in (("LibMTL", root), ("LibMTL.weighting", f"{root}/weighting")):
         if pkg not in sys.modules:
             module = types.ModuleType(pkg)
