@@ -5,9 +5,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
+from mtl_fast._core import engine
 from mtl_fast._core.flat import check_params, offsets
 from mtl_fast._core.validate import require_positive_int
 
@@ -26,7 +28,7 @@ def _leaves_outside(roots: Sequence[torch.Tensor], skip: set[int]) -> list[torch
     (ids), in discovery order: a walk over the autograd graph (~1 µs per node)."""
     seen: set[int] = set()
     out: list[torch.Tensor] = []
-    stack = [r.grad_fn for r in roots if r.grad_fn is not None]
+    stack: list[Any] = [r.grad_fn for r in roots if r.grad_fn is not None]
     while stack:
         fn = stack.pop()
         if fn is None or id(fn) in seen:
@@ -37,7 +39,7 @@ def _leaves_outside(roots: Sequence[torch.Tensor], skip: set[int]) -> list[torch
             if id(var) not in skip:
                 out.append(var)
             continue
-        stack.extend(nxt for nxt, _ in fn.next_functions)
+        stack.extend(nxt for nxt, _ in fn.next_functions if nxt is not None)
     return out
 
 
@@ -227,7 +229,7 @@ class TaskGradients:
                 current[0] = t
                 for i in range(len(reached)):
                     reached[i] = False
-                torch.autograd.backward(loss, retain_graph=retain_graph or t < last, inputs=inputs)
+                engine.backward(loss, retain_graph=retain_graph or t < last, inputs=inputs)
                 if not all(reached):  # parameters this loss does not reach
                     for v, hit in zip(self._rows[t], reached):
                         if not hit:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mtl_fast._core import engine
 from mtl_fast.strategies._base import check_losses, loss_vector
 from mtl_fast.strategies._mgda import MGDA
 
@@ -100,8 +101,9 @@ class MGDAUB(MGDA):
             G.copy_(g.reshape(T, n))
             return G
         for t, loss in enumerate(losses):
-            (g,) = torch.autograd.grad(
-                loss, features, retain_graph=True, allow_unused=True, materialize_grads=True
-            )
-            G[t].copy_(g.reshape(-1))
+            (gz,) = engine.grad(loss, (features,), retain_graph=True)
+            if gz is None:  # this loss does not depend on Z
+                G[t].zero_()
+            else:
+                G[t].copy_(gz.reshape(-1))
         return G

@@ -196,9 +196,10 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
             m, v = torch.zeros_like(flat), torch.zeros_like(flat)
             n = torch.zeros(1, dtype=torch.float32, device=device)
         else:
-            from torchjd.aggregation import MGDA, UPGrad
+            from torchjd.aggregation import MGDA as TorchJDMGDA
+            from torchjd.aggregation import UPGrad
 
-            aggregate = MGDA() if name == "torchjd-mgda-arena" else UPGrad()
+            aggregate = TorchJDMGDA() if name == "torchjd-mgda-arena" else UPGrad()
             shared_opt = _adam(prob.shared, device)
 
         def step(tm: PhaseTimer) -> None:
@@ -228,11 +229,12 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
         return step
 
     if name in ("torchjd-mgda", "torchjd-upgrad"):
-        from torchjd.aggregation import MGDA, UPGrad
+        from torchjd.aggregation import MGDA as TorchJDMGDA
+        from torchjd.aggregation import UPGrad
         from torchjd.autojac import jac_to_grad, mtl_backward
 
         opt = _adam(prob.shared + prob.head_params, device)
-        aggregator = MGDA() if name == "torchjd-mgda" else UPGrad()
+        aggregator: Any = TorchJDMGDA() if name == "torchjd-mgda" else UPGrad()
         trunk_params = list(prob.trunk.parameters())
 
         def step(tm: PhaseTimer) -> None:
@@ -523,11 +525,12 @@ def run_setting(
                     _one_step(step, device)
         except Exception as exc:  # a peer that cannot run this model, OOM
             report.skip("strategy", "step", name, shape, f"raised {type(exc).__name__}: {exc}")
-            gc.collect()
             continue
         finally:
             step = prob = None  # type: ignore[assignment]
             gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # after an OOM, leave the next provider the memory
         if first > MAX_STEP_S:
             report.skip(
                 "strategy", "step", name, shape, f"one step took {first:.0f} s (> {MAX_STEP_S} s)"
@@ -635,9 +638,9 @@ def run_setting(
                 )
     mgda_J = None
     for name in ("mgda", "mgda-fused"):
-        step = live.get(name)
-        arena = getattr(getattr(step, "strategy", None), "_arena_cache", None)
-        arena = arena if arena is not None else getattr(step, "arena", None)
+        provider = live.get(name)
+        arena = getattr(getattr(provider, "strategy", None), "_arena_cache", None)
+        arena = arena if arena is not None else getattr(provider, "arena", None)
         if arena is not None:
             mgda_J = arena.J
             break
