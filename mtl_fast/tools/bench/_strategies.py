@@ -508,7 +508,12 @@ def run_setting(
     P = sum(p.numel() for p in base.shared)
     shape = {"trunk": s.trunk, "T": s.T, "P": P, "batch": s.batch, "image": s.image}
     dname = str(next(base.trunk.parameters()).dtype).replace("torch.", "")
-    # 1. Alone, one after another: does it run, how long is one step, how much memory.
+    # 1. Alone, one after another: does it run, how long is one step, how much memory. A
+    # throwaway summed step first, so that the process's one-time allocations (thread pools,
+    # kernel caches) are not counted against the first provider.
+    warm = base.copy()
+    _one_step(_make_step("sum", warm, device), device)
+    del warm
     peaks: dict[str, int | None] = {}
     for name in strategies:
         if (reason := peer_reason(name)) is not None:
