@@ -245,7 +245,7 @@ def write_plot(report: Report, path: Path) -> bool:
             series[r.op][(r.provider, r.shape.get("T"), r.dtype)].append((r.shape["P"], r.value))
     ops = [op for op, s in series.items() if any(len(v) >= 2 for v in s.values())]
     if not ops:
-        return False
+        return _write_step_plot(report, path, plt)
     fig, axes = plt.subplots(1, len(ops), figsize=(4.2 * len(ops), 3.8), squeeze=False)
     copy_bw = report.meta.get("copy_bandwidth_GBps")
     spec_bw = report.meta.get("spec_bandwidth_GBps")
@@ -271,6 +271,45 @@ def write_plot(report: Report, path: Path) -> bool:
         ax.set_ylabel("achieved GB/s")
         ax.set_title(op)
         ax.legend(fontsize=6)
+    fig.suptitle(f"{report.meta.get('device')} — {report.meta.get('date')}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _write_step_plot(report: Report, path: Path, plt: Any) -> bool:
+    """The whole-step figure of a strategy run: per (trunk, T), each provider's median step time
+    (log scale), the floor as a dashed line. False when the run timed no strategy."""
+    groups: dict[tuple[str, Any], dict[str, float]] = defaultdict(dict)
+    for r in report.rows:
+        if r.section == "strategy" and r.metric == "total_ms":
+            groups[(str(r.shape.get("trunk")), r.shape.get("T"))][r.provider] = r.value
+    if not groups:
+        return False
+    keys = list(groups)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        d = groups[key]
+        names = list(d)
+        colors = [
+            "tab:blue"
+            if n.startswith("mgda")
+            else "tab:gray"
+            if n in ("sum", "floor")
+            else "tab:red"
+            for n in names
+        ]
+        ax.barh(names, [d[n] for n in names], color=colors)
+        if "floor" in d:
+            ax.axvline(d["floor"], color="k", lw=0.8, ls="--", label="floor")
+            ax.legend(fontsize=7)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.invert_yaxis()
+        ax.set_xlabel("median ms per training step")
+        ax.set_title(f"{key[0]}, T = {key[1]}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
     fig.suptitle(f"{report.meta.get('device')} — {report.meta.get('date')}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
