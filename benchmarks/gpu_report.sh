@@ -37,7 +37,7 @@ if [ "$dry_run" = 0 ] && compgen -G ".whl/*.whl" >/dev/null; then
     if "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl; then
         export PYTHONPATH="$site:$PYTHONPATH"
         export MTL_FAST_GPU_REPORT_SITE="$site"
-        echo "gpu_report: installed $(find .whl -maxdepth 1 -name '*.whl' | wc -l) wheels from .whl/"
+        echo "gpu_report: installed $(find .whl -maxdepth 1 -type f -name '*.whl' | wc -l) wheels from .whl/"
     else
         echo "gpu_report: installing .whl/*.whl failed; going on without them" >&2
     fi

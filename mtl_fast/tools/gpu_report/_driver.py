@@ -183,9 +183,10 @@ class Run:
         return self.out / f"{self.stem}-{suffix}"
 
     def scrub(self, text: str) -> str:
-        """Machine paths out: the sources, the temp folder, home, the interpreter."""
+        """Machine paths out: the sources, the temp and result folders, home, the interpreter."""
         pairs = [
             (str(self.tmp), "<tmp>"),
+            (str(self.out.resolve()), "<out>"),
             (str(REPO), "<repo>"),
             (os.environ.get("MTL_FAST_GPU_REPORT_SITE", ""), "<wheels>"),
             (PY, "python3"),
@@ -322,7 +323,7 @@ class Run:
     def execute(self) -> int:
         self.say(
             f"GPU report{' (dry run)' if self.dry_run else ''}: budget {self.budget:.0f} s, "
-            f"out {self.out}"
+            f"out {self.out.resolve()}"
         )
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.dry_run:
