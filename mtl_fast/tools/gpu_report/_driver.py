@@ -675,7 +675,9 @@ class Run:
         cmd = [PY, "-m", "mtl_fast.tools.gpu_report._bench", "--part", part]
         for suffix in ("json", "md", "png"):
             cmd += [f"--{suffix}", str(self.path(f"bench.{suffix}"))]
-        cmd += ["--soft-limit-s", f"{max(1.0, limit - (6 if self.dry_run else 25)):.0f}"]
+        # Stop measuring early enough to write the files (and the plot) within the slice.
+        margin = 0.35 * limit if self.dry_run else min(25.0, 0.3 * limit)
+        cmd += ["--soft-limit-s", f"{max(1.0, limit - margin):.0f}"]
         if self.dry_run:
             cmd.append("--dry-run")
         proc = self.command(f"bench-{part}", cmd, deadline)
