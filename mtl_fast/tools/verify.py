@@ -251,8 +251,9 @@ def run(
     backends: Iterable[str] | None = None,
     device: str | torch.device | None = None,
     quick: bool = False,
+    ops: Iterable[str] | None = None,
 ) -> tuple[list[Check], list[str]]:
-    """Run the verification matrix.
+    """Run the verification matrix (of the ``ops`` given, else of every op).
 
     Returns:
         (checks, skipped): every check made, and a line for each backend that was skipped and why.
@@ -273,8 +274,9 @@ def run(
         if reason is not None:
             skipped.append(f"{name}: cannot run on {dev}: {reason}")
             continue
+        wanted = set(CHECKS) if ops is None else set(ops)
         for op in sorted(loaded.OPS):
-            if op in CHECKS:
+            if op in CHECKS and op in wanted:
                 checks.extend(CHECKS[op](name, getattr(loaded, op), dev, quick))
     return checks, skipped
 

@@ -345,21 +345,23 @@ class OpGrid:
     solver: tuple[tuple[int, int], ...]  # (B, T)
     loop_problems: int | None  # cap on problems the Python-loop baseline runs per case
     dtypes: tuple[torch.dtype, ...]
+    adam_Ps: tuple[int, ...] | None = None  # P of multi_adam/combine_adam (None: ``Ps``)
 
 
 def op_cases(grid: OpGrid, device: torch.device, ops: set[str]) -> Iterator[Callable[[], OpCase]]:
     """Builders of every case of ``grid`` (build one, measure it, drop it)."""
     for dtype in grid.dtypes:
-        for op, Ts, make in (
-            ("gram", grid.Ts, gram_case),
-            ("combine", grid.Ts, combine_case),
-            ("multi_adam", grid.adam_Ts, multi_adam_case),
-            ("combine_adam", grid.adam_Ts, combine_adam_case),
+        adam_Ps = grid.Ps if grid.adam_Ps is None else grid.adam_Ps
+        for op, Ts, Ps, make in (
+            ("gram", grid.Ts, grid.Ps, gram_case),
+            ("combine", grid.Ts, grid.Ps, combine_case),
+            ("multi_adam", grid.adam_Ts, adam_Ps, multi_adam_case),
+            ("combine_adam", grid.adam_Ts, adam_Ps, combine_adam_case),
         ):
             if op not in ops:
                 continue
             for T in Ts:
-                for P in grid.Ps:
+                for P in Ps:
                     yield partial(make, T, P, dtype, device)
     if "min_norm" in ops:
         for B, T in grid.solver:

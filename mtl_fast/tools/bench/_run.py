@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -183,8 +184,18 @@ def evaluate_targets(report: Report) -> list[dict[str, Any]]:
     return out
 
 
-def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> Report:
-    """Measure everything ``config`` asks for and return the report."""
+def run(
+    config: BenchConfig,
+    *,
+    log: TextIO = sys.stderr,
+    command: str = "",
+    progress: Callable[[Report], None] | None = None,
+) -> Report:
+    """Measure everything ``config`` asks for and return the report.
+
+    ``progress(report)`` is called after every op case and every strategy setting (e.g. to
+    write what is measured so far); an exception it raises ends the run there.
+    """
     dev = config.device
     meta = run_metadata(dev)
     meta["command"] = command
@@ -238,6 +249,8 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
             file=log,
         )
         del case
+        if progress is not None:
+            progress(report)
     for trunk in config.trunks:
         for T in config.tasks:
             if not config.strategies:
@@ -264,6 +277,8 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
                 f"step {trunk} T={T}: " + ", ".join(f"{k} {v:.4g} ms" for k, v in tot.items()),
                 file=log,
             )
+            if progress is not None:
+                progress(report)
     report.targets = evaluate_targets(report)
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
     return report
