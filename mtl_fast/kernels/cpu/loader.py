@@ -9,8 +9,8 @@ import importlib.machinery
 from collections.abc import Callable
 from pathlib import Path
 
-# The file stem of the shared library built by setup.py (Extension "mtl_fast.kernels.cpu._lib").
-LIBRARY_STEM = "_lib"
+from mtl_fast.kernels.cpu.settings import LIBRARY_STEM
+
 # Must equal MTL_MIN_NORM_ABI_VERSION in csrc/cpu/min_norm.h.
 ABI_VERSION = 1
 
