@@ -2,15 +2,16 @@
 
 Everything about the package lives in pyproject.toml. Two optional builds:
 
-**CPU solver** (csrc/cpu/, always attempted): the min-norm solver of the ``cpu`` backend, a plain
-C++17 shared library with a C ABI, loaded with ctypes by ``mtl_fast.kernels.cpu``. It is an
-``Extension(optional=True)``: setuptools compiles and links it like a Python extension module
-(same compiler discovery, same per-platform file name and install location, in ``pip install
-.``, wheels and ``pip install -e .`` alike), and when that fails — no C++ compiler — it warns and
-the install still succeeds; ``mtl_fast.backends()["cpu"]`` then says why the backend is missing.
-It includes no torch or Python headers, so it builds in pip's isolated build environment, which
-holds no torch. It is not importable as a module (no ``PyInit_``); ``_OptionalBuildExt`` only
-stops Windows linkers from asking for that symbol and picks the optimisation flags per compiler.
+**CPU solvers** (csrc/cpu/, always attempted): the min-norm and dual-cone (UPGrad) solvers of
+the ``cpu`` backend, one plain C++17 shared library with a C ABI, loaded with ctypes by
+``mtl_fast.kernels.cpu``. It is an ``Extension(optional=True)``: setuptools compiles and links
+it like a Python extension module (same compiler discovery, same per-platform file name and
+install location, in ``pip install .``, wheels and ``pip install -e .`` alike), and when that
+fails — no C++ compiler — it warns and the install still succeeds;
+``mtl_fast.backends()["cpu"]`` then says why the backend is missing. It includes no torch or
+Python headers, so it builds in pip's isolated build environment, which holds no torch. It is
+not importable as a module (no ``PyInit_``); ``_OptionalBuildExt`` only stops Windows linkers
+from asking for that symbol and picks the optimisation flags per compiler.
 
 **CUDA extension** ``mtl_fast._C`` (csrc/*.cu), built only when asked; it needs torch in the
 build environment, hence ``--no-build-isolation``:
@@ -39,7 +40,7 @@ CPU_LIBRARY = "mtl_fast.kernels.cpu._lib"
 def _cpu_library() -> Extension:
     return Extension(
         name=CPU_LIBRARY,
-        sources=["csrc/cpu/min_norm.cpp"],
+        sources=["csrc/cpu/min_norm.cpp", "csrc/cpu/dual_cone.cpp"],
         include_dirs=["csrc/cpu"],
         language="c++",
         optional=True,  # a failed build (no compiler) warns; the install goes on without it
