@@ -17,9 +17,12 @@
 //     problem), a row with |A| < |F| factors the bound block H_AA instead:
 //     H_AA μ_A = u_A, v = H_{:,A} μ_A, λ_A = μ_A — the same iterate, since
 //     G̃_FF⁻¹ = H_FF − H_FA H_AA⁻¹ H_AF — so each factorisation is of size min(|F|, |A|);
+//   * the factor of a row's starting free set is kept for the next rows of the problem (a few
+//     slots): rows often start from the same or a similar set (the tasks of one group conflict
+//     with the same other tasks), and updating a kept factor replaces a fresh factorisation;
 //   * G̃u is formed from the columns of the nonzero u_j only (one column for a UPGrad row);
-//   * with GCC on x86-64 Linux, AVX2/FMA and AVX-512 clones are chosen at load time
-//     (target_clones, an ifunc); other compilers and platforms build the portable baseline.
+//   * with GCC on x86-64 Linux an AVX2/FMA clone is chosen at load time (target_clones, an
+//     ifunc); other compilers and platforms build the portable baseline.
 // Measured steps (one thread, UPGrad weights at T = 128, ms, medians; docs/upgrad.md):
 //     step                                         agree gauss lowrank twogroups conflict simplex
 //     refactor every iteration, SSE2               0.10  8.8   17.0    10.2      3.4      19.4
@@ -27,6 +30,11 @@
 //     + 4-pivot panel Cholesky, ld = T + 4         0.07  4.5   9.3     6.2       2.0      9.1
 //     + x86-64-v3 clone (AVX2/FMA)                 0.04  3.8   7.4     4.8       1.7      6.2
 //     + bound block through H when |A| < |F|       0.07  4.0   7.7     5.3       1.8      0.59
+//     + starting factors kept across rows          ─     ─     ─       −15 %     −30 %    ─
+//   (gauss, lowrank and the Grams of real ResNet-18 gradients start from unrelated sets:
+//   unchanged, within the ±10 % noise of the shared machine). Also tried: an AVX-512 clone
+//   (x86-64-v4: no faster on this Zen 4, whose AVX-512 is double-pumped) and two trailing rows
+//   per pass of the Cholesky update (no difference).
 //
 // Layout: every array is contiguous row-major float64. No dependencies, no global state
 // (thread-safe; buffers are allocated per call). No torch headers: this file is built by
@@ -228,6 +236,30 @@ struct Factor {
         valid = false;
     }
 
+    // Become a copy of o (same T): O(k²).
+    MTL_INLINE void assign(const Factor& o) {
+        clear();
+        k = o.k;
+        valid = o.valid;
+        ridge = o.ridge;
+        for (int64_t p = 0; p < k; ++p) {
+            idx[p] = o.idx[p];
+            pos[idx[p]] = p;
+            std::copy(o.r.data() + p * ld + p, o.r.data() + p * ld + k, r.data() + p * ld + p);
+        }
+    }
+
+    // The update cost model of update(), in units of about k²; −1 when not usable.
+    MTL_INLINE int64_t change_cost(const uint8_t* free) const {
+        if (!valid || ridge != 0.0) return -1;
+        int64_t removed = 0, added = 0;
+        for (int64_t j = 0; j < T; ++j) {
+            removed += pos[j] >= 0 && !free[j];
+            added += pos[j] < 0 && free[j];
+        }
+        return kRemoveCost * removed + kAppendCost * added;
+    }
+
     // Fresh factorisation of the indices marked in free (ascending order).
     MTL_INLINE bool refactor(const double* g, const uint8_t* free) {
         clear();
@@ -336,6 +368,58 @@ struct Factor {
     }
 };
 
+// Factors of the starting free sets of a problem's recent rows (free-block path only). Rows of
+// one problem often start from the same or a similar set — the tasks of one group conflict with
+// the same other tasks — and bringing a cached factor to a new set costs O(k²) per changed index
+// against O(k³/3) for a fresh factorisation. Same factor up to rounding: the iterates do not
+// change.
+struct StartCache {
+    static constexpr int kSlots = 4;
+    static constexpr int64_t kMinSize = 16;  // smaller starting sets are refactored: cheap
+    int64_t T;
+    std::vector<Factor> slots;
+    std::vector<int64_t> last_use;
+    int64_t now = 0;
+
+    explicit StartCache(int64_t T_) : T(T_) {}
+
+    MTL_INLINE void clear() {
+        for (Factor& f : slots) f.clear();
+    }
+
+    // The slot cheapest to bring to free (|free| = kF) when that beats a fresh factorisation,
+    // else −1.
+    MTL_INLINE int best(const uint8_t* free, int64_t kF) {
+        int found = -1;
+        // Half of update()'s own threshold: a cached factor must be clearly closer than a
+        // fresh one, since removals in the middle of it cost more than the model says.
+        int64_t cheapest = kF / 2;
+        for (int s = 0; s < static_cast<int>(slots.size()); ++s) {
+            const int64_t c = slots[s].change_cost(free);
+            if (c >= 0 && c < cheapest) {
+                cheapest = c;
+                found = s;
+            }
+        }
+        if (found >= 0) last_use[found] = ++now;
+        return found;
+    }
+
+    MTL_INLINE void store(const Factor& f) {
+        int s = 0;
+        if (static_cast<int>(slots.size()) < kSlots) {
+            slots.emplace_back(T);
+            last_use.push_back(0);
+            s = static_cast<int>(slots.size()) - 1;
+        } else {
+            for (int t = 1; t < kSlots; ++t)
+                if (last_use[t] < last_use[s]) s = t;
+        }
+        slots[s].assign(f);
+        last_use[s] = ++now;
+    }
+};
+
 // Whether H = G̃⁻¹ pays for itself: it costs about T³ flops once per problem, and lets a row
 // factor its bound block (|A| = T − |F|) instead of its free block. Decided on the first free
 // set of a row, assuming the rows left behave alike.
@@ -351,8 +435,8 @@ MTL_INLINE bool worth_inverting(int64_t kF, int64_t T, int64_t rows_left) {
 // available and |A| < |F|, the bound block, H_AA μ_A = u_A, v = H_{:,A} μ_A, λ_A = μ_A,
 // λ_F = 0 (factor fa): the same iterate, since G̃_FF⁻¹ = H_FF − H_FA H_AA⁻¹ H_AF.
 MTL_INLINE int64_t solve_row(const double* u, double gmax, int64_t max_iter, double tol,
-                             int64_t rows_left, Work& w, Factor& f, Factor& fa, double* out,
-                             bool* converged) {
+                             int64_t rows_left, Work& w, Factor& f, Factor& fa,
+                             StartCache& cache, double* out, bool* converged) {
     const int64_t T = w.T;
     const double* g = w.g.data();
     bool finite = std::isfinite(gmax);
@@ -393,6 +477,12 @@ MTL_INLINE int64_t solve_row(const double* u, double gmax, int64_t max_iter, dou
     f.clear();
     fa.clear();
     f.ridge = 0.0;
+    bool keep_start = false;  // store the factor of the starting set after iteration 1
+    if (!*converged && nbad >= StartCache::kMinSize) {
+        const int s = cache.best(w.free.data(), nbad);
+        if (s >= 0) f.assign(cache.slots[s]);
+        keep_start = s < 0 || cache.slots[s].change_cost(w.free.data()) > 0;
+    }
     while (!*converged && iters < max_iter) {
         ++iters;
         int64_t kF = 0;
@@ -426,7 +516,12 @@ MTL_INLINE int64_t solve_row(const double* u, double gmax, int64_t max_iter, dou
             if (!f.update(g, w.free.data())) {
                 f.ridge = std::max(100.0 * f.ridge, kFailRidge * gmax);
                 f.clear();
+                keep_start = false;
                 continue;  // keep the previous iterate, retry with a ridge
+            }
+            if (keep_start) {
+                cache.store(f);
+                keep_start = false;
             }
             const int64_t k = f.k;
             // rhs −(G̃ u_A)_F over the nonzero u_j outside F.
@@ -510,14 +605,16 @@ MTL_CLONES int64_t project_batch(const double* U, const double* G, double* W, in
                                  int64_t max_iter, double tol, int64_t* iters) {
     Work w(T);
     Factor f(T), fa(T);
+    StartCache cache(T);
     int64_t unconverged = 0;
     for (int64_t b = 0; b < batch; ++b) {
         const double gmax = start_problem(G + b * T * T, norm_eps, reg_eps, w);
+        cache.clear();
         for (int64_t r = 0; r < R; ++r) {
             const int64_t row = b * R + r;
             bool conv = false;
             const int64_t it = solve_row(U + row * T, gmax, max_iter, tol, R - r, w, f, fa,
-                                         W + row * T, &conv);
+                                         cache, W + row * T, &conv);
             if (iters) iters[row] = it;
             unconverged += !conv;
         }

@@ -532,6 +532,31 @@ def test_cpu_bound_block_path() -> None:
 
 
 @needs_library
+def test_cpu_rows_that_start_alike_reuse_factors() -> None:
+    """Two opposed groups of tasks: the rows of one group start from the same free set (the
+    other group), so the solver updates a kept factor instead of refactoring; the kept factors
+    belong to one problem (the next one gets fresh ones). Same answers and iterates."""
+    from mtl_fast.kernels.cpu.dual_cone import solve as cpu_solve
+
+    gen = torch.Generator().manual_seed(12)
+    T, P = 64, 264
+    s = torch.where(torch.arange(T) % 2 == 0, 1.0, -0.5).double()[:, None]
+    grams = []
+    for _ in range(3):
+        J = s * torch.randn(1, P, generator=gen, dtype=torch.float64)
+        J = J + 0.7 * torch.randn(T, P, generator=gen, dtype=torch.float64)
+        grams.append(J @ J.T)
+    G = torch.stack(grams)
+    U = (torch.eye(T, dtype=torch.float64) / T).expand(3, T, T)
+    W, iters, bad = cpu_solve(U, G, max_iter=64, tol=1e-10, counts=True, **EPS)
+    W_ref, it_ref, _ = project(U, G, max_iter=64, tol=1e-10, sync_free=False, **EPS)
+    assert bad == 0 and rel_err(W, W_ref) <= 1e-9
+    assert iters is not None and (iters != it_ref).float().mean() <= 0.02
+    for b in range(3):
+        assert_kkt(U[b], G[b], W[b], tol=1e-9)
+
+
+@needs_library
 def test_cpu_library_rejects_bad_arguments() -> None:
     fn = loader.dual_cone_library()
     assert not isinstance(fn, str)

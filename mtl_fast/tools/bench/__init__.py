@@ -43,6 +43,7 @@ from mtl_fast.tools.bench._strategies import (
     make_strategy_step,
     run_setting,
     torchjd_reason,
+    upgrad_combination_case,
 )
 from mtl_fast.tools.bench._timing import Timing, measure, measure_interleaved
 from mtl_fast.tools.bench._traffic import (
@@ -95,6 +96,7 @@ __all__ = [
     "torchjd_reason",
     "trunk_gradient_grams",
     "upgrad_case",
+    "upgrad_combination_case",
     "upgrad_grams",
     "write_all",
 ]
