@@ -14,7 +14,8 @@ Public API (tensor inputs positional, hyperparameters keyword-only):
 - :func:`backends` — which backends exist here, and why the others do not.
 
 Every op takes ``backend="auto" | "reference" | "triton" | "cuda" | "cpu"``;
-``MTL_FAST_BACKEND`` sets the default. ``import mtl_fast`` needs neither a GPU, nor Triton, nor a compiler.
+``MTL_FAST_BACKEND`` sets the default. ``import mtl_fast`` needs neither a GPU, nor Triton, nor a
+compiler.
 """
 
 from mtl_fast import _aliases
