@@ -3,7 +3,7 @@ r"""Weightings of gradient-aggregation methods, from the Gram matrix of the task
 Each method is one small function ``<method>_weights(K, /, *, ...) -> w``: K = J Jᵀ is the
 (..., T, T) Gram of the T task gradients (the rows of J), w the (..., T) weights whose
 combination wᵀJ is the method's update direction — TorchJD's ``Weighting`` interface, batched.
-Validation and the shared preference-vector handling are the helpers at the top.
+Validation and the shared preference-vector handling are the private functions at the top.
 """
 
 from __future__ import annotations

@@ -181,8 +181,9 @@ def _dual_cone_kernel(
 
 def _num_warps(bt: int) -> int:
     # From ptxas for sm_90 (python -m mtl_fast.kernels.triton.aot): no spills up to BT = 16 at one
-    # warp and BT = 32 at four (two warps spill 304 B there); BT = 64 (two 32 KB fp64 tiles)
-    # spills at any width, least at 16-32 warps (264 B / 240 B of stack; 328 B at 8 warps).
+    # warp and BT = 32 at four (two warps spill 400 B there); BT = 64 (two 32 KB fp64 tiles)
+    # spills at any width: 416 B of stack at 8 warps, 328 B at 16, 288 B at 32. 16 until a GPU
+    # timing decides (as for the min-norm kernel).
     return 1 if bt <= 16 else 4 if bt == 32 else 16
 
 
