@@ -1,7 +1,7 @@
 """Build hooks: the compiled CPU library, the CUDA sources inside the package, and the optional
 CUDA C++ extension. Everything else about the package lives in pyproject.toml.
 
-- The CPU library (csrc/cpu/, always attempted) holds the ``cpu`` backend's solvers: plain C++17
+- The CPU library (csrc/cpu/, always attempted) holds the ``cpu`` backend's solvers (min-norm, dual cone): plain C++17
   with a C ABI, loaded with ctypes by ``mtl_fast.kernels.cpu``. It is an
   ``Extension(optional=True)``: setuptools compiles and links it like an extension module (same
   compiler discovery, per-platform file name and install location in ``pip install .``, wheels

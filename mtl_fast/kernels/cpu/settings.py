@@ -12,7 +12,7 @@ LIBRARY_MODULE = "mtl_fast.kernels.cpu._lib"
 LIBRARY_STEM = "_lib"
 
 SOURCE_DIR = "csrc/cpu"  # relative to the top of a source checkout or sdist
-SOURCES = ("min_norm.cpp",)
+SOURCES = ("min_norm.cpp", "dual_cone.cpp")
 
 # -O3 and no -march: the library must run on any CPU of its platform (a wheel travels).
 CXX_FLAGS = ("-O3", "-std=c++17")

@@ -12,6 +12,8 @@ Every strategy is written with the public ``mtl_fast`` API (the gradient arena, 
   (batch included) + min-norm; one trunk backward of Σ w_t L_t (the weights applied to the raw
   losses, as the official code does, but without its second forward: the trunk graph is kept);
   one Adam step;
+- ``upgrad``: like ``mgda`` with UPGrad's weights (:func:`mtl_fast.upgrad_weights`, the
+  dual-cone solver) instead of the min-norm point;
 - ``multi-adam``: one forward, T backwards into the arena, one ``MultiAdam`` step over all
   tasks (separate moments, summed directions);
 - ``per-task``: Pascal et al. with groups of one task: T × (fresh forward, backward of L_t,
@@ -43,7 +45,16 @@ from mtl_fast.tools.bench._ops import OpCase, op_backends, run_case
 from mtl_fast.tools.bench._report import Report, Row
 from mtl_fast.tools.bench._timing import synchronize
 
-STRATEGIES = ("sum", "mgda", "mgda-ub", "multi-adam", "per-task", "torchjd-mgda", "torchjd-upgrad")
+STRATEGIES = (
+    "sum",
+    "mgda",
+    "upgrad",
+    "mgda-ub",
+    "multi-adam",
+    "per-task",
+    "torchjd-mgda",
+    "torchjd-upgrad",
+)
 LR = 1e-4
 
 
@@ -121,10 +132,11 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[Pha
 
         return step
 
-    if name in ("mgda", "torchjd-mgda", "torchjd-upgrad"):
+    if name in ("mgda", "upgrad", "torchjd-mgda", "torchjd-upgrad"):
         arena = mtl_fast.TaskGradients(prob.shared, num_tasks=T)
         head_opt = _adam(prob.head_params, device)
-        if name == "mgda":
+        weights_of = mtl_fast.upgrad_weights if name == "upgrad" else mtl_fast.min_norm
+        if name in ("mgda", "upgrad"):
             flat = mtl_fast.flatten_parameters(prob.shared)
             m, v = torch.zeros_like(flat), torch.zeros_like(flat)
             n = torch.zeros(1, dtype=torch.float32, device=device)
@@ -143,7 +155,7 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[Pha
             if aggregate is None:
                 K = mtl_fast.gram(arena.J)
                 tm.lap("gram")
-                w = mtl_fast.min_norm(K)
+                w = weights_of(K)
                 tm.lap("solve")
                 mtl_fast.combine_adam(arena.J, w, flat, m, v, n, lr=LR)
                 tm.lap("combine_adam")
@@ -273,6 +285,7 @@ def run_setting(
     dname = str(next(prob.trunk.parameters()).dtype).replace("torch.", "")
     totals: dict[str, float] = {}
     mgda_J: torch.Tensor | None = None
+    upgrad_J: torch.Tensor | None = None
     for name in strategies:
         if name.startswith("torchjd") and (reason := torchjd_reason()):
             report.skip("strategy", "step", name, shape, reason)
@@ -318,6 +331,8 @@ def run_setting(
                     note=note,
                 )
             )
+        if name == "upgrad":
+            upgrad_J = _arena_of(step)
         if name == "mgda":
             # The whole gradient-combination part (gram + solve + combine + Adam) against the
             # forward + backward it serves.
@@ -355,7 +370,9 @@ def run_setting(
             )
     if mgda_J is not None:
         run_case(combination_case(mgda_J, shape, device), report, timing)
-    del prob, mgda_J
+    if upgrad_J is not None:
+        run_case(upgrad_combination_case(upgrad_J, shape, device), report, timing)
+    del prob, mgda_J, upgrad_J
     gc.collect()
 
 
@@ -407,4 +424,38 @@ def combination_case(J: torch.Tensor, shape: dict[str, Any], device: torch.devic
         case.providers["torchjd UPGrad"] = lambda: upgrad(J)
     else:
         case.skipped["torchjd"] = torchjd_reason() or ""
+    return case
+
+
+def _upgrad_combination(J: torch.Tensor, backend: str) -> torch.Tensor:
+    K = mtl_fast.gram(J, backend=backend if backend != "cpu" else None, check_finite=False)
+    w = mtl_fast.upgrad_weights(K, backend=backend, check_finite=False)
+    return mtl_fast.combine(J, w, backend=backend if backend != "cpu" else None)
+
+
+def upgrad_combination_case(J: torch.Tensor, shape: dict[str, Any], device: torch.device) -> OpCase:
+    """UPGrad's gradient combination on real trunk gradients, ``combine(J, upgrad_weights(
+    gram(J)))`` per backend of the solve ("cpu" solves; its Gram and combination run on "auto"),
+    against TorchJD's ``UPGrad()`` aggregator on the same J (when installed)."""
+    T, P = J.shape
+    names, skipped = op_backends("dual_cone", device)
+    case = OpCase(
+        "upgrad_combination",
+        {"trunk": shape["trunk"], "T": T, "P": P},
+        J.dtype,
+        device,
+        2 * J.numel() * J.element_size() + P * J.element_size(),
+        "torchjd UPGrad",
+    )
+    case.skipped = skipped
+    for name in names:
+        case.providers[name] = partial(_upgrad_combination, J, name)
+    if torchjd_reason() is None:
+        from torchjd.aggregation import UPGrad
+
+        upgrad = UPGrad()
+        case.providers["torchjd UPGrad"] = lambda: upgrad(J)
+    else:
+        case.skipped["torchjd"] = torchjd_reason() or ""
+        case.baseline = ""
     return case

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         action="append",
-        choices=["reference", "triton", "cuda"],
+        choices=["reference", "triton", "cuda", "cpu"],
         help="backend to verify (repeatable; default: all available)",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
