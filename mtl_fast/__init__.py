@@ -4,14 +4,18 @@ Public API (tensor inputs positional, hyperparameters keyword-only):
 
 - :func:`gram` — K = J Jᵀ of per-task gradients (flat or per-parameter);
 - :func:`min_norm` — batched MGDA min-norm weights on the simplex;
+- :func:`dual_cone_projection` — batched projection onto the dual cone of the task gradients
+  (the QP of UPGrad and DualProj, TorchJD's ``DualConeProjector``);
+- :func:`upgrad_weights`, :func:`dualproj_weights` — UPGrad and DualProj weights from a Gram;
 - :func:`combine` — d = Σ_t w_t J_t;
 - :func:`combine_adam` — combine and one Adam step, fused;
 - :class:`MultiAdam` — Adam with one state per task for shared parameters;
 - :class:`TaskGradients` — the (T, P) gradient arena autograd writes into;
 - :func:`backends` — which backends exist here, and why the others do not.
 
-Every op takes ``backend="auto" | "reference" | "triton" | "cuda"``; ``MTL_FAST_BACKEND`` sets the
-default. ``import mtl_fast`` needs neither a GPU, nor Triton, nor a compiler.
+Every op takes ``backend="auto" | "reference" | "triton" | "cuda" | "cpu"``;
+``MTL_FAST_BACKEND`` sets the default. ``import mtl_fast`` needs neither a GPU, nor Triton, nor a
+compiler.
 """
 
 from mtl_fast import _aliases
@@ -19,7 +23,15 @@ from mtl_fast._core.dispatch import BackendStatus, BackendUnavailableError, back
 from mtl_fast._core.flat import flatten_parameters
 from mtl_fast._core.validate import NonFiniteError
 from mtl_fast._version import __version__
-from mtl_fast.ops import combine, combine_adam, gram, min_norm
+from mtl_fast.ops import (
+    combine,
+    combine_adam,
+    dual_cone_projection,
+    dualproj_weights,
+    gram,
+    min_norm,
+    upgrad_weights,
+)
 from mtl_fast.optim import MultiAdam, TaskGradients
 
 _aliases.install()
@@ -34,7 +46,10 @@ __all__ = [
     "backends",
     "combine",
     "combine_adam",
+    "dual_cone_projection",
+    "dualproj_weights",
     "flatten_parameters",
     "gram",
     "min_norm",
+    "upgrad_weights",
 ]

@@ -52,3 +52,25 @@ def assert_kkt(K: torch.Tensor, w: torch.Tensor, tol: float, support: float = 1e
     assert (slack[w > support] <= tol).all(), f"KKT violated: {slack[w > support].max().item()}"
     # Complementary slackness summed: Σ w_i ((Kw)_i − min Kw) is the Frank-Wolfe gap.
     assert (w * slack).sum().item() <= tol
+
+
+def opposite_gram(T: int, gen: torch.Generator) -> torch.Tensor:
+    """Rows in ± pairs g, −g (exactly opposite gradients); an odd T keeps one lone row."""
+    J = torch.randn(T, 2 * T + 3, generator=gen, dtype=torch.float64)
+    J[1::2] = -J[0 : T - T % 2 : 2][: J[1::2].shape[0]]
+    return J @ J.T
+
+
+def agreeing_gram(T: int, gen: torch.Generator) -> torch.Tensor:
+    """A shared component plus noise: cosines ≈ 0.25, no conflict (the benchmark's gradients)."""
+    P = 4 * T + 8
+    J = 3.0**0.5 * torch.randn(T, P, generator=gen, dtype=torch.float64)
+    J = J + torch.randn(1, P, generator=gen, dtype=torch.float64)
+    return J @ J.T
+
+
+def scaled_gram(T: int, gen: torch.Generator) -> torch.Tensor:
+    """Independent gradients whose norms span e^±6."""
+    J = torch.randn(T, 2 * T + 3, generator=gen, dtype=torch.float64)
+    J = J * torch.exp(torch.empty(T, 1, dtype=torch.float64).uniform_(-6, 6, generator=gen))
+    return J @ J.T

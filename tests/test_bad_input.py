@@ -112,3 +112,21 @@ def test_finite_rows_whose_sum_overflows_are_not_flagged() -> None:
     assert opt.step(big[[0]], tasks=[0])  # overflowing but finite: the step is taken
     with pytest.raises(mtl_fast.NonFiniteError, match=r"\[2\]"):
         opt.step(big, tasks=[0, 2])
+
+
+def test_dual_cone_ops_name_the_argument_and_the_tasks() -> None:
+    J = torch.randn(4, 10)
+    J[2, 5] = float("nan")
+    K = mtl_fast.gram(J, check_finite=False)
+    for op in (mtl_fast.upgrad_weights, mtl_fast.dualproj_weights):
+        with pytest.raises(mtl_fast.NonFiniteError, match=r"Gram matrix K .* \[2\]"):
+            op(K)
+        assert torch.isnan(op(K, check_finite=False)).all()  # opted out: NaN, never garbage
+    with pytest.raises(mtl_fast.NonFiniteError, match=r"Gram matrix G .* \[2\]"):
+        mtl_fast.dual_cone_projection(torch.eye(4), K)
+    with pytest.raises(ValueError, match="U is on meta but G is on cpu"):
+        mtl_fast.dual_cone_projection(torch.eye(3, device="meta"), torch.eye(3))
+    with pytest.raises(ValueError, match="pref is on meta but K is on cpu"):
+        mtl_fast.upgrad_weights(torch.eye(3), pref=torch.ones(3, device="meta"))
+    with pytest.raises(ValueError, match=r"U must have shape \(\.\.\., R, 3\) or \(3,\)"):
+        mtl_fast.dual_cone_projection(torch.ones(5), torch.eye(3))

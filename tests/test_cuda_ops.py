@@ -28,7 +28,8 @@ def _cuda_backend_reason() -> str | None:
 
 
 _REASON = _cuda_backend_reason()
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
+# Every test here needs a GPU: `-m gpu` selects them all, the slow T·P > 2³¹ one included.
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 
 ATOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

@@ -349,6 +349,7 @@ def test_every_kernel_compiles_for_sm90() -> None:
 # ---------------------------------------------------------------------------- GPU only
 
 
+@pytest.mark.gpu
 @on_gpu
 def test_gram_bitwise_deterministic_with_many_splits() -> None:
     J = to_dev(torch.randn(8, 10_000_019, dtype=torch.bfloat16))
@@ -361,6 +362,7 @@ def test_gram_bitwise_deterministic_with_many_splits() -> None:
     assert torch.equal(w[0], w[1])
 
 
+@pytest.mark.gpu
 @on_gpu
 def test_gram_with_more_than_2_31_elements() -> None:
     P = 2**30 + 4099  # T·P > 2³¹ with T = 3
@@ -373,6 +375,7 @@ def test_gram_with_more_than_2_31_elements() -> None:
     assert rel(K[0], truth) <= 1e-5, rel(K[0], truth)
 
 
+@pytest.mark.gpu
 @on_gpu
 def test_whole_step_captures_in_a_cuda_graph() -> None:
     """gram → min_norm → combine_adam, then multi_adam, captured once and replayed."""

@@ -22,6 +22,11 @@ ATOL: dict[torch.dtype, float] = {
 MIN_NORM_TOL = 1e-6
 # Relative error of an Adam step's parameters and states against the float64 formula.
 ADAM_TOL = 1e-5
+# Dual-cone projection weights (UPGrad, DualProj): per-row error relative to the row's largest
+# weight, against the float64 reference on the same (rounded) Gram, by output dtype; in fp64 also
+# the KKT residual. Every backend solves the QP exactly in fp64 (1e-13 from quadprog measured),
+# the stopping rule allows ~1e-10, and an fp32 output is rounded at 6e-8.
+DUAL_CONE_TOL: dict[torch.dtype, float] = {torch.float64: 1e-9, torch.float32: 1e-6}
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -1,5 +1,9 @@
-"""Optional bridges to other libraries. The core never imports this package.
+"""Adapters that plug mtl_fast's solvers into other libraries.
 
-- :mod:`mtl_fast.integrations.torchjd`: mtl_fast's solvers as TorchJD ``Weighting`` objects
-  (needs TorchJD: ``pip install 'mtl-fast[peers]'``), one small class per weighting.
+Each submodule imports its library and fails with an ``ImportError`` that says how to install it
+when the library is missing; ``import mtl_fast`` never imports them.
+
+- :mod:`mtl_fast.integrations.torchjd` — TorchJD's MGDA, UPGrad and DualProj weightings and
+  aggregators (and a ``DualConeProjector``) on mtl_fast's solvers (needs TorchJD:
+  ``pip install 'mtl-fast[peers]'``).
 """

@@ -1,34 +1,257 @@
-"""mtl_fast's solvers inside TorchJD: drop-in ``torchjd.aggregation.Weighting`` subclasses.
+"""TorchJD on mtl_fast's solvers: change one import.
 
-A TorchJD user switches solver with one import line::
+MGDA: :class:`MGDAWeighting` is TorchJD's ``MGDAWeighting`` solved by :func:`mtl_fast.min_norm`
+(sync-free on a GPU; see docs/integrations.md)::
 
     # from torchjd.aggregation import MGDAWeighting
     from mtl_fast.integrations.torchjd import MGDAWeighting
+    weights = MGDAWeighting()(engine.compute_gramian(losses))      # autogram, or
+    jac_to_grad(params, GramianWeightedAggregator(MGDAWeighting()))  # autojac
 
-and uses it wherever TorchJD takes a Gramian weighting: with autogram
-(``weights = MGDAWeighting()(engine.compute_gramian(losses))``) or with autojac through
-``jac_to_grad(params, GramianWeightedAggregator(MGDAWeighting()))``. See docs/integrations.md.
+UPGrad and DualProj: TorchJD's UPGrad and DualProj solve one quadratic program per task with quadprog on the CPU, in
+float64, moving the Gram matrix to the host on every step. This module gives TorchJD's own
+classes mtl_fast's batched solver (:func:`mtl_fast.dual_cone_projection`: the compiled CPU
+solver on CPU tensors, the Triton kernel on a GPU, no host round trip), with TorchJD's names,
+constructor arguments and semantics (trace normalisation, ridge ``reg_eps``, preference vector):
 
-One class per weighting, each a thin ``forward(gramian) -> weights`` over an mtl_fast op, with
-the constructor arguments of the TorchJD class it replaces. Importing this module without TorchJD
-raises ImportError saying how to install it.
+- :class:`Projector` — a ``torchjd.linalg.DualConeProjector`` with the constructor of
+  ``QuadprogProjector`` (``norm_eps``, ``reg_eps``), usable wherever TorchJD takes a projector:
+  ``torchjd.aggregation.UPGrad(projector=Projector())``;
+- :class:`UPGradWeighting`, :class:`DualProjWeighting` — TorchJD's weightings (autogram) with
+  :class:`Projector` as their default projector;
+- :class:`UPGrad`, :class:`DualProj` — TorchJD's aggregators (autojac), likewise.
+
+The swap, with autogram (per-sample losses, T = the batch)::
+
+    from mtl_fast.integrations.torchjd import UPGradWeighting  # was: torchjd.aggregation
+    weighting = UPGradWeighting()
+    gramian = engine.compute_gramian(losses)
+    losses.backward(weighting(gramian))
+
+and with autojac::
+
+    from mtl_fast.integrations.torchjd import UPGrad  # was: from torchjd.aggregation import UPGrad
+    mtl_backward(losses, features=features)
+    jac_to_grad(shared_params, UPGrad())
+
+Weights agree with TorchJD's to about 1e-9 relative when TorchJD gets the same float64 Gram
+(both solve the QP exactly; ours normalises G in float64 where TorchJD rounds G / tr G to G's
+dtype first: from a float32 Gram the two differ by up to ~1e-4 relative, TorchJD's rounding
+amplified by cond(G̃) ≤ 1e4). Needs TorchJD (``pip install 'mtl-fast[peers]'``); quadprog is not
+needed by these classes.
 """
 
 from __future__ import annotations
 
-import torch
-
 try:
+    from torchjd.aggregation import DualProj as _DualProj
+    from torchjd.aggregation import DualProjWeighting as _DualProjWeighting
+    from torchjd.aggregation import UPGrad as _UPGrad
+    from torchjd.aggregation import UPGradWeighting as _UPGradWeighting
     from torchjd.aggregation import Weighting
+    from torchjd.linalg import DualConeProjector
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides torchjd
     raise ImportError(
-        "mtl_fast.integrations.torchjd needs TorchJD: pip install 'mtl-fast[peers]' "
-        f"(importing torchjd failed: {exc})"
+        "mtl_fast.integrations.torchjd needs TorchJD (torchjd.aggregation and torchjd.linalg), "
+        f"which could not be imported ({exc}); install it with: pip install 'mtl-fast[peers]'"
     ) from exc
 
+import torch
+
+from mtl_fast.ops.dual_cone import (
+    DEFAULT_MAX_ITER,
+    DEFAULT_NORM_EPS,
+    DEFAULT_REG_EPS,
+    DEFAULT_TOL,
+    dual_cone_projection,
+)
 from mtl_fast.ops.min_norm import min_norm
 
-__all__ = ["MGDAWeighting"]
+__all__ = [
+    "DualProj",
+    "DualProjWeighting",
+    "MGDAWeighting",
+    "Projector",
+    "UPGrad",
+    "UPGradWeighting",
+]
+
+
+class Projector(DualConeProjector):
+    r"""TorchJD ``DualConeProjector`` on :func:`mtl_fast.dual_cone_projection`.
+
+    ``__call__(U, G)`` returns, for every vector u along the last dimension of U, the weights
+    v = argmin_v vᵀG̃v subject to v ≥ u with G̃ = G / tr(G) + reg_eps·I (reg_eps·I when
+    tr(G) < norm_eps): the projection of Jᵀu onto the dual cone of the rows of J is Jᵀv
+    (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024, Prop. 1) —
+    TorchJD's ``QuadprogProjector`` problem, solved in float64 on G's device by block principal
+    pivoting instead of one quadprog call per vector on the host.
+
+    Args:
+        norm_eps: traces below this give the identity metric (``QuadprogProjector``'s default).
+        reg_eps: ridge added after normalisation (``QuadprogProjector``'s default).
+        max_iter, tol, backend: passed to :func:`mtl_fast.dual_cone_projection` (keyword-only
+            extras; the defaults are the op's).
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.integrations.torchjd import Projector
+        >>> G = torch.tensor([[1.0, -2.0], [-2.0, 9.0]])
+        >>> Projector()(torch.eye(2), G)
+        tensor([[1.0000, 0.2222],
+                [1.9980, 1.0000]])
+    """
+
+    def __init__(
+        self,
+        *,
+        norm_eps: float = DEFAULT_NORM_EPS,
+        reg_eps: float = DEFAULT_REG_EPS,
+        max_iter: int = DEFAULT_MAX_ITER,
+        tol: float = DEFAULT_TOL,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm_eps = norm_eps
+        self.reg_eps = reg_eps
+        self.max_iter = max_iter
+        self.tol = tol
+        self.backend = backend
+
+    @property
+    def norm_eps(self) -> float:
+        return self._norm_eps
+
+    @norm_eps.setter
+    def norm_eps(self, value: float) -> None:
+        if value < 0.0:
+            raise ValueError(f"norm_eps must be non-negative, but got {value}.")
+        self._norm_eps = value
+
+    @property
+    def reg_eps(self) -> float:
+        return self._reg_eps
+
+    @reg_eps.setter
+    def reg_eps(self, value: float) -> None:
+        if value < 0.0:
+            raise ValueError(f"reg_eps must be non-negative, but got {value}.")
+        self._reg_eps = value
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(norm_eps={self._norm_eps}, reg_eps={self._reg_eps})"
+
+    def __call__(self, U: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        """Projection weights of every vector along U's last dimension, U's shape, G's dtype
+        and device (no gradient flows through them, as with quadprog)."""
+        with torch.no_grad():
+            W = dual_cone_projection(
+                U.to(G.device),
+                G,
+                norm_eps=self._norm_eps,
+                reg_eps=self._reg_eps,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                backend=self.backend,
+            )
+        return W.to(G.dtype)
+
+
+def _ours(projector: DualConeProjector | None) -> DualConeProjector:
+    return Projector() if projector is None else projector
+
+
+class UPGradWeighting(_UPGradWeighting):
+    """TorchJD's ``UPGradWeighting`` (same arguments and semantics) whose default projector is
+    :class:`Projector`: w = Σ_i v_i, v_i the projection weights of p_i e_i.
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.integrations.torchjd import UPGradWeighting
+        >>> UPGradWeighting()(torch.tensor([[1.0, -2.0], [-2.0, 9.0]]))
+        tensor([1.4990, 0.6111])
+    """
+
+    def __init__(
+        self, pref_vector: torch.Tensor | None = None, projector: DualConeProjector | None = None
+    ) -> None:
+        super().__init__(pref_vector, projector=_ours(projector))
+
+    @property
+    def projector(self) -> DualConeProjector:
+        return self._projector
+
+    @projector.setter
+    def projector(self, value: DualConeProjector | None) -> None:
+        self._projector = _ours(value)
+
+
+class DualProjWeighting(_DualProjWeighting):
+    """TorchJD's ``DualProjWeighting`` (same arguments and semantics) whose default projector is
+    :class:`Projector`: w = the projection weights of the preference vector.
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.integrations.torchjd import DualProjWeighting
+        >>> DualProjWeighting()(torch.tensor([[1.0, -2.0], [-2.0, 9.0]]))
+        tensor([0.9990, 0.5000])
+    """
+
+    def __init__(
+        self, pref_vector: torch.Tensor | None = None, projector: DualConeProjector | None = None
+    ) -> None:
+        super().__init__(pref_vector, projector=_ours(projector))
+
+    @property
+    def projector(self) -> DualConeProjector:
+        return self._projector
+
+    @projector.setter
+    def projector(self, value: DualConeProjector | None) -> None:
+        self._projector = _ours(value)
+
+
+class UPGrad(_UPGrad):
+    """TorchJD's ``UPGrad`` aggregator (same arguments) whose default projector is
+    :class:`Projector`.
+
+    Example:
+        >>> import torch
+        >>> from mtl_fast.integrations.torchjd import UPGrad
+        >>> UPGrad()(torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]))
+        tensor([0.2929, 1.9004, 1.9004])
+    """
+
+    def __init__(
+        self, pref_vector: torch.Tensor | None = None, projector: DualConeProjector | None = None
+    ) -> None:
+        super().__init__(pref_vector, projector=_ours(projector))
+
+    @property
+    def projector(self) -> DualConeProjector:
+        return self.gramian_weighting.projector
+
+    @projector.setter
+    def projector(self, value: DualConeProjector | None) -> None:
+        self.gramian_weighting.projector = _ours(value)
+
+
+class DualProj(_DualProj):
+    """TorchJD's ``DualProj`` aggregator (same arguments) whose default projector is
+    :class:`Projector`."""
+
+    def __init__(
+        self, pref_vector: torch.Tensor | None = None, projector: DualConeProjector | None = None
+    ) -> None:
+        super().__init__(pref_vector, projector=_ours(projector))
+
+    @property
+    def projector(self) -> DualConeProjector:
+        return self.gramian_weighting.projector
+
+    @projector.setter
+    def projector(self, value: DualConeProjector | None) -> None:
+        self.gramian_weighting.projector = _ours(value)
 
 
 def _positive_float(name: str, value: object) -> float:

@@ -2,7 +2,8 @@
 
 Two shapes:
 
-- *combine-then-step* (:class:`LinearScalarization`, :class:`MGDA`, :class:`MGDAUB`):
+- *combine-then-step* (:class:`LinearScalarization`, :class:`MGDA`, :class:`MGDAUB`,
+  :class:`UPGrad`, :class:`DualProj`):
   ``strategy.backward(losses)`` writes ``.grad`` of Σ_t c_t L_t with the coefficients the
   method chose, then the user's own optimizer steps;
 - *sequential-update* (:class:`PerTaskUpdates`, :class:`SelectiveTaskGroupUpdates`):
@@ -16,6 +17,7 @@ gradient diagnostics every ``diagnostics_every`` steps, and has ``state_dict()``
 
 from mtl_fast.strategies._base import StepRecord, Strategy
 from mtl_fast.strategies._combine_base import CombineStrategy
+from mtl_fast.strategies._dualproj import DualProj
 from mtl_fast.strategies._linear import LinearScalarization
 from mtl_fast.strategies._mgda import MGDA, normalizers, solve_weights
 from mtl_fast.strategies._mgda_ub import MGDAUB
@@ -27,17 +29,21 @@ from mtl_fast.strategies._stgu import (
     affinity_update,
     loss_ratios,
 )
+from mtl_fast.strategies._upgrad import DualConeStrategy, UPGrad
 
 __all__ = [
     "MGDA",
     "MGDAUB",
     "CombineStrategy",
+    "DualConeStrategy",
+    "DualProj",
     "LinearScalarization",
     "PerTaskUpdates",
     "SelectiveTaskGroupUpdates",
     "SequentialStrategy",
     "StepRecord",
     "Strategy",
+    "UPGrad",
     "affinity_groups",
     "affinity_update",
     "loss_ratios",

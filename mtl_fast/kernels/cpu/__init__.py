@@ -1,5 +1,5 @@
-"""CPU backend: the compiled min-norm solver, Gram and combination of ``csrc/cpu/``, loaded with
-ctypes (the Gram and combination: :mod:`mtl_fast.kernels.cpu.dense`).
+"""CPU backend: the compiled min-norm and dual-cone solvers, Gram and combination of
+``csrc/cpu/``, loaded with ctypes (the Gram and combination: :mod:`mtl_fast.kernels.cpu.dense`).
 
 ``setup.py`` builds the solver at install time as an optional shared library next to this file
 (``_lib`` plus the platform's extension-module suffix). Without a C++ compiler the install
@@ -13,6 +13,10 @@ the solver and ~25 µs through ``mtl_fast.min_norm``, against 8-11 ms for the re
 T = 64 problem 0.03-0.15 ms in the solver against 20-40 ms; 1024 problems of T = 8 take 6 ms
 against 33 ms for the batched reference.
 
+The dual-cone (UPGrad, DualProj) solver, ``torch.ops.mtl_fast_cpu.dual_cone``, runs the reference
+algorithm of :mod:`mtl_fast.kernels.reference.dual_cone` row by row with an updated Cholesky
+factor (see :mod:`mtl_fast.kernels.cpu.dual_cone`); both solvers live in the same library.
+
 The op is registered as ``torch.ops.mtl_fast_cpu.min_norm`` with a fake implementation, so
 ``torch.compile(fullgraph=True)`` traces it as one opaque node. Called eagerly on a plain
 tensor, :func:`~mtl_fast.kernels.cpu.min_norm.min_norm` skips the dispatcher and calls the library directly: at T = 10 the
@@ -25,21 +29,35 @@ from __future__ import annotations
 import torch
 
 from mtl_fast.kernels.cpu.dense import combine, gram
-from mtl_fast.kernels.cpu.loader import ABI_VERSION, dense_kernels, library, library_path
+from mtl_fast.kernels.cpu.dual_cone import MAX_DUAL_CONE_TASKS, dual_cone
+from mtl_fast.kernels.cpu.loader import (
+    ABI_VERSION,
+    DUAL_CONE_ABI_VERSION,
+    dense_kernels,
+    dual_cone_library,
+    library,
+    library_path,
+)
 from mtl_fast.kernels.cpu.min_norm import MAX_MIN_NORM_TASKS, min_norm
 
 # gram and combine only when the library has them (one built before they existed does not).
-OPS = frozenset({"min_norm"} | (set() if isinstance(dense_kernels(), str) else {"gram", "combine"}))
-TASK_LIMITS = {"min_norm": MAX_MIN_NORM_TASKS}
+OPS = frozenset(
+    {"min_norm", "dual_cone"} | (set() if isinstance(dense_kernels(), str) else {"gram", "combine"})
+)
+TASK_LIMITS = {"min_norm": MAX_MIN_NORM_TASKS, "dual_cone": MAX_DUAL_CONE_TASKS}
 
 __all__ = [
     "ABI_VERSION",
+    "DUAL_CONE_ABI_VERSION",
+    "MAX_DUAL_CONE_TASKS",
     "MAX_MIN_NORM_TASKS",
     "OPS",
     "TASK_LIMITS",
     "combine",
     "dense_kernels",
     "device_reason",
+    "dual_cone",
+    "dual_cone_library",
     "gram",
     "library",
     "library_path",
@@ -49,9 +67,12 @@ __all__ = [
 
 
 def unavailable_reason() -> str | None:
-    """Why the CPU backend cannot run on this machine (the library is missing), or None."""
-    loaded = library()
-    return loaded if isinstance(loaded, str) else None
+    """Why the CPU backend cannot run on this machine (the library is missing, or left over from
+    a version without one of its solvers), or None."""
+    for loaded in (library(), dual_cone_library()):
+        if isinstance(loaded, str):
+            return loaded
+    return None
 
 
 def device_reason(device: torch.device) -> str | None:

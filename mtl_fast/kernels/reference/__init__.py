@@ -11,18 +11,29 @@ import torch
 
 from mtl_fast.kernels.reference.adam import combine_adam, multi_adam
 from mtl_fast.kernels.reference.combine import combine
+from mtl_fast.kernels.reference.dual_cone import dual_cone
 from mtl_fast.kernels.reference.gram import gram, gram_list
 from mtl_fast.kernels.reference.min_norm import min_norm
 from mtl_fast.kernels.reference.sign_conflict import sign_conflict
 
 OPS = frozenset(
-    {"gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam", "sign_conflict"}
+    {
+        "gram",
+        "gram_list",
+        "min_norm",
+        "combine",
+        "multi_adam",
+        "combine_adam",
+        "sign_conflict",
+        "dual_cone",
+    }
 )
 
 __all__ = [
     "OPS",
     "combine",
     "combine_adam",
+    "dual_cone",
     "gram",
     "gram_list",
     "min_norm",

@@ -1,4 +1,4 @@
-"""Triton backend: fused Gram, batched min-norm solve, combine and multi-state Adam kernels.
+"""Triton backend: fused Gram, batched min-norm and dual-cone solves, combine and Adam kernels.
 
 One file per op (``_gram.py``, ``_min_norm.py``, ``_combine.py``, ``_adam.py``): private
 ``@triton.jit`` kernels first, then the host launchers, which take the backend calling
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-OPS = frozenset({"gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam"})
+OPS = frozenset(
+    {"gram", "gram_list", "min_norm", "combine", "multi_adam", "combine_adam", "dual_cone"}
+)
 # Largest T per op ("auto" passes over this backend above it); filled once Triton imports.
 TASK_LIMITS: dict[str, int] = {}
 
@@ -31,11 +33,15 @@ else:
     from mtl_fast.kernels.triton.adam import combine_adam, multi_adam
     from mtl_fast.kernels.triton.combine import combine
     from mtl_fast.kernels.triton.common import INTERPRETED, interpreter_problem
+    from mtl_fast.kernels.triton.dual_cone import MAX_TASKS as DUAL_CONE_MAX_TASKS
+    from mtl_fast.kernels.triton.dual_cone import dual_cone
     from mtl_fast.kernels.triton.gram import gram, gram_list
     from mtl_fast.kernels.triton.min_norm import MAX_TASKS, min_norm
 
     # The solver keeps K and its face system in registers: one program per problem.
     TASK_LIMITS["min_norm"] = MAX_TASKS
+    # One program per (problem, row) keeps the fp64 G̃ tile in registers.
+    TASK_LIMITS["dual_cone"] = DUAL_CONE_MAX_TASKS
     _IMPORT_ERROR = interpreter_problem(triton.__version__, np.__version__) if INTERPRETED else None
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "combine",
     "combine_adam",
     "device_reason",
+    "dual_cone",
     "gram",
     "gram_list",
     "min_norm",

@@ -148,6 +148,8 @@ def markdown(report: Report) -> str:
             lines.append(f"| {op} | {shape} | {dtype} | {provider} | " + " | ".join(cells) + " |")
         lines.append("")
 
+    lines += upgrad_table(report)
+
     st_rows = [r for r in report.rows if r.section == "strategy"]
     if st_rows:
         lines += [
@@ -215,6 +217,56 @@ def markdown(report: Report) -> str:
             lines.append(f"- {s['op']} / {s['provider']}: {s['reason']}")
         lines.append("")
     return "\n".join(lines)
+
+
+UPGRAD_BASELINE = "torchjd QuadprogProjector"
+
+
+def upgrad_table(report: Report) -> list[str]:
+    """The UPGrad weights rows pivoted: one line per (family, T, B), the median ms of TorchJD's
+    QuadprogProjector and of every other provider with its speed-up, and the largest per-row
+    relative error against TorchJD. Empty when no such row was measured."""
+    rows = [r for r in report.rows if r.section == "op" and r.op == "upgrad_weights"]
+    if not rows:
+        return []
+    cells: dict[tuple[str, int, int], dict[str, dict[str, float]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    providers: list[str] = []
+    for r in rows:
+        key = (str(r.shape.get("family")), int(r.shape.get("T", 0)), int(r.shape.get("B", 0)))
+        cells[key][r.provider][r.metric] = r.value
+        if r.provider != UPGRAD_BASELINE and r.provider not in providers:
+            providers.append(r.provider)
+    out = [
+        "## UPGrad weights vs TorchJD's QuadprogProjector",
+        "",
+        "Median ms per call (B Grams of T tasks; TorchJD takes one Gram, so a batch is a loop), "
+        "thread CPU time on the CPU with the providers interleaved; × = TorchJD's time / this "
+        "time; error = largest per-row relative deviation from TorchJD's weights on the same "
+        "Grams in float64.",
+        "",
+        "| family | T | B | TorchJD ms | "
+        + " | ".join(f"{p} ms (×)" for p in providers)
+        + " | max error |",
+        "|" + "---|" * (5 + len(providers)),
+    ]
+    families = list(dict.fromkeys(k[0] for k in cells))
+    for key in sorted(cells, key=lambda k: (families.index(k[0]), k[1], k[2])):
+        d = cells[key]
+        base = d.get(UPGRAD_BASELINE, {}).get("time_ms")
+        line = [key[0], str(key[1]), str(key[2]), _fmt(base)]
+        errs = []
+        for p in providers:
+            t = d.get(p, {}).get("time_ms")
+            s = d.get(p, {}).get("speedup_vs_baseline")
+            line.append("" if t is None else f"{_fmt(t)} ({_fmt(s)}×)" if s else _fmt(t))
+            if "max_rel_error_vs_torchjd" in d.get(p, {}):
+                errs.append(d[p]["max_rel_error_vs_torchjd"])
+        line.append(_fmt(max(errs), 2) if errs else "")
+        out.append("| " + " | ".join(line) + " |")
+    out.append("")
+    return out
 
 
 def write_markdown(report: Report, path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -12,11 +13,11 @@ from typing import Any, TextIO
 import torch
 
 from mtl_fast.tools.bench._device import copy_bandwidth, run_metadata, spec_bandwidth
-from mtl_fast.tools.bench._ops import OpGrid, op_cases, run_case
+from mtl_fast.tools.bench._ops import UPGRAD_FAMILIES, OpGrid, op_cases, run_case
 from mtl_fast.tools.bench._report import Report, write_json, write_markdown, write_plot
 from mtl_fast.tools.bench._strategies import STRATEGIES, StrategySetting, run_setting
 
-OPS = ("gram", "combine", "min_norm", "multi_adam", "combine_adam")
+OPS = ("gram", "combine", "min_norm", "multi_adam", "combine_adam", "upgrad")
 # The CPU default: the whole-step comparison (the arena variants, MultiAdam and per-task steps
 # are there by name; each extra arena holds T·P more floats).
 CPU_STRATEGIES = (
@@ -25,6 +26,7 @@ CPU_STRATEGIES = (
     "mgda",
     "mgda-batched",
     "mgda-ub",
+    "upgrad",
     "torchjd-mgda",
     "torchjd-upgrad",
     "torchjd-autogram-upgrad",
@@ -50,6 +52,10 @@ class BenchConfig:
     timing: dict[str, Any] = field(default_factory=dict)
     loop_timing: dict[str, Any] = field(default_factory=dict)
     copy_bytes: int | None = None
+    # UPGrad weights vs TorchJD (providers interleaved on the CPU; see upgrad_case).
+    upgrad_timing: dict[str, Any] = field(
+        default_factory=lambda: {"warmup": 1, "min_repeat": 5, "max_repeat": 40, "min_time": 0.3}
+    )
 
 
 def default_config(device: torch.device, quick: bool) -> BenchConfig:
@@ -66,6 +72,10 @@ def default_config(device: torch.device, quick: bool) -> BenchConfig:
             else ((1, 8), (1024, 8)),
             loop_problems=256 if not quick else 32,
             dtypes=(torch.float32, torch.bfloat16) if not quick else (torch.float32,),
+            upgrad=((1, 2), (1, 10), (1, 40), (1, 128), (256, 10), (64, 40), (8, 128))
+            if not quick
+            else ((1, 10), (1, 40)),
+            upgrad_families=UPGRAD_FAMILIES if not quick else ("agree", "gauss"),
         )
         return BenchConfig(
             device,
@@ -88,6 +98,8 @@ def default_config(device: torch.device, quick: bool) -> BenchConfig:
             solver=((1, 8), (1024, 8)),
             loop_problems=64,
             dtypes=(torch.float32,),
+            upgrad=((1, 2), (1, 10)),
+            upgrad_families=("agree", "gauss"),
         )
         return BenchConfig(
             device,
@@ -111,6 +123,9 @@ def default_config(device: torch.device, quick: bool) -> BenchConfig:
         solver=((1, 8), (1024, 2), (1024, 8), (64, 40)),
         loop_problems=None,
         dtypes=(torch.float32,),
+        # T ∈ {2, 10, 40, 128}: one problem and a batch (TorchJD loops: 4 Grams take it ~2 s
+        # at T = 128).
+        upgrad=((1, 2), (16, 2), (1, 10), (16, 10), (1, 40), (16, 40), (1, 128), (4, 128)),
     )
     return BenchConfig(
         device,
@@ -189,6 +204,21 @@ def evaluate_targets(report: Report) -> list[dict[str, Any]]:
         )
         if ours is not None and peer is not None:
             best = max(best or 0.0, peer / ours)
+    for family in UPGRAD_FAMILIES:
+        best_up: float | None = None
+        for provider in ("cpu", "triton", "reference"):
+            s_up = report.value(
+                "op", "upgrad_weights", provider, "speedup_vs_baseline", family=family, B=1, T=128
+            )
+            if s_up is not None:
+                best_up = max(best_up or 0.0, s_up)
+        add(
+            f"UPGrad weights vs TorchJD's QuadprogProjector, one Gram, T=128, {family} (×)",
+            "cpu",
+            best_up,
+            "≥ 100",
+            best_up is not None and best_up >= 100,
+        )
     add(
         f"TorchJD MGDA aggregation / ours on the same gradients, resnet18 T={T_ref} (×)",
         "cuda",
@@ -250,8 +280,18 @@ def whole_step_targets(report: Report) -> list[dict[str, Any]]:
     return out
 
 
-def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> Report:
-    """Measure everything ``config`` asks for and return the report."""
+def run(
+    config: BenchConfig,
+    *,
+    log: TextIO = sys.stderr,
+    command: str = "",
+    progress: Callable[[Report], None] | None = None,
+) -> Report:
+    """Measure everything ``config`` asks for and return the report.
+
+    ``progress(report)`` is called after every op case and every strategy setting (e.g. to
+    write what is measured so far); an exception it raises ends the run there.
+    """
     dev = config.device
     meta = run_metadata(dev)
     meta["command"] = command
@@ -260,7 +300,11 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
     meta["copy_bandwidth_GBps"] = copy_bandwidth(dev, nbytes=config.copy_bytes) / 1e9
     spec = spec_bandwidth(dev)
     meta["spec_bandwidth_GBps"] = None if spec is None else spec / 1e9
-    meta["timing"] = {"ops": config.timing, "python_loop": config.loop_timing}
+    meta["timing"] = {
+        "ops": config.timing,
+        "python_loop": config.loop_timing,
+        "upgrad_weights": {**config.upgrad_timing, "clock": "thread CPU time, interleaved"},
+    }
     print(f"device {meta['device']}: copy {meta['copy_bandwidth_GBps']:.1f} GB/s", file=log)
     load, cores = meta.get("load_average_1m"), meta.get("cpu_count")
     if load is not None and cores and torch.get_num_threads() > 1 and load > cores - 0.5:
@@ -289,7 +333,7 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
         run_case(
             case,
             report,
-            config.timing,
+            config.upgrad_timing if case.op == "upgrad_weights" else config.timing,
             baseline_timing=config.loop_timing if case.op == "min_norm" else None,
         )
         times = {
@@ -305,6 +349,8 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
             file=log,
         )
         del case
+        if progress is not None:
+            progress(report)
     for trunk in config.trunks:
         for T in config.tasks:
             if not config.strategies:
@@ -331,6 +377,8 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
                 f"step {trunk} T={T}: " + ", ".join(f"{k} {v:.4g} ms" for k, v in tot.items()),
                 file=log,
             )
+            if progress is not None:
+                progress(report)
     report.targets = evaluate_targets(report)
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
     return report

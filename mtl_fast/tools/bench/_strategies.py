@@ -13,6 +13,8 @@ touch another's. Each provider is what a user of that library writes:
   combination, heads) and ``torch.optim.Adam``; ``mgda-batched`` the same with the arena filled
   by one vmapped backward pass (``batched=True``);
 - ``mgda-ub``: :class:`mtl_fast.strategies.MGDAUB` and ``torch.optim.Adam``;
+- ``upgrad``: :class:`mtl_fast.strategies.UPGrad` (as ``mgda``, UPGrad's weights from the
+  dual-cone solver) and ``torch.optim.Adam``;
 - ``mgda-fused``: the ops-level pipeline (arena, ``gram``, ``min_norm``, ``combine_adam`` on the
   flat trunk, Adam on the heads): the sync-free path a CUDA graph captures;
 - ``multi-adam``, ``per-task``: one MultiAdam step over all tasks; Pascal et al.'s per-task steps;
@@ -60,6 +62,7 @@ STRATEGIES = (
     "mgda-batched",
     "mgda-ub",
     "mgda-fused",
+    "upgrad",
     "multi-adam",
     "per-task",
     "torchjd-mgda",
@@ -167,11 +170,11 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
 
         return step
 
-    if name in ("mgda", "mgda-batched", "mgda-ub"):
-        from mtl_fast.strategies import MGDA, MGDAUB
+    if name in ("mgda", "mgda-batched", "mgda-ub", "upgrad"):
+        from mtl_fast.strategies import MGDA, MGDAUB, UPGrad
 
         opt = _adam(prob.shared + prob.head_params, device)
-        cls = MGDAUB if name == "mgda-ub" else MGDA
+        cls: Any = {"mgda-ub": MGDAUB, "upgrad": UPGrad}.get(name, MGDA)
         strategy = cls(prob.shared, prob.head_params, num_tasks=T, batched=name == "mgda-batched")
 
         def step(tm: PhaseTimer) -> None:
@@ -197,9 +200,9 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
             n = torch.zeros(1, dtype=torch.float32, device=device)
         else:
             from torchjd.aggregation import MGDA as TorchJDMGDA
-            from torchjd.aggregation import UPGrad
+            from torchjd.aggregation import UPGrad as TorchJDUPGrad
 
-            aggregate = TorchJDMGDA() if name == "torchjd-mgda-arena" else UPGrad()
+            aggregate = TorchJDMGDA() if name == "torchjd-mgda-arena" else TorchJDUPGrad()
             shared_opt = _adam(prob.shared, device)
 
         def step(tm: PhaseTimer) -> None:
@@ -230,11 +233,11 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
 
     if name in ("torchjd-mgda", "torchjd-upgrad"):
         from torchjd.aggregation import MGDA as TorchJDMGDA
-        from torchjd.aggregation import UPGrad
+        from torchjd.aggregation import UPGrad as TorchJDUPGrad
         from torchjd.autojac import jac_to_grad, mtl_backward
 
         opt = _adam(prob.shared + prob.head_params, device)
-        aggregator: Any = TorchJDMGDA() if name == "torchjd-mgda" else UPGrad()
+        aggregator: Any = TorchJDMGDA() if name == "torchjd-mgda" else TorchJDUPGrad()
         trunk_params = list(prob.trunk.parameters())
 
         def step(tm: PhaseTimer) -> None:
@@ -649,11 +652,17 @@ def run_setting(
         if arena is not None:
             mgda_J = arena.J
             break
+    upgrad_J = None
+    upgrad_arena = getattr(getattr(live.get("upgrad"), "strategy", None), "_arena_cache", None)
+    if upgrad_arena is not None:
+        upgrad_J = upgrad_arena.J
     live.clear()
     gc.collect()
     if mgda_J is not None:
         run_case(combination_case(mgda_J, shape, device), report, timing)
-    del keep, base, mgda_J
+    if upgrad_J is not None:
+        run_case(upgrad_combination_case(upgrad_J, shape, device), report, timing)
+    del keep, base, mgda_J, upgrad_J
     gc.collect()
 
 
@@ -701,4 +710,38 @@ def combination_case(J: torch.Tensor, shape: dict[str, Any], device: torch.devic
         case.providers["torchjd UPGrad"] = lambda: upgrad(J)
     else:
         case.skipped["torchjd"] = torchjd_reason() or ""
+    return case
+
+
+def _upgrad_combination(J: torch.Tensor, backend: str) -> torch.Tensor:
+    K = mtl_fast.gram(J, backend=backend if backend != "cpu" else None, check_finite=False)
+    w = mtl_fast.upgrad_weights(K, backend=backend, check_finite=False)
+    return mtl_fast.combine(J, w, backend=backend if backend != "cpu" else None)
+
+
+def upgrad_combination_case(J: torch.Tensor, shape: dict[str, Any], device: torch.device) -> OpCase:
+    """UPGrad's gradient combination on real trunk gradients, ``combine(J, upgrad_weights(
+    gram(J)))`` per backend of the solve ("cpu" solves; its Gram and combination run on "auto"),
+    against TorchJD's ``UPGrad()`` aggregator on the same J (when installed)."""
+    T, P = J.shape
+    names, skipped = op_backends("dual_cone", device)
+    case = OpCase(
+        "upgrad_combination",
+        {"trunk": shape["trunk"], "T": T, "P": P},
+        J.dtype,
+        device,
+        2 * J.numel() * J.element_size() + P * J.element_size(),
+        "torchjd UPGrad",
+    )
+    case.skipped = skipped
+    for name in names:
+        case.providers[name] = partial(_upgrad_combination, J, name)
+    if torchjd_reason() is None:
+        from torchjd.aggregation import UPGrad as TorchJDUPGrad
+
+        upgrad = TorchJDUPGrad()
+        case.providers["torchjd UPGrad"] = lambda: upgrad(J)
+    else:
+        case.skipped["torchjd"] = torchjd_reason() or ""
+        case.baseline = ""
     return case

@@ -109,7 +109,10 @@ def whole_step_table(
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from mtl_fast._core.extras import require
     from mtl_fast.tools.cli import build_parser
+
+    require("train", "this command")
 
     out = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix="mtl-fast-demo-"))
     argv = [

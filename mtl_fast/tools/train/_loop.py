@@ -13,17 +13,28 @@ from mtl_fast.strategies import (
     MGDA,
     MGDAUB,
     CombineStrategy,
+    DualProj,
     LinearScalarization,
     PerTaskUpdates,
     SelectiveTaskGroupUpdates,
     SequentialStrategy,
     Strategy,
+    UPGrad,
 )
 from mtl_fast.tools.data import TASKS, MultiDigit, TaskSpec, multi_digit
 from mtl_fast.tools.train._metrics import delta_m
 from mtl_fast.tools.train._model import MultiDigitNet, task_error_sum, task_loss
 
-STRATEGIES: tuple[str, ...] = ("ls", "mgda", "mgda-ub", "pertask", "pertask-grouped", "stgu")
+STRATEGIES: tuple[str, ...] = (
+    "ls",
+    "mgda",
+    "mgda-ub",
+    "upgrad",
+    "dualproj",
+    "pertask",
+    "pertask-grouped",
+    "stgu",
+)
 SEQUENTIAL = ("pertask", "pertask-grouped", "stgu")
 
 
@@ -86,6 +97,10 @@ def build_strategy(
     strategy: Strategy
     if s in ("ls", "single"):
         strategy = LinearScalarization(shared, heads, **common)
+    elif s in ("upgrad", "dualproj"):
+        strategy = (UPGrad if s == "upgrad" else DualProj)(
+            shared, heads, backend=config.backend, **common
+        )
     elif s in ("mgda", "mgda-ub"):
         cls = MGDA if s == "mgda" else MGDAUB
         strategy = cls(
