@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI: the Triton interpreter tests (tests/test_triton.py) under the newest Triton release, beside
+# CI: the Triton interpreter tests (tests/ops, Triton parameters) under the newest Triton release, beside
 # the release that torch pins, which the main environment of .ci/run tests. A throwaway virtual
 # environment gets torch==$TORCH_VERSION (its CPU build pins no Triton) and
 # triton==$TRITON_VERSION and the few test dependencies; the package runs from the checkout.
@@ -59,7 +59,7 @@ print(f"triton {triton.__version__}, mtl_fast from {mtl_fast.__file__}")
 EOF
 
 set +e
-"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_triton.py
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/ops -k triton
 code=$?
 set -e
 echo "triton_versions: triton $TRITON_VERSION, install $((installed - start)) s," \

@@ -18,6 +18,7 @@ from typing import Literal, overload
 import torch
 
 from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.dual_cone_problem import kkt_residual as _kkt_residual
 from mtl_fast._core.validate import (
     NonFiniteError,
     all_finite,
@@ -30,7 +31,6 @@ from mtl_fast._core.validate import (
     require_tensor,
     should_check,
 )
-from mtl_fast.kernels.reference.dual_cone import kkt_residual as _kkt_residual
 
 DEFAULT_MAX_ITER = 64  # factorisations per row; at most 41 measured over ~200k rows
 DEFAULT_TOL = 1e-10

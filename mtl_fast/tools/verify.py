@@ -13,6 +13,7 @@ import torch
 
 from mtl_fast._core.contracts import AdamHyper, AdamState
 from mtl_fast._core.dispatch import BACKEND_NAMES, _load
+from mtl_fast._core.dual_cone_problem import kkt_residual
 from mtl_fast._core.precision import (
     ADAM_TOL,
     DUAL_CONE_TOL,
@@ -21,7 +22,7 @@ from mtl_fast._core.precision import (
     tolerance,
 )
 from mtl_fast.kernels import reference as ref
-from mtl_fast.kernels.reference.dual_cone import kkt_residual, project
+from mtl_fast.kernels.reference.dual_cone import project
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ import torch
 import mtl_fast
 from mtl_fast._core import dispatch as _dispatch
 from mtl_fast._core.contracts import CONTRACTS
+from mtl_fast._core.dual_cone_problem import normalized_gram
 from mtl_fast.kernels import cpu
 from mtl_fast.kernels.cpu import loader
-from mtl_fast.kernels.reference.dual_cone import _bpp, normalized_gram, project
+from mtl_fast.kernels.reference.dual_cone import _bpp, project
 from mtl_fast.ops.dual_cone import kkt_residual
 from tests.helpers import (
     agreeing_gram,
@@ -708,3 +709,21 @@ def test_backend_signature_is_the_contract(backend: str) -> None:
     assert [(p.name, p.kind) for p in found.parameters.values()] == [
         (p.name, p.kind) for p in params
     ]
+
+
+def test_dual_cone_ops_name_the_argument_and_the_tasks() -> None:
+    J = torch.randn(4, 10)
+    J[2, 5] = float("nan")
+    K = mtl_fast.gram(J, check_finite=False)
+    for op in (mtl_fast.upgrad_weights, mtl_fast.dualproj_weights):
+        with pytest.raises(mtl_fast.NonFiniteError, match=r"Gram matrix K .* \[2\]"):
+            op(K)
+        assert torch.isnan(op(K, check_finite=False)).all()  # opted out: NaN, never garbage
+    with pytest.raises(mtl_fast.NonFiniteError, match=r"Gram matrix G .* \[2\]"):
+        mtl_fast.dual_cone_projection(torch.eye(4), K)
+    with pytest.raises(ValueError, match="U is on meta but G is on cpu"):
+        mtl_fast.dual_cone_projection(torch.eye(3, device="meta"), torch.eye(3))
+    with pytest.raises(ValueError, match="pref is on meta but K is on cpu"):
+        mtl_fast.upgrad_weights(torch.eye(3), pref=torch.ones(3, device="meta"))
+    with pytest.raises(ValueError, match=r"U must have shape \(\.\.\., R, 3\) or \(3,\)"):
+        mtl_fast.dual_cone_projection(torch.ones(5), torch.eye(3))

@@ -1,5 +1,5 @@
 """CPU backend: the compiled min-norm and dual-cone solvers, Gram and combination of
-``csrc/cpu/``, loaded with ctypes (the Gram and combination: :mod:`mtl_fast.kernels.cpu.dense`).
+``csrc/cpu/``, loaded with ctypes (the Gram and combination kernels: :mod:`mtl_fast.kernels.cpu.dense`).
 
 ``setup.py`` builds the solver at install time as an optional shared library next to this file
 (``_lib`` plus the platform's extension-module suffix). Without a C++ compiler the install
@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from mtl_fast.kernels.cpu.dense import combine, gram
+from mtl_fast.kernels.cpu.combine import combine
 from mtl_fast.kernels.cpu.dual_cone import MAX_DUAL_CONE_TASKS, dual_cone
+from mtl_fast.kernels.cpu.gram import gram
 from mtl_fast.kernels.cpu.loader import (
     ABI_VERSION,
     DUAL_CONE_ABI_VERSION,

@@ -1,4 +1,5 @@
-"""``gram`` and ``combine`` on the compiled CPU kernels (csrc/cpu/dense.cpp).
+"""The compiled CPU Gram and combination kernels (csrc/cpu/dense.cpp): the ctypes calls and the
+registered ops behind :mod:`~mtl_fast.kernels.cpu.gram` and :mod:`~mtl_fast.kernels.cpu.combine`.
 
 Measured on one thread of a loaded 2-core AMD EPYC (medians; T = 10, P = 11.2 M fp32, 447 MB):
 the Gram takes 53-57 ms here against 300-540 ms for ``torch.mm(J, J.T)`` (MKL packs panels for a
@@ -11,10 +12,8 @@ from __future__ import annotations
 import torch
 
 from mtl_fast.kernels.cpu.loader import dense_kernels
-from mtl_fast.kernels.reference.combine import combine as _ref_combine
-from mtl_fast.kernels.reference.gram import gram as _ref_gram
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)
+KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def _kernels() -> dict:
@@ -37,24 +36,13 @@ def _threads(numel: int) -> int:
     return max(1, torch.get_num_threads()) if numel >= 1 << 20 else 1
 
 
-def _traced(x: torch.Tensor) -> bool:
+def traced(x: torch.Tensor) -> bool:
     """Under torch.compile (or export, or for a tensor subclass) the registered ops run instead
     of the direct ctypes calls, which dynamo cannot trace."""
     return torch.compiler.is_compiling() or type(x) is not torch.Tensor
 
 
-def gram(J: torch.Tensor) -> torch.Tensor:
-    """K[b] = J[b] J[b]ᵀ. J: (B, T, P) CPU tensor -> (B, T, T) fp32 (fp64 for fp64), exactly
-    symmetric."""
-    if J.dtype not in _KERNEL_DTYPES:
-        return _ref_gram(J)
-    if _traced(J):
-        out: torch.Tensor = torch.ops.mtl_fast_cpu.gram(J)
-        return out
-    return _gram(J)
-
-
-def _gram(J: torch.Tensor) -> torch.Tensor:
+def run_gram(J: torch.Tensor) -> torch.Tensor:
     J = _rows(J)
     B, T, P = J.shape
     K = torch.empty((B, T, T), dtype=J.dtype)
@@ -65,23 +53,7 @@ def _gram(J: torch.Tensor) -> torch.Tensor:
     return K
 
 
-def combine(J: torch.Tensor, w: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
-    """d[b] = Σ_t w[b, t] J[b, t]. J: (B, T, P), w: (B, T) CPU tensors -> (B, P) in J's dtype.
-
-    ``out``: a contiguous (B, P) tensor of J's dtype to write into (a buffer reused across
-    steps: a fresh 45 MB tensor costs 22-42 ms of page faults on first touch, measured, against
-    2 ms to overwrite one).
-    """
-    if J.dtype not in _KERNEL_DTYPES:
-        d = _ref_combine(J, w)
-        return d if out is None else out.copy_(d)
-    if _traced(J) or _traced(w):
-        d = torch.ops.mtl_fast_cpu.combine(J, w)
-        return d if out is None else out.copy_(d)
-    return _combine(J, w, out)
-
-
-def _combine(J: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+def run_combine(J: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     J = _rows(J)
     B, T, P = J.shape
     wk = w.to(J.dtype).contiguous()
@@ -100,7 +72,7 @@ def _combine(J: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None) -> torc
 # weights and the Gram are constants of a step: no backward formula, as for min_norm).
 @torch.library.custom_op("mtl_fast_cpu::gram", mutates_args=(), device_types="cpu")
 def _gram_op(J: torch.Tensor) -> torch.Tensor:
-    return _gram(J)
+    return run_gram(J)
 
 
 @_gram_op.register_fake
@@ -111,7 +83,7 @@ def _gram_fake(J: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("mtl_fast_cpu::combine", mutates_args=(), device_types="cpu")
 def _combine_op(J: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return _combine(J, w, None)
+    return run_combine(J, w, None)
 
 
 @_combine_op.register_fake

@@ -1,6 +1,6 @@
 """The tables of the GPU report: its stages with their time weights, and the test selections.
 
-This is the one place to edit when the test tree moves (e.g. to ``tests/ops/test_<op>.py``
+This is the one place to edit when the test tree moves (today ``tests/ops/test_<op>.py``
 parametrized over backends with GPU-only tests marked ``gpu``): change the pytest arguments
 in :data:`TESTS`, nothing else.
 """
@@ -67,12 +67,20 @@ class TestSelection:
 # the GPU-only tests (T·P > 2³¹ included: marked gpu) and drops the CPU-only slow ones (the
 # ahead-of-time sm_90 compile of every Triton variant, which a GPU run does not need).
 TESTS: dict[str, TestSelection] = {
+    # tests/ops/test_<op>.py are parametrized over backends; the parameter ids name the backend.
     "tests-triton": TestSelection(
-        gpu=("tests/test_triton.py", "-m", "gpu or not slow"),
-        dry_run=("tests/test_triton.py", "-k", "test_combine_strided"),
+        gpu=("tests/ops", "-k", "triton", "-m", "gpu or not slow"),
+        dry_run=("tests/ops/test_combine.py", "-k", "test_combine_strided and triton"),
     ),
     "tests-cuda": TestSelection(
-        gpu=("tests/test_cuda_ops.py", "tests/test_cuda_backend.py", "-m", "gpu or not slow"),
-        dry_run=("tests/test_cuda_ops.py",),
+        gpu=(
+            "tests/ops",
+            "tests/test_cuda_backend.py",
+            "-k",
+            "cuda and not emulated or test_cuda_backend",
+            "-m",
+            "gpu or not slow",
+        ),
+        dry_run=("tests/ops/test_combine.py", "-k", "test_combine_strided and cuda"),
     ),
 }
