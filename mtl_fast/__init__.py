@@ -4,6 +4,9 @@ Public API (tensor inputs positional, hyperparameters keyword-only):
 
 - :func:`gram` — K = J Jᵀ of per-task gradients (flat or per-parameter);
 - :func:`min_norm` — batched MGDA min-norm weights on the simplex;
+- :func:`dual_cone_projection` — batched projection onto the dual cone of the task gradients
+  (the QP of UPGrad and DualProj, TorchJD's ``DualConeProjector``);
+- :func:`upgrad_weights`, :func:`dualproj_weights` — UPGrad and DualProj weights from a Gram;
 - :func:`combine` — d = Σ_t w_t J_t;
 - :func:`combine_adam` — combine and one Adam step, fused;
 - Gram-space aggregators, K → task coefficients c (batched, sync-free): :func:`pcgrad_weights`,
@@ -13,8 +16,9 @@ Public API (tensor inputs positional, hyperparameters keyword-only):
 - :class:`TaskGradients` — the (T, P) gradient arena autograd writes into;
 - :func:`backends` — which backends exist here, and why the others do not.
 
-Every op takes ``backend="auto" | "reference" | "triton" | "cuda"``; ``MTL_FAST_BACKEND`` sets the
-default. ``import mtl_fast`` needs neither a GPU, nor Triton, nor a compiler.
+Every op takes ``backend="auto" | "reference" | "triton" | "cuda" | "cpu"``;
+``MTL_FAST_BACKEND`` sets the default. ``import mtl_fast`` needs neither a GPU, nor Triton, nor a
+compiler.
 """
 
 from mtl_fast import _aliases
@@ -29,6 +33,8 @@ from mtl_fast.ops import (
     combine,
     combine_adam,
     config_weights,
+    dual_cone_projection,
+    dualproj_weights,
     gram,
     imtlg_weights,
     min_norm,
@@ -38,6 +44,7 @@ from mtl_fast.ops import (
     nash_mtl_weights,
     pcgrad_order,
     pcgrad_weights,
+    upgrad_weights,
 )
 from mtl_fast.optim import MultiAdam, TaskGradients
 
@@ -57,6 +64,8 @@ __all__ = [
     "combine",
     "combine_adam",
     "config_weights",
+    "dual_cone_projection",
+    "dualproj_weights",
     "flatten_parameters",
     "gram",
     "imtlg_weights",
@@ -67,4 +76,5 @@ __all__ = [
     "nash_mtl_weights",
     "pcgrad_order",
     "pcgrad_weights",
+    "upgrad_weights",
 ]

@@ -4,11 +4,14 @@
   before anything imports triton, which is why it is set here.
 - ``MTL_FAST_TEST_DEVICE`` (default: cpu) picks the device the device-generic tests run on, so
   the same suite runs in CI on the CPU and by hand on a GPU.
+- ``backend``: the backend an op test runs on (see ``tests/backends.py``); ``emulated_cuda``: the
+  CUDA device code compiled for the host once per session.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-DEVICE = torch.device(os.environ.get("MTL_FAST_TEST_DEVICE", "cpu"))
+from tests.backends import DEVICE, Backend, make_backend
 
 
 @pytest.fixture
@@ -24,6 +27,20 @@ def device() -> torch.device:
     return DEVICE
 
 
-requires_cuda = pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device (none visible on this machine)"
-)
+@pytest.fixture
+def backend(backend_name: str, request: pytest.FixtureRequest) -> Backend:
+    """The backend named by the ``backend_name`` parameter (see ``for_backends``)."""
+    return make_backend(backend_name, request)
+
+
+@pytest.fixture(scope="session")
+def emulated_cuda(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``tests/emulated_cuda.py`` with its libraries compiled (once per session)."""
+    from tests import emulated_cuda as module
+
+    reason = module.compiler_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    if module.unavailable_reason() is not None:
+        module.build(Path(tmp_path_factory.mktemp("emulated-cuda")))
+    return module

@@ -104,3 +104,69 @@ def test_bad_input() -> None:
             pass
     with pytest.raises(ValueError, match="losses has 1 entries"):
         arena.backward([torch.zeros(())])
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 2])
+@pytest.mark.parametrize("accumulate_others", [True, False])
+def test_batched_rows_equal_sequential_rows(
+    chunk_size: int | None, accumulate_others: bool
+) -> None:
+    trunk, heads = model(3)
+    x = torch.randn(4, 2, 6, 6)
+    shared = list(trunk.parameters())
+    seq = mtl_fast.TaskGradients(shared, num_tasks=3)
+    seq.backward(losses_of(trunk, heads, x), accumulate_others=accumulate_others)
+    head_grads = [None if p.grad is None else p.grad.clone() for p in heads.parameters()]
+    heads.zero_grad(set_to_none=True)
+    bat = mtl_fast.TaskGradients(shared, num_tasks=3)
+    bat.J.fill_(7.0)  # every entry must be overwritten
+    bat.backward(
+        losses_of(trunk, heads, x),
+        batched=True,
+        chunk_size=chunk_size,
+        accumulate_others=accumulate_others,
+    )
+    assert bat.batched_fallback is None
+    torch.testing.assert_close(bat.J, seq.J, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in shared)
+    for p, g in zip(heads.parameters(), head_grads):
+        if accumulate_others:
+            torch.testing.assert_close(p.grad, g)
+        else:
+            assert p.grad is None and g is None
+
+
+class _ReadsInBackward(torch.autograd.Function):
+    """A Function whose backward reads a value to the host: vmap cannot batch it."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @staticmethod
+    def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
+        return g * 2 if float(g.abs().max()) < 1e30 else g
+
+
+def test_batched_falls_back_to_sequential_and_says_why() -> None:
+    lin = nn.Linear(3, 4)
+    x = torch.randn(5, 3)
+    arena = mtl_fast.TaskGradients(list(lin.parameters()), num_tasks=2)
+
+    def losses() -> list[torch.Tensor]:
+        z = _ReadsInBackward.apply(lin(x))
+        return [z.sum(), z.pow(2).sum()]
+
+    with pytest.warns(RuntimeWarning, match="vmap cannot differentiate"):
+        arena.backward(losses(), batched=True)
+    assert arena.batched_fallback is not None and "item" in arena.batched_fallback
+    expected = mtl_fast.TaskGradients(list(lin.parameters()), num_tasks=2)
+    expected.backward(losses())
+    torch.testing.assert_close(arena.J, expected.J)
+    arena.backward(losses(), batched=True)  # later calls go sequential at once, no warning
+
+
+def test_chunk_size_is_checked() -> None:
+    arena = mtl_fast.TaskGradients([nn.Parameter(torch.zeros(2))], 2)
+    with pytest.raises(ValueError, match="chunk_size"):
+        arena.backward([torch.zeros(()), torch.zeros(())], batched=True, chunk_size=0)

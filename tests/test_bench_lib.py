@@ -120,3 +120,57 @@ def test_failing_strategy_is_skipped_with_its_reason(monkeypatch: pytest.MonkeyP
     )
     assert {r.provider for r in report.rows} == {"sum"}
     assert any("no such kernel" in s["reason"] for s in report.skipped)
+
+
+def test_whole_step_rows_ratios_memory_and_targets() -> None:
+    """Interleaved providers on the MLP: every provider's phases and total, the ratios to the
+    summed step, the floor and TorchJD's best pipeline, its peak memory, and the targets."""
+    from mtl_fast.tools.bench import _strategies
+    from mtl_fast.tools.bench._report import Report, markdown
+    from mtl_fast.tools.bench._run import whole_step_targets
+
+    names = ["sum", "floor", "mgda", "mgda-batched", "mgda-ub"]
+    if _strategies.torchjd_reason() is None:
+        names += ["torchjd-upgrad", "torchjd-autogram-upgrad"]
+    report = Report({"device_type": "cpu"})
+    setting = _strategies.StrategySetting("mlp", 3, 8, 0)
+    _strategies.run_setting(
+        setting, names, torch.device("cpu"), report, steps=2, warmup=1, timing={}
+    )
+    by = {(r.provider, r.metric): r.value for r in report.rows if r.section == "strategy"}
+    for name in names:
+        assert by[(name, "total_ms")] > 0
+        assert by[(name, "vs_floor")] > 0 and by[(name, "overhead_vs_sum")] > 0
+        for phase in ("forward", "backward", "combination", "optimizer"):
+            assert by[(name, f"{phase}_ms")] >= 0
+    assert by[("sum", "overhead_vs_sum")] == 1.0 and by[("floor", "vs_floor")] == 1.0
+    assert by[("mgda", "combination_ms")] > 0  # timed inside the strategy
+    if "torchjd-upgrad" in names:
+        assert (
+            min(
+                by[(n, "vs_torchjd_best")]
+                for n in _strategies.TORCHJD_PIPELINES
+                if (n, "vs_torchjd_best") in by
+            )
+            == 1.0
+        )
+    if (("mgda", "peak_memory_MB")) in by:  # Linux: the resident set's high-water mark
+        assert by[("mgda", "peak_memory_MB")] >= 0
+    targets = whole_step_targets(report)
+    assert {t["name"] for t in targets} == {
+        "mlp T=3: mgda-ub / summed step",
+        "mlp T=3: mgda / TorchJD's best pipeline",
+    }
+    assert all(t["met"] in (True, False, None) for t in targets)
+    assert "× floor" in markdown(report)
+
+
+def test_peak_memory_counts_what_a_block_allocates() -> None:
+    from mtl_fast.tools.bench._strategies import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as mem:
+        x = torch.ones(8 * 2**20)  # 32 MiB, touched
+        del x
+    if mem.peak is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    assert mem.peak >= 24 * 2**20

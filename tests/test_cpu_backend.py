@@ -23,7 +23,7 @@ from tests.helpers import (
     objective,
     psd_with_rank,
 )
-from tests.test_min_norm import kinds, qp_oracle
+from tests.ops.test_min_norm import kinds, qp_oracle
 
 needs_library = pytest.mark.skipif(
     cpu.unavailable_reason() is not None,
@@ -119,8 +119,8 @@ def test_batches_solve_each_problem_on_its_own() -> None:
     gen = torch.Generator().manual_seed(3)
     T = 8
     Ks = torch.stack([*kinds(T, gen).values(), *kinds(T, gen).values()])
-    batched = mtl_fast.min_norm(Ks.reshape(3, 4, T, T), backend="cpu", tol=1e-10)
-    assert batched.shape == (3, 4, T)
+    batched = mtl_fast.min_norm(Ks.reshape(2, -1, T, T), backend="cpu", tol=1e-10)
+    assert batched.shape == (2, len(Ks) // 2, T)
     singles = torch.stack([solve(K[None], tol=1e-10)[0] for K in Ks])
     assert torch.equal(batched.reshape(-1, T), singles)
     torch.testing.assert_close(singles, reference(Ks, tol=1e-10), atol=1e-9, rtol=0)
@@ -172,12 +172,14 @@ def test_library_rejects_bad_arguments() -> None:
 def test_auto_prefers_cpu_for_min_norm_on_cpu_tensors_only() -> None:
     cpu_device = torch.device("cpu")
     assert _dispatch.resolve_name("min_norm", "auto", cpu_device) == "cpu"
-    assert _dispatch.resolve_name("gram", "auto", cpu_device) == "reference"
+    assert _dispatch.resolve_name("gram", "auto", cpu_device) == "cpu"
+    assert _dispatch.resolve_name("combine", "auto", cpu_device) == "cpu"
+    assert _dispatch.resolve_name("gram_list", "auto", cpu_device) == "reference"
     # On a CUDA device (resolution only; nothing runs there) the CPU solver is never chosen.
     assert _dispatch.resolve_name("min_norm", "auto", torch.device("cuda")) != "cpu"
     assert "CPU tensors only" in (cpu.device_reason(torch.device("cuda")) or "")
-    with pytest.raises(mtl_fast.BackendUnavailableError, match="no implementation of gram"):
-        mtl_fast.gram(torch.randn(2, 3), backend="cpu")
+    with pytest.raises(mtl_fast.BackendUnavailableError, match="no implementation of gram_list"):
+        mtl_fast.gram([torch.randn(2, 3)], backend="cpu")
 
 
 @needs_library

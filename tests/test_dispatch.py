@@ -18,8 +18,14 @@ def test_reference_is_always_available() -> None:
         assert s.available or (s.reason and isinstance(s.reason, str)), s
 
 
-def test_auto_uses_reference_on_cpu_tensors() -> None:
-    assert _dispatch.resolve_name("gram", "auto", torch.device("cpu")) == "reference"
+def test_auto_on_cpu_tensors_uses_the_compiled_cpu_backend_or_the_reference() -> None:
+    # The compiled CPU kernels when they are built (gram, combine, min_norm); else the
+    # reference; every other op runs the reference on CPU tensors.
+    built = mtl_fast.backends()["cpu"].available
+    for op in ("gram", "combine", "min_norm"):
+        expected = "cpu" if built and op in mtl_fast.backends()["cpu"].ops else "reference"
+        assert _dispatch.resolve_name(op, "auto", torch.device("cpu")) == expected
+    assert _dispatch.resolve_name("multi_adam", "auto", torch.device("cpu")) == "reference"
 
 
 def test_explicit_backend_that_cannot_run_says_why() -> None:

@@ -16,7 +16,7 @@ def python_blocks() -> list[str]:
 
 def test_readme_opens_with_the_two_commands() -> None:
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks[0].strip() == "pip install -e . && mtl-fast demo"
+    assert blocks[0].strip() == 'pip install -e ".[train]" && mtl-fast demo'
     assert blocks[1].strip() == 'pip install -e ".[test]" && pytest'
 
 

@@ -271,3 +271,57 @@ def test_mgda_with_a_task_that_does_not_reach_the_trunk_stays_finite(normalizati
     assert float(w[2]) == pytest.approx(1.0)
     assert all(float(p.grad.abs().max()) == 0.0 for p in model.trunk.parameters())
     assert free.grad is not None and bool(torch.isfinite(free.grad).all())
+
+
+def test_batched_mgda_equals_sequential_and_hyperparameters_are_checked_at_construction():
+    T = 3
+    grads = []
+    for batched in (False, True):
+        model = Tiny(T)
+        (x, y) = batches(T, 1)[0]
+        losses, _ = model.losses(x, y)
+        mgda = MGDA(
+            model.trunk.parameters(), model.heads.parameters(), num_tasks=T, batched=batched
+        )
+        assert mgda.backward(losses)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    model = Tiny(T)
+    shared = list(model.trunk.parameters())
+    for kwargs, match in (
+        ({"max_iter": -1}, "max_iter"),
+        ({"tol": -1.0}, "tol"),
+        ({"batched": "yes"}, "batched"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"backend": "nope"}, "backend"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            MGDA(shared, num_tasks=T, **kwargs)
+
+
+def test_refused_step_leaves_parameters_and_grads_untouched_and_reads_once():
+    """A NaN loss with skip: nothing written; a finite step: the shared .grad are views of one
+    reused buffer (the step's direction), heads get their weighted gradients."""
+    T = 2
+    model = Tiny(T)
+    (x, y) = batches(T, 1)[0]
+    mgda = MGDA(
+        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, on_nonfinite="skip"
+    )
+    losses, _ = model.losses(x, y)
+    assert mgda.backward(losses)
+    first = [p.grad.clone() for p in model.trunk.parameters()]
+    for p in model.parameters():
+        p.grad = None
+    losses, _ = model.losses(x, y)
+    assert mgda.backward(losses)  # same batch, same model: same direction, same buffer
+    for a, p in zip(first, model.trunk.parameters()):
+        torch.testing.assert_close(p.grad, a)
+    for p in model.parameters():
+        p.grad = None
+    losses, _ = model.losses(x, y)
+    losses[0] = losses[0] * float("inf")
+    assert mgda.backward(losses) is False
+    assert mgda.last.skipped == [0]
+    assert all(p.grad is None for p in model.parameters())

@@ -87,10 +87,17 @@ def test_bad_arguments_are_refused(tmp_path):
 
 
 def test_demo_runs_three_strategies_with_baselines(tmp_path, capsys):
-    code = main(["demo", "--epochs", "1", "--n-train", "64", "--out", str(tmp_path)])
+    code = main(
+        ["demo", "--epochs", "1", "--n-train", "64", "--out", str(tmp_path), "--step-steps", "2"]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     for strategy in ("ls", "mgda", "pertask"):
         assert f"| {strategy} |" in printed
         assert (tmp_path / strategy / "seed0" / "run.json").exists()
     assert "Δm" in printed and "lower is better" in printed
+    # The whole-step table, measured in the same run.
+    assert "Whole training step, mlp trunk" in printed
+    for provider in ("sum", "floor", "mgda", "mgda-ub"):
+        assert f"| {provider} |" in printed
+    assert (tmp_path / "whole_step.md").exists()

@@ -1,8 +1,9 @@
 // The combine and Adam device code (../combine_kernel.cuh, ../adam_kernel.cuh), compiled for the
 // host against the CUDA emulator, launched as combine.cu / adam.cu launch it (with a small grid,
-// so that the grid-stride loops wrap), and exposed with a C ABI for tests/test_cuda_emulated.py.
-// Needs torch's include directory for c10's fp16/bf16 types (header-only on the host), included
-// before the emulator's macros.
+// so that the grid-stride loops wrap), and exposed with a C ABI for the CPU tests
+// (tests/emulated_cuda.py loads it). Every dtype combination adam.cu and combine.cu launch has
+// an entry point. Needs torch's include directory for c10's fp16/bf16 types (header-only on the
+// host), included before the emulator's macros.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -110,6 +111,52 @@ int mtl_fast_multi_adam_emulated_f16(void* param, const void* grads, const int64
   multi_adam<c10::Half, c10::Half, float>(
       static_cast<c10::Half*>(param), static_cast<const c10::Half*>(grads), grad_rows, exp_avg,
       exp_avg_sq, step, tasks, weights, S, P, lr_ptr, lr, beta1, beta2, eps, weight_decay);
+  return 0;
+}
+
+// fp64 parameters, moments, J and w.
+int mtl_fast_combine_adam_emulated_f64(double* param, const double* J, const double* w,
+                                       double* exp_avg, double* exp_avg_sq, float* step, int64_t T,
+                                       int64_t P, const double* lr_ptr, double lr, double beta1,
+                                       double beta2, double eps, double weight_decay) {
+  combine_adam<double>(param, J, w, exp_avg, exp_avg_sq, step, T, P, lr_ptr, lr, beta1, beta2,
+                       eps, weight_decay);
+  return 0;
+}
+
+// fp32 parameters and moments, fp16 J.
+int mtl_fast_combine_adam_emulated_f16(float* param, const void* J, const float* w,
+                                       float* exp_avg, float* exp_avg_sq, float* step, int64_t T,
+                                       int64_t P, const double* lr_ptr, double lr, double beta1,
+                                       double beta2, double eps, double weight_decay) {
+  combine_adam<float, c10::Half>(param, static_cast<const c10::Half*>(J), w, exp_avg, exp_avg_sq,
+                                 step, T, P, lr_ptr, lr, beta1, beta2, eps, weight_decay);
+  return 0;
+}
+
+// bf16 / fp16 parameters with fp32 gradients and moments.
+int mtl_fast_multi_adam_emulated_bf16_f32grads(void* param, const float* grads,
+                                               const int64_t* grad_rows, float* exp_avg,
+                                               float* exp_avg_sq, float* step,
+                                               const int64_t* tasks, const double* weights,
+                                               int64_t S, int64_t P, const double* lr_ptr,
+                                               double lr, double beta1, double beta2, double eps,
+                                               double weight_decay) {
+  multi_adam<c10::BFloat16, float, float>(static_cast<c10::BFloat16*>(param), grads, grad_rows,
+                                          exp_avg, exp_avg_sq, step, tasks, weights, S, P, lr_ptr,
+                                          lr, beta1, beta2, eps, weight_decay);
+  return 0;
+}
+
+int mtl_fast_multi_adam_emulated_f16_f32grads(void* param, const float* grads,
+                                              const int64_t* grad_rows, float* exp_avg,
+                                              float* exp_avg_sq, float* step, const int64_t* tasks,
+                                              const double* weights, int64_t S, int64_t P,
+                                              const double* lr_ptr, double lr, double beta1,
+                                              double beta2, double eps, double weight_decay) {
+  multi_adam<c10::Half, float, float>(static_cast<c10::Half*>(param), grads, grad_rows, exp_avg,
+                                      exp_avg_sq, step, tasks, weights, S, P, lr_ptr, lr, beta1,
+                                      beta2, eps, weight_decay);
   return 0;
 }
 

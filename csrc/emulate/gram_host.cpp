@@ -1,7 +1,7 @@
 // The Gram / sign-conflict device code (../gram_kernel.cuh), compiled for the host against the
 // CUDA emulator, launched with the same plan and tile choice as gram.cu, and exposed with a C
-// ABI for the CPU test tests/test_cuda_emulated.py. Needs torch's include directory for c10's
-// fp16/bf16 types (header-only on the host), included before the emulator's macros.
+// ABI for the CPU tests (tests/emulated_cuda.py loads it). Needs torch's include directory for
+// c10's fp16/bf16 types (header-only on the host), included before the emulator's macros.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -81,6 +81,12 @@ int mtl_fast_gram_emulated_bf16(const void* J, float* K, int64_t B, int64_t T, i
 int mtl_fast_sign_conflict_emulated_bf16(const void* J, double* C, int64_t B, int64_t T,
                                          int64_t P, int sms) {
   run<c10::BFloat16, 32, 2, true>(static_cast<const c10::BFloat16*>(J), C, B, T, P, sms, false);
+  return 0;
+}
+
+int mtl_fast_sign_conflict_emulated_f16(const void* J, double* C, int64_t B, int64_t T,
+                                        int64_t P, int sms) {
+  run<c10::Half, 32, 2, true>(static_cast<const c10::Half*>(J), C, B, T, P, sms, false);
   return 0;
 }
 

@@ -1,5 +1,5 @@
 // The min-norm device code (../min_norm_kernel.cuh), compiled for the host against the CUDA
-// emulator and exposed with a C ABI for the CPU test tests/test_cuda_emulated.py.
+// emulator and exposed with a C ABI for the CPU tests (tests/emulated_cuda.py loads it).
 #include "cuda_emulator.h"
 #include "../min_norm_kernel.cuh"
 

@@ -74,6 +74,27 @@ class MinNormOp(Protocol):
     def __call__(self, K: Tensor, /, *, max_iter: int, tol: float, sync_free: bool) -> Tensor: ...
 
 
+class DualConeOp(Protocol):
+    """U: (B, R, T) and G: (B, T, T), each fp32/fp64 (they may differ), T ≥ 1 → W: (B, R, T) in
+    G's dtype, W[b, r] = argmin_{v ≥ U[b, r]} vᵀG̃[b]v with G̃ = G / tr G + reg_eps·I
+    (reg_eps·I when tr G < norm_eps), W ≥ U exactly; NaN rows for non-finite input.
+    ``sync_free``: no host read-back (a fixed budget with per-row masks where the backend
+    needs one)."""
+
+    def __call__(
+        self,
+        U: Tensor,
+        G: Tensor,
+        /,
+        *,
+        norm_eps: float,
+        reg_eps: float,
+        max_iter: int,
+        tol: float,
+        sync_free: bool,
+    ) -> Tensor: ...
+
+
 class CombineOp(Protocol):
     """J: (B, T, P), w: (B, T) in the accumulation dtype → d = Σ_t w_t J_t (B, P) in J's dtype."""
 
@@ -178,6 +199,7 @@ CONTRACTS: dict[str, type] = {
     "gram": GramOp,
     "gram_list": GramListOp,
     "min_norm": MinNormOp,
+    "dual_cone": DualConeOp,
     "combine": CombineOp,
     "sign_conflict": SignConflictOp,
     "multi_adam": MultiAdamOp,
@@ -195,6 +217,7 @@ OP_FILES: dict[str, str] = {
     "gram": "gram",
     "gram_list": "gram",
     "min_norm": "min_norm",
+    "dual_cone": "dual_cone",
     "combine": "combine",
     "sign_conflict": "sign_conflict",
     "multi_adam": "adam",
@@ -209,3 +232,5 @@ OP_FILES: dict[str, str] = {
 
 # The Gram-space aggregators (mtl_fast.ops.aggregators), one op each.
 AGGREGATOR_OPS: tuple[str, ...] = ("pcgrad", "imtlg", "cagrad", "nash_mtl", "aligned_mtl", "config")
+# Aligned-MTL's scale modes, in the order of the integer code the compiled kernels take.
+ALIGNED_MTL_SCALE_MODES: tuple[str, ...] = ("min", "median", "rmse")

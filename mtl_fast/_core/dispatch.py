@@ -48,14 +48,24 @@ AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
     "nash_mtl": ("triton",),
     "aligned_mtl": ("triton",),
     "config": ("triton",),
+    # One program per (problem, row) with G̃ in registers, T ≤ 64; above, the sync-free
+    # reference (batched Cholesky) runs unchanged on the GPU.
+    "dual_cone": ("triton",),
 }
 # Preference of "auto" on the CPU, per op (the reference otherwise): the compiled solver gives
 # the reference's weights 6x (1024 problems of T = 8) to 400x (one of T = 10) faster, measured
-# on one thread (mtl_fast/kernels/cpu).
-# The aggregators likewise: one problem of T = 10 takes 36-135 µs through the public functions
-# on the library against 0.24-3.0 ms on the reference (thread CPU time, docs/aggregators.md).
+# on one thread (mtl_fast/kernels/cpu); the compiled Gram is 5-10x faster than torch.mm for
+# T = 10 rows of 11.2 M (53 against 300-540 ms) and the combination on par with torch.bmm
+# (mtl_fast/kernels/cpu/dense.py). For dual_cone (UPGrad, DualProj) the compiled solver gives the
+# reference's weights 5-50x faster through upgrad_weights at every T measured, 2 to 128 (one
+# thread; docs/upgrad.md). The aggregators likewise: one problem of T = 10 takes 36-135 µs
+# through the public functions on the library against 0.24-3.0 ms on the reference (thread CPU
+# time, docs/aggregators.md).
 CPU_AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
     "min_norm": ("cpu",),
+    "dual_cone": ("cpu",),
+    "gram": ("cpu",),
+    "combine": ("cpu",),
     "pcgrad": ("cpu",),
     "imtlg": ("cpu",),
     "cagrad": ("cpu",),

@@ -28,6 +28,11 @@ ADAM_TOL = 1e-5
 # (CAGrad, Nash-MTL) stop at the same tolerances (gap 1e-12, Newton decrement 1e-10), where
 # their answers agree to 1e-10 or better (tests/ops/test_aggregators.py).
 AGGREGATOR_TOL: dict[torch.dtype, float] = {torch.float64: 1e-8, torch.float32: 1e-5}
+# Dual-cone projection weights (UPGrad, DualProj): per-row error relative to the row's largest
+# weight, against the float64 reference on the same (rounded) Gram, by output dtype; in fp64 also
+# the KKT residual. Every backend solves the QP exactly in fp64 (1e-13 from quadprog measured),
+# the stopping rule allows ~1e-10, and an fp32 output is rounded at 6e-8.
+DUAL_CONE_TOL: dict[torch.dtype, float] = {torch.float64: 1e-9, torch.float32: 1e-6}
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

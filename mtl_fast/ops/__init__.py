@@ -16,6 +16,8 @@ from mtl_fast.ops.aggregators import (
 )
 from mtl_fast.ops.combine import combine
 from mtl_fast.ops.combine_adam import combine_adam
+from mtl_fast.ops.dual_cone import dual_cone_projection
+from mtl_fast.ops.dual_cone_weights import dualproj_weights, upgrad_weights
 from mtl_fast.ops.gram import gram
 from mtl_fast.ops.min_norm import min_norm
 
@@ -26,6 +28,8 @@ __all__ = [
     "combine",
     "combine_adam",
     "config_weights",
+    "dual_cone_projection",
+    "dualproj_weights",
     "gram",
     "imtlg_weights",
     "min_norm",
@@ -35,4 +39,5 @@ __all__ = [
     "nash_mtl_weights",
     "pcgrad_order",
     "pcgrad_weights",
+    "upgrad_weights",
 ]

@@ -40,6 +40,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from mtl_fast._core.contracts import ALIGNED_MTL_SCALE_MODES as SCALE_MODES
 from mtl_fast._core.dispatch import resolve
 from mtl_fast._core.validate import (
     NonFiniteError,
@@ -51,7 +52,6 @@ from mtl_fast._core.validate import (
     require_tensor,
     should_check,
 )
-from mtl_fast.kernels.reference.aggregators import SCALE_MODES
 
 __all__ = [
     "NashMTLStep",

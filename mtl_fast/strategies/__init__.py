@@ -2,9 +2,9 @@
 
 Two shapes:
 
-- *combine-then-step* (:class:`LinearScalarization`, :class:`MGDA`, :class:`MGDAUB`, and the
-  Gram-space aggregators :class:`PCGrad`, :class:`IMTLG`, :class:`CAGrad`, :class:`NashMTL`,
-  :class:`AlignedMTL`, :class:`ConFIG`):
+- *combine-then-step* (:class:`LinearScalarization`, :class:`MGDA`, :class:`MGDAUB`,
+  :class:`UPGrad`, :class:`DualProj`, and the Gram-space aggregators :class:`PCGrad`,
+  :class:`IMTLG`, :class:`CAGrad`, :class:`NashMTL`, :class:`AlignedMTL`, :class:`ConFIG`):
   ``strategy.backward(losses)`` writes ``.grad`` of Σ_t c_t L_t with the coefficients the
   method chose, then the user's own optimizer steps;
 - *sequential-update* (:class:`PerTaskUpdates`, :class:`SelectiveTaskGroupUpdates`):
@@ -27,6 +27,7 @@ from mtl_fast.strategies._aggregators import (
 )
 from mtl_fast.strategies._base import StepRecord, Strategy
 from mtl_fast.strategies._combine_base import CombineStrategy
+from mtl_fast.strategies._dualproj import DualProj
 from mtl_fast.strategies._linear import LinearScalarization
 from mtl_fast.strategies._mgda import MGDA, normalizers, solve_weights
 from mtl_fast.strategies._mgda_ub import MGDAUB
@@ -38,6 +39,7 @@ from mtl_fast.strategies._stgu import (
     affinity_update,
     loss_ratios,
 )
+from mtl_fast.strategies._upgrad import DualConeStrategy, UPGrad
 
 __all__ = [
     "IMTLG",
@@ -47,6 +49,8 @@ __all__ = [
     "CAGrad",
     "CombineStrategy",
     "ConFIG",
+    "DualConeStrategy",
+    "DualProj",
     "GramAggregator",
     "LinearScalarization",
     "NashMTL",
@@ -56,6 +60,7 @@ __all__ = [
     "SequentialStrategy",
     "StepRecord",
     "Strategy",
+    "UPGrad",
     "affinity_groups",
     "affinity_update",
     "loss_ratios",

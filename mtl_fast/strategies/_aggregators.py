@@ -29,9 +29,6 @@ from mtl_fast.ops.aggregators import (
     pcgrad_order,
     pcgrad_weights,
 )
-from mtl_fast.ops.combine import combine
-from mtl_fast.ops.gram import gram
-from mtl_fast.strategies._base import check_losses, loss_vector
 from mtl_fast.strategies._combine_base import CombineStrategy
 
 
@@ -51,6 +48,8 @@ class GramAggregator(CombineStrategy):
         num_tasks: int = 2,
         *,
         backend: str | None = None,
+        batched: bool | None = None,
+        chunk_size: int | None = None,
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
@@ -62,6 +61,8 @@ class GramAggregator(CombineStrategy):
             on_nonfinite=on_nonfinite,
         )
         self.backend = backend
+        self._arena_options(batched, chunk_size)
+        self._ops(backend)
 
     def coefficients(self, K: torch.Tensor) -> torch.Tensor:
         """c (T,) from the Gram K (T, T) of the step's shared gradients."""
@@ -72,30 +73,11 @@ class GramAggregator(CombineStrategy):
     ) -> bool:
         """Write the method's gradients. ``features`` is ignored (accepted for symmetry)."""
         del features
-        losses = check_losses(losses, self.num_tasks)
-        self._track_path()
-        lv = loss_vector(losses)
-        bad = self._nonfinite_losses(losses)
-        if bad:
-            return self._refuse(lv, bad, "loss")
-        arena = self._fill_arena(losses)
-        K = gram(arena.J, backend=self.backend, check_finite=False)
-        bad = self._nonfinite_gram(K)
-        if bad:
-            return self._refuse(lv, bad, "gradient")
+        return self._gram_step(losses, self._decide)
+
+    def _decide(self, K: torch.Tensor, lv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.coefficients(K)
-        d = combine(arena.J, c.to(arena.J.dtype), backend=self.backend)
-        self._backward_heads(losses, c)
-        self._accumulate_shared(arena, d)
-        diag = self._diagnose(arena.J, K) if self._diagnostics_due() else None
-        self.num_steps += 1
-        self.last.step = self.num_steps
-        self.last.losses = lv
-        self.last.weights = c.detach().clone()
-        self.last.loss_scales = c.detach().clone()
-        self.last.diagnostics = diag
-        self.last.skipped = []
-        return True
+        return c, c
 
 
 class PCGrad(GramAggregator):
@@ -108,8 +90,8 @@ class PCGrad(GramAggregator):
     :meth:`state_dict`.
 
     Args:
-        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
-            :class:`~mtl_fast.strategies.MGDA`.
+        shared_params, task_params, num_tasks, backend, batched, chunk_size, diagnostics_every,
+            on_nonfinite: see :class:`~mtl_fast.strategies.MGDA`.
         seed: seed of the projection orders.
 
     Example:
@@ -131,6 +113,8 @@ class PCGrad(GramAggregator):
         *,
         seed: int = 0,
         backend: str | None = None,
+        batched: bool | None = None,
+        chunk_size: int | None = None,
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
@@ -139,6 +123,8 @@ class PCGrad(GramAggregator):
             task_params,
             num_tasks,
             backend=backend,
+            batched=batched,
+            chunk_size=chunk_size,
             diagnostics_every=diagnostics_every,
             on_nonfinite=on_nonfinite,
         )
@@ -164,8 +150,8 @@ class IMTLG(GramAggregator):
     equal projections onto every task's unit gradient (:func:`mtl_fast.imtlg_weights`).
 
     Args:
-        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
-            :class:`~mtl_fast.strategies.MGDA`.
+        shared_params, task_params, num_tasks, backend, batched, chunk_size, diagnostics_every,
+            on_nonfinite: see :class:`~mtl_fast.strategies.MGDA`.
 
     Example:
         >>> import torch
@@ -190,8 +176,8 @@ class CAGrad(GramAggregator):
     task's improvement (:func:`mtl_fast.cagrad_weights`).
 
     Args:
-        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
-            :class:`~mtl_fast.strategies.MGDA`.
+        shared_params, task_params, num_tasks, backend, batched, chunk_size, diagnostics_every,
+            on_nonfinite: see :class:`~mtl_fast.strategies.MGDA`.
         c: radius scale (default 0.5, the official code's; TorchJD has no default).
         norm_eps, rescale, max_iter, tol: see :func:`mtl_fast.cagrad_weights`.
 
@@ -218,6 +204,8 @@ class CAGrad(GramAggregator):
         max_iter: int = CAGRAD_MAX_ITER,
         tol: float = CAGRAD_TOL,
         backend: str | None = None,
+        batched: bool | None = None,
+        chunk_size: int | None = None,
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
@@ -226,6 +214,8 @@ class CAGrad(GramAggregator):
             task_params,
             num_tasks,
             backend=backend,
+            batched=batched,
+            chunk_size=chunk_size,
             diagnostics_every=diagnostics_every,
             on_nonfinite=on_nonfinite,
         )
@@ -262,8 +252,8 @@ class NashMTL(GramAggregator):
     current gradients, in between. The state is in :meth:`state_dict`.
 
     Args:
-        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
-            :class:`~mtl_fast.strategies.MGDA`.
+        shared_params, task_params, num_tasks, backend, batched, chunk_size, diagnostics_every,
+            on_nonfinite: see :class:`~mtl_fast.strategies.MGDA`.
         max_norm: the clipping bound (0: none).
         update_weights_every: steps between weight updates.
         max_iter, tol: the Newton budget and tolerance (see :func:`mtl_fast.nash_mtl_step`).
@@ -292,6 +282,8 @@ class NashMTL(GramAggregator):
         max_iter: int = NASH_MAX_ITER,
         tol: float = NASH_TOL,
         backend: str | None = None,
+        batched: bool | None = None,
+        chunk_size: int | None = None,
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
@@ -300,6 +292,8 @@ class NashMTL(GramAggregator):
             task_params,
             num_tasks,
             backend=backend,
+            batched=batched,
+            chunk_size=chunk_size,
             diagnostics_every=diagnostics_every,
             on_nonfinite=on_nonfinite,
         )
@@ -357,8 +351,8 @@ class AlignedMTL(GramAggregator):
     the task gradients equal singular values (:func:`mtl_fast.aligned_mtl_weights`).
 
     Args:
-        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
-            :class:`~mtl_fast.strategies.MGDA`.
+        shared_params, task_params, num_tasks, backend, batched, chunk_size, diagnostics_every,
+            on_nonfinite: see :class:`~mtl_fast.strategies.MGDA`.
         pref: (T,) preference vector (default 1/T each, TorchJD's).
         scale_mode: "min", "median" or "rmse".
 
@@ -382,6 +376,8 @@ class AlignedMTL(GramAggregator):
         pref: Sequence[float] | torch.Tensor | None = None,
         scale_mode: Literal["min", "median", "rmse"] = "min",
         backend: str | None = None,
+        batched: bool | None = None,
+        chunk_size: int | None = None,
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
@@ -390,6 +386,8 @@ class AlignedMTL(GramAggregator):
             task_params,
             num_tasks,
             backend=backend,
+            batched=batched,
+            chunk_size=chunk_size,
             diagnostics_every=diagnostics_every,
             on_nonfinite=on_nonfinite,
         )
@@ -409,8 +407,8 @@ class ConFIG(GramAggregator):
     cosines ∝ ``pref``), scaled by the sum of the projections (:func:`mtl_fast.config_weights`).
 
     Args:
-        shared_params, task_params, num_tasks, backend, diagnostics_every, on_nonfinite: see
-            :class:`~mtl_fast.strategies.MGDA`.
+        shared_params, task_params, num_tasks, backend, batched, chunk_size, diagnostics_every,
+            on_nonfinite: see :class:`~mtl_fast.strategies.MGDA`.
         pref: (T,) target cosine weights (default ones).
 
     Example:
@@ -432,6 +430,8 @@ class ConFIG(GramAggregator):
         *,
         pref: Sequence[float] | torch.Tensor | None = None,
         backend: str | None = None,
+        batched: bool | None = None,
+        chunk_size: int | None = None,
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
@@ -440,6 +440,8 @@ class ConFIG(GramAggregator):
             task_params,
             num_tasks,
             backend=backend,
+            batched=batched,
+            chunk_size=chunk_size,
             diagnostics_every=diagnostics_every,
             on_nonfinite=on_nonfinite,
         )

@@ -8,8 +8,6 @@ from typing import Any
 import torch
 
 from mtl_fast._core.validate import nonfinite_rows
-from mtl_fast.ops.combine import combine
-from mtl_fast.ops.gram import gram
 from mtl_fast.strategies._base import check_losses, loss_vector
 from mtl_fast.strategies._combine_base import CombineStrategy
 
@@ -65,6 +63,7 @@ class LinearScalarization(CombineStrategy):
             if not bool(torch.isfinite(w).all()):
                 raise ValueError("weights must be finite")
         self.weights = w.to(self.shared_params[0].device)
+        self._ops(None)
 
     def backward(
         self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
@@ -74,31 +73,31 @@ class LinearScalarization(CombineStrategy):
         losses = check_losses(losses, self.num_tasks)
         self._track_path()
         lv = loss_vector(losses)
-        bad = self._nonfinite_losses(losses)
-        if bad:
-            return self._refuse(lv, bad, "loss")
+        bad = self._bad_tasks(lv, None)
+        if bad is not None:
+            return self._refuse(lv, *bad)
         diag = None
         if self._diagnostics_due():
             arena = self._fill_arena(losses)
-            bad = nonfinite_rows(arena.J) if self.on_nonfinite != "ignore" else []
-            if bad:
-                return self._refuse(lv, bad, "gradient")
-            K = gram(arena.J, check_finite=False)
+            rows = nonfinite_rows(arena.J) if self.on_nonfinite != "ignore" else []
+            if rows:
+                return self._refuse(lv, rows, "gradient")
+            K = self._gram(arena.J)
             diag = self._diagnose(arena.J, K)
-            d = combine(arena.J, self.weights.to(arena.J.dtype))
+            d = self._combined(arena.J, self.weights, reuse=self._shared_grads_empty())
             self._backward_heads(losses, self.weights)
             self._accumulate_shared(arena, d)
         else:
-            total = sum(w * loss for w, loss in zip(self.weights.unbind(), losses))
-            assert isinstance(total, torch.Tensor)
-            total.backward()
+            wl = self.weights.to(losses[0].dtype)
+            grads = [wt.reshape(loss.shape) for wt, loss in zip(wl.unbind(), losses)]
+            torch.autograd.backward(list(losses), grad_tensors=grads)
             if not self._shared_grads_finite():
                 return self._refuse(lv, list(range(self.num_tasks)), "gradient")
         self.num_steps += 1
         self.last.step = self.num_steps
         self.last.losses = lv
-        self.last.weights = self.weights.clone()
-        self.last.loss_scales = self.weights.clone()
+        self.last.weights = self.weights
+        self.last.loss_scales = self.weights
         self.last.diagnostics = diag
         self.last.skipped = []
         return True

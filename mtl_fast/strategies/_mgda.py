@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import torch
 
-from mtl_fast.ops.combine import combine
-from mtl_fast.ops.gram import gram
+from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.validate import require_nonneg_float, require_positive_int
 from mtl_fast.ops.min_norm import DEFAULT_MAX_ITER, DEFAULT_TOL, min_norm
-from mtl_fast.strategies._base import check_losses, loss_vector
 from mtl_fast.strategies._combine_base import CombineStrategy
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -88,12 +86,21 @@ class MGDA(CombineStrategy):
     Diagnostics come from the Gram that already exists (plus one pass over J for sign
     conflicts): no extra backward pass.
 
+    Per step beyond the user's forward and the T backward passes: the Gram (one read of J),
+    the solve, the combination (one more read of J, written into a buffer kept across steps when
+    every shared ``.grad`` is empty), one backward pass through the heads, and one host read for
+    the NaN/Inf refusal. Every hyperparameter and the backend of each op are checked once, here.
+
     Args:
         shared_params, task_params, num_tasks, diagnostics_every, on_nonfinite: see
             :class:`~mtl_fast.strategies.Strategy`.
         normalization: "none" (default), "l2", "loss" or "loss+".
         apply_to: "raw" (default) or "normalized".
         max_iter, tol, backend: passed to :func:`mtl_fast.min_norm` / the other ops.
+        batched: fill the arena with one vmapped backward pass per chunk of tasks instead of
+            one backward pass per task (:meth:`mtl_fast.TaskGradients.backward`); None picks
+            per device (:data:`mtl_fast.optim.task_gradients.BATCHED_DEFAULT`).
+        chunk_size: tasks per vmapped pass (None: all T), bounding its memory.
 
     Example:
         >>> import torch
@@ -121,6 +128,8 @@ class MGDA(CombineStrategy):
         max_iter: int = DEFAULT_MAX_ITER,
         tol: float = DEFAULT_TOL,
         backend: str | None = None,
+        batched: bool | None = None,
+        chunk_size: int | None = None,
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
@@ -137,13 +146,31 @@ class MGDA(CombineStrategy):
             )
         if apply_to not in APPLY_TO:
             raise ValueError(f"apply_to must be one of {APPLY_TO}, got {apply_to!r}")
+        require_positive_int("max_iter", max_iter)
+        require_nonneg_float("tol", tol)
         self.normalization = normalization
         self.apply_to = apply_to
         self.max_iter = max_iter
-        self.tol = tol
+        self.tol = float(tol)
         self.backend = backend
+        self._arena_options(batched, chunk_size)
+        device = self.shared_params[0].device
+        self._ops(backend)
+        self._solve = (
+            resolve("min_norm", backend, device, tasks=num_tasks) if num_tasks > 1 else None
+        )
+        self._sync_free = device.type != "cpu"
 
     def _decide(self, K: torch.Tensor, lv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.normalization == "none":
+            # The common case without the normalisers' dozen small ops: c = w either way.
+            if self._solve is None:
+                w = torch.ones(1, dtype=K.dtype, device=K.device)
+            else:
+                w = self._solve(
+                    K.unsqueeze(0), max_iter=self.max_iter, tol=self.tol, sync_free=self._sync_free
+                )[0]
+            return w, w
         return solve_weights(
             K,
             lv,
@@ -154,35 +181,9 @@ class MGDA(CombineStrategy):
             backend=self.backend,
         )
 
-    def _record(self, lv: torch.Tensor, w: torch.Tensor, c: torch.Tensor, diag: Any) -> None:
-        self.num_steps += 1
-        self.last.step = self.num_steps
-        self.last.losses = lv
-        self.last.weights = w.detach().clone()
-        self.last.loss_scales = c.detach().clone()
-        self.last.diagnostics = diag
-        self.last.skipped = []
-
     def backward(
         self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
     ) -> bool:
         """Write MGDA's gradients. ``features`` is ignored (see :class:`MGDAUB`)."""
         del features
-        losses = check_losses(losses, self.num_tasks)
-        self._track_path()
-        lv = loss_vector(losses)
-        bad = self._nonfinite_losses(losses)
-        if bad:
-            return self._refuse(lv, bad, "loss")
-        arena = self._fill_arena(losses)
-        K = gram(arena.J, backend=self.backend, check_finite=False)
-        bad = self._nonfinite_gram(K)
-        if bad:
-            return self._refuse(lv, bad, "gradient")
-        w, c = self._decide(K, lv)
-        d = combine(arena.J, c.to(arena.J.dtype), backend=self.backend)
-        self._backward_heads(losses, c)
-        self._accumulate_shared(arena, d)
-        diag = self._diagnose(arena.J, K) if self._diagnostics_due() else None
-        self._record(lv, w, c, diag)
-        return True
+        return self._gram_step(losses, self._decide)

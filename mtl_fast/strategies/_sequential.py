@@ -114,9 +114,7 @@ class SequentialStrategy(Strategy):
         with self.arena.task(row):
             total.backward()
         g = self.arena.J[row]
-        if self.on_nonfinite != "ignore" and not (
-            all_finite(g) and all(all_finite(p.grad) for p in self._heads if p.grad is not None)
-        ):
+        if self.on_nonfinite != "ignore" and not self._grads_finite(g):
             if self.head_optimizer is not None:
                 self.head_optimizer.zero_grad(set_to_none=True)
             raise_or_skip(self.on_nonfinite, "gradient", list(group))
@@ -130,6 +128,16 @@ class SequentialStrategy(Strategy):
             self.head_optimizer.zero_grad(set_to_none=True)
         self._track_path()
         return True
+
+    def _grads_finite(self, g: torch.Tensor) -> bool:
+        """Whether the group's shared row and the heads' ``.grad`` are finite: one sum per
+        tensor and one host read (a NaN/Inf makes the total non-finite; only then, or on an
+        overflow of finite values, is each tensor checked exactly). Was one read per tensor."""
+        heads = [p.grad for p in self._heads if p.grad is not None]
+        sums = torch.stack([g.sum(), *[h.sum().to(g.dtype) for h in heads]])
+        if bool(torch.isfinite(sums.sum())):
+            return True
+        return all_finite(g) and all(all_finite(h) for h in heads)
 
     def _extra_diagnostics(self, closure: Closure) -> None:
         """Diagnostics at the current point: one extra forward and T backward passes."""

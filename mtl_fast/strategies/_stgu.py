@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtl_fast._core.extras import require
 from mtl_fast._core.validate import require_positive_int
 from mtl_fast.strategies._base import loss_vector
 from mtl_fast.strategies._sequential import Closure, SequentialStrategy
@@ -79,6 +80,7 @@ def affinity_groups(
         (groups, ok): groups ordered by their smallest task; ok is False when ``previous`` was
         kept.
     """
+    require("train", "affinity_groups (the STGU strategy's clustering)", ["sklearn"])
     from sklearn.cluster import AffinityPropagation
     from sklearn.exceptions import ConvergenceWarning
 

@@ -13,14 +13,17 @@ import torch
 
 from mtl_fast._core.contracts import AdamHyper, AdamState
 from mtl_fast._core.dispatch import BACKEND_NAMES, _load
+from mtl_fast._core.dual_cone_problem import kkt_residual
 from mtl_fast._core.precision import (
     ADAM_TOL,
     AGGREGATOR_TOL,
+    DUAL_CONE_TOL,
     MIN_NORM_TOL,
     relative_error,
     tolerance,
 )
 from mtl_fast.kernels import reference as ref
+from mtl_fast.kernels.reference.dual_cone import project
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,64 @@ def _check_min_norm(
             err = max(excess, off_simplex) if torch.isfinite(w).all() else float("nan")
             yield Check(
                 backend, "min_norm", f"T={T} ×{len(samples)} kinds", _name(dtype), err, MIN_NORM_TOL
+            )
+
+
+def dual_cone_samples(T: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """:func:`gram_samples` plus a rank-T/3 Gram (the solver's slowest family) and gradients
+    whose norms span e^±6."""
+    samples = gram_samples(T, gen)
+    A = torch.randn(T, max(1, T // 3), generator=gen, dtype=torch.float64)
+    J = torch.randn(T, 2 * T + 3, generator=gen, dtype=torch.float64)
+    J = J * torch.exp(torch.empty(T, 1, dtype=torch.float64).uniform_(-6, 6, generator=gen))
+    return {**samples, "rank T/3": A @ A.T, "norms e^±6": J @ J.T}
+
+
+def _check_dual_cone(
+    backend: str, fn: Callable, device: torch.device, quick: bool
+) -> Iterable[Check]:
+    """UPGrad rows e_i/T, the DualProj row 1/T and random rows against every sample Gram: the
+    per-row error against the fp64 reference on the same rounded Gram, and (fp64) the KKT
+    residual."""
+    gen = torch.Generator().manual_seed(7)
+    sizes = [1, 2, 3, 8, 17] if quick else [1, 2, 3, 5, 8, 17, 40, 64, 128]
+    loaded = _load(backend)
+    limit = None if isinstance(loaded, str) else getattr(loaded, "TASK_LIMITS", {}).get("dual_cone")
+    eps = {"norm_eps": 1e-4, "reg_eps": 1e-4}
+    for T in sizes:
+        if limit is not None and T > limit:
+            continue
+        samples = dual_cone_samples(T, gen)
+        Gd = torch.stack(list(samples.values()))
+        n = len(samples)
+        U = torch.cat(
+            [
+                torch.eye(T, dtype=torch.float64) / T,
+                torch.full((1, T), 1.0 / T, dtype=torch.float64),
+                torch.randn(2, T, generator=gen, dtype=torch.float64),
+            ]
+        ).expand(n, T + 3, T)
+        for dtype in (torch.float32, torch.float64):
+            G = Gd.to(dtype)
+            truth, _, _ = project(U, G.double(), max_iter=256, tol=1e-13, sync_free=False, **eps)
+            # The form each device runs by default: on the CPU the reference's sync-free form
+            # would pay its whole budget of masked factorisations (minutes at T = 128).
+            sync_free = device.type != "cpu"
+            W = fn(U.to(device), G.to(device), max_iter=64, tol=1e-10, sync_free=sync_free, **eps)
+            W = W.cpu().double()
+            scale = truth.abs().amax(dim=-1, keepdim=True).clamp_min(1e-300)
+            err = ((W - truth).abs() / scale).max().item()
+            if dtype == torch.float64:
+                err = max(err, kkt_residual(U, G, W, **eps).max().item())
+            if not torch.isfinite(W).all():
+                err = float("nan")
+            yield Check(
+                backend,
+                "dual_cone",
+                f"T={T} ×{n} kinds ×{T + 3} rows",
+                _name(dtype),
+                err,
+                DUAL_CONE_TOL[dtype],
             )
 
 
@@ -326,6 +387,7 @@ CHECKS: dict[str, Callable[[str, Callable, torch.device, bool], Iterable[Check]]
     "gram_list": _check_gram_list,
     "combine": _check_combine,
     "min_norm": _check_min_norm,
+    "dual_cone": _check_dual_cone,
     "multi_adam": _check_multi_adam,
     "combine_adam": _check_combine_adam,
     "sign_conflict": _check_sign_conflict,
@@ -342,8 +404,9 @@ def run(
     backends: Iterable[str] | None = None,
     device: str | torch.device | None = None,
     quick: bool = False,
+    ops: Iterable[str] | None = None,
 ) -> tuple[list[Check], list[str]]:
-    """Run the verification matrix.
+    """Run the verification matrix (of the ``ops`` given, else of every op).
 
     Returns:
         (checks, skipped): every check made, and a line for each backend that was skipped and why.
@@ -364,8 +427,9 @@ def run(
         if reason is not None:
             skipped.append(f"{name}: cannot run on {dev}: {reason}")
             continue
+        wanted = set(CHECKS) if ops is None else set(ops)
         for op in sorted(loaded.OPS):
-            if op in CHECKS:
+            if op in CHECKS and op in wanted:
                 checks.extend(CHECKS[op](name, getattr(loaded, op), dev, quick))
     return checks, skipped
 

@@ -1,5 +1,6 @@
-"""CPU backend: the compiled min-norm solver and Gram-space aggregators of ``csrc/cpu/``, loaded
-with ctypes.
+"""CPU backend: the compiled min-norm and dual-cone solvers, Gram and combination, and Gram-space
+aggregators of ``csrc/cpu/``, loaded with ctypes (the Gram and combination kernels:
+:mod:`mtl_fast.kernels.cpu.dense`).
 
 ``setup.py`` builds the solver at install time as an optional shared library next to this file
 (``_lib`` plus the platform's extension-module suffix). Without a C++ compiler the install
@@ -12,6 +13,10 @@ Measured on one thread (a loaded 2-core machine, medians): one T = 10 problem ta
 the solver and ~25 µs through ``mtl_fast.min_norm``, against 8-11 ms for the reference; one
 T = 64 problem 0.03-0.15 ms in the solver against 20-40 ms; 1024 problems of T = 8 take 6 ms
 against 33 ms for the batched reference.
+
+The dual-cone (UPGrad, DualProj) solver, ``torch.ops.mtl_fast_cpu.dual_cone``, runs the reference
+algorithm of :mod:`mtl_fast.kernels.reference.dual_cone` row by row with an updated Cholesky
+factor (see :mod:`mtl_fast.kernels.cpu.dual_cone`); both solvers live in the same library.
 
 The op is registered as ``torch.ops.mtl_fast_cpu.min_norm`` with a fake implementation, so
 ``torch.compile(fullgraph=True)`` traces it as one opaque node. Called eagerly on a plain
@@ -34,36 +39,53 @@ from mtl_fast.kernels.cpu.aggregators import (
     nash_mtl,
     pcgrad,
 )
+from mtl_fast.kernels.cpu.combine import combine
+from mtl_fast.kernels.cpu.dual_cone import MAX_DUAL_CONE_TASKS, dual_cone
+from mtl_fast.kernels.cpu.gram import gram
 from mtl_fast.kernels.cpu.loader import (
     ABI_VERSION,
     AGGREGATORS_ABI_VERSION,
+    DUAL_CONE_ABI_VERSION,
     aggregator_library,
+    dense_kernels,
+    dual_cone_library,
     library,
     library_path,
 )
 from mtl_fast.kernels.cpu.min_norm import MAX_MIN_NORM_TASKS, min_norm
 
-# The aggregators (PCGrad, IMTL-G, CAGrad, Nash-MTL, Aligned-MTL, ConFIG: csrc/cpu/aggregators.cpp)
+# gram and combine only when the library has them (one built before they existed does not). The
+# aggregators (PCGrad, IMTL-G, CAGrad, Nash-MTL, Aligned-MTL, ConFIG: csrc/cpu/aggregators.cpp)
 # one problem at a time: measured on one thread, 26-284 µs per call through the public functions
-# at T = 2-40, against 0.18-6.5 ms for the batched reference (docs/aggregators.md). A library
-# built before they existed still serves min_norm.
-OPS = frozenset({"min_norm"}) | (
-    frozenset(AGGREGATOR_OPS) if not isinstance(aggregator_library(), str) else frozenset()
+# at T = 2-40, against 0.18-6.5 ms for the batched reference (docs/aggregators.md).
+OPS = (
+    frozenset({"min_norm", "dual_cone"})
+    | (frozenset() if isinstance(dense_kernels(), str) else frozenset({"gram", "combine"}))
+    | (frozenset() if isinstance(aggregator_library(), str) else frozenset(AGGREGATOR_OPS))
 )
-TASK_LIMITS = {"min_norm": MAX_MIN_NORM_TASKS} | dict.fromkeys(AGGREGATOR_OPS, MAX_AGGREGATOR_TASKS)
+TASK_LIMITS = {"min_norm": MAX_MIN_NORM_TASKS, "dual_cone": MAX_DUAL_CONE_TASKS} | dict.fromkeys(
+    AGGREGATOR_OPS, MAX_AGGREGATOR_TASKS
+)
 
 __all__ = [
     "ABI_VERSION",
     "AGGREGATORS_ABI_VERSION",
+    "DUAL_CONE_ABI_VERSION",
     "MAX_AGGREGATOR_TASKS",
+    "MAX_DUAL_CONE_TASKS",
     "MAX_MIN_NORM_TASKS",
     "OPS",
     "TASK_LIMITS",
     "aggregator_library",
     "aligned_mtl",
     "cagrad",
+    "combine",
     "config",
+    "dense_kernels",
     "device_reason",
+    "dual_cone",
+    "dual_cone_library",
+    "gram",
     "imtlg",
     "library",
     "library_path",
@@ -75,9 +97,12 @@ __all__ = [
 
 
 def unavailable_reason() -> str | None:
-    """Why the CPU backend cannot run on this machine (the library is missing), or None."""
-    loaded = library()
-    return loaded if isinstance(loaded, str) else None
+    """Why the CPU backend cannot run on this machine (the library is missing, or left over from
+    a version without one of its solvers), or None."""
+    for loaded in (library(), dual_cone_library()):
+        if isinstance(loaded, str):
+            return loaded
+    return None
 
 
 def device_reason(device: torch.device) -> str | None:

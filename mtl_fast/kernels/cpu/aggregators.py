@@ -18,13 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtl_fast._core.contracts import ALIGNED_MTL_SCALE_MODES
 from mtl_fast.kernels.cpu.loader import aggregator_library
 
 # Largest T the library accepts (kMaxT in csrc/cpu/aggregators.cpp).
 MAX_AGGREGATOR_TASKS = 4096
 
 _STATUS = {1: "an invalid argument", 2: "an allocation failure (its scratch is a few T² doubles)"}
-_SCALE_MODES = {"min": 0, "median": 1, "rmse": 2}
+_SCALE_MODES = {mode: code for code, mode in enumerate(ALIGNED_MTL_SCALE_MODES)}
 
 
 def _fn(op: str, dtype: torch.dtype) -> Callable[..., int]:

@@ -9,12 +9,16 @@ import importlib.machinery
 from collections.abc import Callable
 from pathlib import Path
 
-# The file stem of the shared library built by setup.py (Extension "mtl_fast.kernels.cpu._lib").
-LIBRARY_STEM = "_lib"
+from mtl_fast.kernels.cpu.settings import LIBRARY_STEM
+
 # Must equal MTL_MIN_NORM_ABI_VERSION in csrc/cpu/min_norm.h.
 ABI_VERSION = 1
 # Must equal MTL_AGGREGATORS_ABI_VERSION in csrc/cpu/aggregators.h.
 AGGREGATORS_ABI_VERSION = 1
+# Must equal MTL_DENSE_ABI_VERSION in csrc/cpu/dense.h.
+DENSE_ABI_VERSION = 1
+# Must equal MTL_DUAL_CONE_ABI_VERSION in csrc/cpu/dual_cone.h.
+DUAL_CONE_ABI_VERSION = 1
 
 _BUILD_HINT = (
     "it is built at install time when a C++17 compiler is present: install one (e.g. g++) and "
@@ -22,6 +26,9 @@ _BUILD_HINT = (
 )
 
 _Solver = Callable[[int, int, int, int, int, float], int]
+_Kernel = Callable[..., int]
+# U, G, W, batch, R, T, norm_eps, reg_eps, max_iter, tol, iters -> unconverged rows or a code.
+DualConeSolver = Callable[[int, int, int, int, int, int, float, float, int, float, int | None], int]
 
 
 def library_path() -> Path | None:
@@ -102,3 +109,73 @@ def aggregator_library() -> dict[str, Callable[..., int]] | str:
         fn.argtypes = signatures[name.rsplit("_", 1)[0]]
         fn.restype = ctypes.c_int
     return fns
+
+
+@functools.cache
+def dense_kernels() -> dict[str, _Kernel] | str:
+    """The Gram and combination kernels of csrc/cpu/dense.cpp (``gram_f32``, ``gram_f64``,
+    ``combine_f32``, ``combine_f64``) with their C signatures set, or why they cannot be loaded
+    (a library built before they existed lacks them)."""
+    loaded = library()
+    if isinstance(loaded, str):
+        return loaded
+    path = library_path()
+    try:
+        lib = ctypes.CDLL(str(path))
+        version = lib.mtl_dense_abi_version
+        fns = {name: getattr(lib, f"mtl_{name}") for name in _DENSE_NAMES}
+    except (OSError, AttributeError) as exc:
+        return (
+            f"the compiled CPU library at {path} has no Gram/combine kernels: {exc} ({_BUILD_HINT})"
+        )
+    version.restype = ctypes.c_int
+    version.argtypes = []
+    found = int(version())
+    if found != DENSE_ABI_VERSION:
+        return (
+            f"the compiled CPU library at {path} has dense ABI version {found}, this package "
+            f"expects {DENSE_ABI_VERSION}; rebuild it ({_BUILD_HINT})"
+        )
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    for name, fn in fns.items():
+        if name.startswith("gram"):
+            fn.argtypes = [vp, i64, i64, i64, i64, vp, i64]  # J, batch, T, P, ld, K, threads
+        else:
+            fn.argtypes = [vp, vp, i64, i64, i64, i64, vp, i64]  # J, w, batch, T, P, ld, d, thr.
+        fn.restype = ctypes.c_int
+    return fns
+
+
+_DENSE_NAMES = ("gram_f32", "gram_f64", "combine_f32", "combine_f64")
+
+
+@functools.cache
+def dual_cone_library() -> DualConeSolver | str:
+    """The fp64 dual-cone solver of the same library with its C signature set, or why it cannot
+    be loaded (a library built before the solver existed is refused by its missing symbol)."""
+    path = library_path()
+    if path is None:
+        return f"the compiled CPU solver is not built ({_BUILD_HINT})"
+    try:
+        lib = ctypes.CDLL(str(path))
+        version = lib.mtl_dual_cone_abi_version
+        solve = lib.mtl_dual_cone_f64
+    except (OSError, AttributeError) as exc:
+        return (
+            f"the compiled CPU dual-cone solver at {path} cannot be loaded: {exc} "
+            f"(it is left over from another version; rebuild it: {_BUILD_HINT})"
+        )
+    version.restype = ctypes.c_int
+    version.argtypes = []
+    found = int(version())
+    if found != DUAL_CONE_ABI_VERSION:
+        return (
+            f"the compiled CPU dual-cone solver at {path} has ABI version {found}, this package "
+            f"expects {DUAL_CONE_ABI_VERSION}: it is left over from another version; rebuild it "
+            f"({_BUILD_HINT})"
+        )
+    vp, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    solve.argtypes = [vp, vp, vp, i64, i64, i64, f64, f64, i64, f64, vp]
+    solve.restype = i64
+    solver: DualConeSolver = solve
+    return solver

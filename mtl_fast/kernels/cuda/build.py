@@ -10,6 +10,10 @@ Where the library comes from, in order:
 3. with ``MTL_FAST_CUDA_JIT=1`` set, a fresh just-in-time build with ninja the first time the
    ``cuda`` backend is asked for (minutes).
 
+The source list, flags, default architecture, CUDA_HOME guess and where the sources are found
+(``csrc/`` in a checkout, ``mtl_fast/_csrc/`` in an installed copy) live in
+:mod:`mtl_fast.kernels.cuda.settings`, which setup.py reads too.
+
 A build holds an OS-level lock (``fcntl.flock``: the kernel releases it when the holder dies, so
 an interrupted build never blocks later ones) and waits at most ``MTL_FAST_CUDA_JIT_TIMEOUT``
 seconds (default 1800) for another process's build before raising :class:`BuildTimeoutError`.
@@ -30,20 +34,17 @@ from pathlib import Path
 
 import torch
 
-LIBRARY_NAME = "mtl_fast_cuda"  # also the torch.ops namespace
-SOURCES = ("bindings.cpp", "gram.cu", "min_norm.cu", "combine.cu", "adam.cu")
-HEADERS = (
-    "checks.h",
-    "ops.h",
-    "adam_kernel.cuh",
-    "combine_kernel.cuh",
-    "gram_kernel.cuh",
-    "min_norm_kernel.cuh",
+from mtl_fast.kernels.cuda import settings
+from mtl_fast.kernels.cuda.settings import (
+    CUDA_FLAGS,
+    CXX_FLAGS,
+    EXTENSION_NAME,
+    HEADERS,
+    LIBRARY_NAME,
+    SOURCES,
+    source_dir,
 )
-# -O3 everywhere; no --use_fast_math: the solver relies on IEEE division, sqrt and isfinite.
-CXX_FLAGS = ("-O3",)
-CUDA_FLAGS = ("-O3", "--expt-relaxed-constexpr")
-DEFAULT_ARCH_LIST = "9.0"  # used when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible
+
 DEFAULT_TIMEOUT_S = 1800.0
 
 
@@ -58,25 +59,15 @@ class BuildTimeoutError(TimeoutError):
 _loaded_path: str | None = None
 
 
-def source_dir() -> Path:
-    """``csrc/`` of the source checkout this package runs from (the JIT path needs it)."""
-    return Path(__file__).resolve().parents[3] / "csrc"
-
-
 def jit_requested() -> bool:
     """Whether ``MTL_FAST_CUDA_JIT=1`` allows a just-in-time build on first use."""
-    return os.environ.get("MTL_FAST_CUDA_JIT", "").strip().lower() in ("1", "true", "yes", "on")
+    return settings.env_flag("MTL_FAST_CUDA_JIT")
 
 
 def arch_list() -> str:
     """The TORCH_CUDA_ARCH_LIST a build uses (the visible GPU's when unset, else sm_90)."""
-    value = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
-    if value:
-        return value
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        return f"{major}.{minor}"
-    return DEFAULT_ARCH_LIST
+    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    return settings.arch_list(capability)
 
 
 def build_dir() -> Path:
@@ -148,7 +139,7 @@ def _current_jit_library() -> Path | None:
 def _prebuilt() -> str | None:
     """Path of ``mtl_fast._C`` built by setup.py, if installed."""
     try:
-        spec = importlib.util.find_spec("mtl_fast._C")
+        spec = importlib.util.find_spec(EXTENSION_NAME)
     except (ImportError, ValueError):
         return None
     return spec.origin if spec is not None and spec.origin else None
@@ -182,15 +173,6 @@ def exclusive_lock(path: Path, timeout: float) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _ensure_cuda_home() -> None:
-    """torch guesses CUDA_HOME from ``which nvcc``, which is wrong when nvcc is a wrapper
-    script outside the toolkit; prefer the conventional toolkit location when it exists."""
-    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
-        return
-    if Path("/usr/local/cuda/bin/nvcc").exists():
-        os.environ["CUDA_HOME"] = "/usr/local/cuda"
-
-
 def _timeout() -> float:
     raw = os.environ.get("MTL_FAST_CUDA_JIT_TIMEOUT", "").strip()
     try:
@@ -221,11 +203,15 @@ def build(verbose: bool = False, timeout: float | None = None) -> str:
     src = source_dir()
     missing = [n for n in (*SOURCES, *HEADERS) if not (src / n).is_file()]
     if missing:
+        looked = " or ".join(str(d) for d in settings.source_dirs())
         raise ExtensionUnavailable(
-            f"the CUDA sources are not next to this package (missing {missing} in {src}); "
-            "build from a source checkout"
+            f"the CUDA sources are missing ({', '.join(missing)} not found in {looked}); "
+            "reinstall mtl-fast from its wheel or sdist, or build from a source checkout"
         )
-    _ensure_cuda_home()
+    if settings.ensure_cuda_home() is None:
+        raise ExtensionUnavailable(
+            "no CUDA toolkit found: install one (nvcc) or set CUDA_HOME to its directory"
+        )
     arches = arch_list()
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", arches)
     directory = build_dir()
@@ -311,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m mtl_fast.kernels.cuda [--verbose]``: compile, link and load the extension."""
     args = sys.argv[1:] if argv is None else argv
     start = time.monotonic()
-    lib = build(verbose="--verbose" in args)
+    try:
+        lib = build(verbose="--verbose" in args)
+    except ExtensionUnavailable as exc:
+        print(f"python -m mtl_fast.kernels.cuda: {exc}", file=sys.stderr)
+        return 1
     archs = list(torch.ops.mtl_fast_cuda.compiled_archs())
     print(
         f"built and loaded {lib} in {time.monotonic() - start:.0f} s "

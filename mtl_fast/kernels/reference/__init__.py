@@ -19,6 +19,7 @@ from mtl_fast.kernels.reference.aggregators import (
     pcgrad,
 )
 from mtl_fast.kernels.reference.combine import combine
+from mtl_fast.kernels.reference.dual_cone import dual_cone
 from mtl_fast.kernels.reference.gram import gram, gram_list
 from mtl_fast.kernels.reference.min_norm import min_norm
 from mtl_fast.kernels.reference.sign_conflict import sign_conflict
@@ -38,6 +39,7 @@ OPS = frozenset(
         "nash_mtl",
         "aligned_mtl",
         "config",
+        "dual_cone",
     }
 )
 
@@ -48,6 +50,7 @@ __all__ = [
     "combine",
     "combine_adam",
     "config",
+    "dual_cone",
     "gram",
     "gram_list",
     "imtlg",

@@ -82,7 +82,12 @@ def multi_adam(
     lr, beta1, beta2, eps = hyper.lr, hyper.beta1, hyper.beta2, hyper.eps
     weight_decay = hyper.weight_decay
     if fused is None:
-        fused = _fused_cpu_applies(param, grads, exp_avg, exp_avg_sq, lr)
+        # Not under torch.compile: the fused call reads lr, the rows and the weights back to the
+        # host, which would break the graph; the explicit formula traces as one graph.
+        fused = (
+            _fused_cpu_applies(param, grads, exp_avg, exp_avg_sq, lr)
+            and not torch.compiler.is_compiling()
+        )
     if fused:
         from torch.optim.adam import adam as torch_adam
 
@@ -136,6 +141,29 @@ def combine_adam(state: AdamState, J: torch.Tensor, w: torch.Tensor, hyper: Adam
         hyper: the hyperparameters.
     """
     d = combine(J.unsqueeze(0), w.unsqueeze(0))
-    zero = torch.zeros(1, dtype=torch.int64, device=J.device)
-    one = torch.ones(1, dtype=torch.float64, device=J.device)
-    multi_adam(state, d, zero, zero, one, hyper)
+    param, exp_avg, exp_avg_sq, step = state.param, state.exp_avg, state.exp_avg_sq, state.step
+    if (
+        _fused_cpu_applies(param, d, exp_avg, exp_avg_sq, hyper.lr)
+        and not torch.compiler.is_compiling()
+    ):
+        zero = torch.zeros(1, dtype=torch.int64, device=J.device)
+        one = torch.ones(1, dtype=torch.float64, device=J.device)
+        multi_adam(state, d, zero, zero, one, hyper, fused=True)
+        return
+    # The explicit formula for the one state, without index tensors (under torch.compile an
+    # index read from a tensor is data-dependent): the same operations as multi_adam's loop.
+    beta1, beta2, eps = hyper.beta1, hyper.beta2, hyper.eps
+    lr_t = _as_tensor(hyper.lr, param)
+    step.add_(1)
+    if hyper.weight_decay != 0:
+        param.mul_((1 - lr_t * hyper.weight_decay).to(param.dtype))
+    n = step.to(torch.float64)
+    bc1 = 1 - beta1**n
+    bc2_sqrt = (1 - beta2**n).sqrt()
+    coef = (-lr_t / bc1).to(param.dtype)
+    g = d[0].to(exp_avg.dtype)
+    m, v = exp_avg[0], exp_avg_sq[0]
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = (v.sqrt() / bc2_sqrt.to(v.dtype)).add_(eps)
+    param.add_(coef * m / denom)

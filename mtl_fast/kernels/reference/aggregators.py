@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mtl_fast._core.contracts import ALIGNED_MTL_SCALE_MODES
+
 # IMTL-G: the weights are zero when |Σv| falls below this (TorchJD's constant, applied here to
 # K / max_i K_ii so that the rule does not depend on the scale of K).
 IMTLG_SUM_EPS = 1e-12
@@ -37,7 +39,7 @@ CAGRAD_FACE_RIDGE = 1e-12
 CAGRAD_SMOOTH = 1e-12
 # CAGrad's φ = 0 case (a linear problem): tasks within this of min_i b_i share the weight.
 CAGRAD_TIE = 1e-12
-SCALE_MODES: tuple[str, ...] = ("min", "median", "rmse")
+SCALE_MODES = ALIGNED_MTL_SCALE_MODES
 
 _F64 = torch.float64
 

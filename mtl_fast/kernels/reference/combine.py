@@ -7,7 +7,7 @@ import torch
 from mtl_fast._core.precision import accumulation_dtype
 
 
-def combine(J: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def combine(J: torch.Tensor, w: torch.Tensor, /) -> torch.Tensor:
     """d[b] = Σ_t w[b, t] J[b, t].
 
     Args:

@@ -9,7 +9,7 @@ import torch
 from mtl_fast._core.precision import accumulation_dtype
 
 
-def gram(J: torch.Tensor) -> torch.Tensor:
+def gram(J: torch.Tensor, /) -> torch.Tensor:
     """K[b] = J[b] J[b]ᵀ.
 
     Args:
@@ -25,7 +25,7 @@ def gram(J: torch.Tensor) -> torch.Tensor:
     return 0.5 * (K + K.transpose(-1, -2))
 
 
-def gram_list(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+def gram_list(grads: Sequence[torch.Tensor], /) -> torch.Tensor:
     """K = Σ_p G_p G_pᵀ over per-parameter gradient blocks, without concatenating them.
 
     Args:

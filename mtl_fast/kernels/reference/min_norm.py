@@ -40,7 +40,7 @@ import torch
 FACE_RIDGE = 1e-12
 
 
-def min_norm(K: torch.Tensor, *, max_iter: int, tol: float, sync_free: bool) -> torch.Tensor:
+def min_norm(K: torch.Tensor, /, *, max_iter: int, tol: float, sync_free: bool) -> torch.Tensor:
     """Min-norm point of the convex hull, batched.
 
     Args:

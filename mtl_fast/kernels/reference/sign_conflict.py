@@ -9,7 +9,7 @@ import torch
 _CHUNK = 1 << 22
 
 
-def sign_conflict(J: torch.Tensor) -> torch.Tensor:
+def sign_conflict(J: torch.Tensor, /) -> torch.Tensor:
     """C[b, i, j] = |{p : sign(J[b, i, p]) · sign(J[b, j, p]) < 0}| / P.
 
     One read of J per chunk: with S = sign(J) ∈ {−1, 0, 1} and N = |S|, the number of

@@ -1,4 +1,4 @@
-"""Triton backend: fused Gram, batched min-norm solve, combine and multi-state Adam kernels, and
+"""Triton backend: fused Gram, batched min-norm and dual-cone solves, combine and Adam kernels, and
 the iterative Gram-space aggregators (PCGrad, CAGrad, Nash-MTL).
 
 One file per op (``_gram.py``, ``_min_norm.py``, ``_combine.py``, ``_adam.py``): private
@@ -27,6 +27,7 @@ OPS = frozenset(
         "pcgrad",
         "cagrad",
         "nash_mtl",
+        "dual_cone",
     }
 )
 # Largest T per op ("auto" passes over this backend above it); filled once Triton imports.
@@ -46,12 +47,16 @@ else:
     from mtl_fast.kernels.triton.aggregators import cagrad, nash_mtl, pcgrad
     from mtl_fast.kernels.triton.combine import combine
     from mtl_fast.kernels.triton.common import INTERPRETED, interpreter_problem
+    from mtl_fast.kernels.triton.dual_cone import MAX_TASKS as DUAL_CONE_MAX_TASKS
+    from mtl_fast.kernels.triton.dual_cone import dual_cone
     from mtl_fast.kernels.triton.gram import gram, gram_list
     from mtl_fast.kernels.triton.min_norm import MAX_TASKS, min_norm
 
     # The solver keeps K and its face system in registers: one program per problem.
     TASK_LIMITS["min_norm"] = MAX_TASKS
     TASK_LIMITS.update(dict.fromkeys(("pcgrad", "cagrad", "nash_mtl"), MAX_AGGREGATOR_TASKS))
+    # One program per (problem, row) keeps the fp64 G̃ tile in registers.
+    TASK_LIMITS["dual_cone"] = DUAL_CONE_MAX_TASKS
     _IMPORT_ERROR = interpreter_problem(triton.__version__, np.__version__) if INTERPRETED else None
 
 __all__ = [
@@ -61,6 +66,7 @@ __all__ = [
     "combine",
     "combine_adam",
     "device_reason",
+    "dual_cone",
     "gram",
     "gram_list",
     "min_norm",

@@ -85,15 +85,16 @@ def record(quick: bool = False) -> list[Launch]:
     """Run the launchers on representative CPU inputs, recording every kernel launch.
 
     ``quick`` keeps one case of each code path (both Gram inner products, one and two row
-    tiles, every solver tile, each Adam variant) instead of every dtype and size.
+    tiles, every solver tile, each Adam variant) instead of every dtype and size. The dual-cone
+    launches take U in fp64 and G in the dtype under test, as ``upgrad_weights`` passes them.
     """
-    _adam, _combine, _gram, _min_norm, _agg = (
+    _adam, _combine, _gram, _min_norm, _agg, _dual_cone = (
         importlib.import_module(f"mtl_fast.kernels.triton.{name}")
-        for name in ("adam", "combine", "gram", "min_norm", "aggregators")
+        for name in ("adam", "combine", "gram", "min_norm", "aggregators", "dual_cone")
     )
 
     launches: list[Launch] = []
-    for module in (_adam, _combine, _gram, _min_norm, _agg):
+    for module in (_adam, _combine, _gram, _min_norm, _agg, _dual_cone):
         for name in dir(module):
             obj = getattr(module, name)
             if name.endswith("_kernel") and hasattr(obj, "params"):
@@ -129,6 +130,17 @@ def record(quick: bool = False) -> list[Launch]:
                 torch.ones(4, T, dtype=torch.float64),
                 max_norm=1.0,
                 max_iter=10,
+                tol=1e-10,
+                sync_free=True,
+            )
+    for dtype in (torch.float32,) if quick else (torch.float32, torch.float64):
+        for T in (2, 16, 32, 64) if quick else (1, 2, 3, 5, 8, 16, 17, 32, 40, 64):
+            _dual_cone.dual_cone(
+                torch.zeros(2, 3, T, dtype=torch.float64),
+                torch.zeros(2, T, T, dtype=dtype),
+                norm_eps=1e-4,
+                reg_eps=1e-4,
+                max_iter=64,
                 tol=1e-10,
                 sync_free=True,
             )

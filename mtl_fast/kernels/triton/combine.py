@@ -53,7 +53,7 @@ def block_sizes(T: int) -> tuple[int, int]:
     return bt, 4096 if INTERPRETED else min(8192 // bt, 1024)
 
 
-def combine(J: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def combine(J: torch.Tensor, w: torch.Tensor, /) -> torch.Tensor:
     """d[b] = Σ_t w[b, t] J[b, t] for (B, T, P) J and (B, T) w; (B, P) in J's dtype."""
     B, T, P = J.shape
     D = torch.empty(B, P, dtype=J.dtype, device=J.device)

@@ -252,7 +252,7 @@ def _workspace(plan: _Plan, B: int, n_splits: int, device: torch.device) -> torc
     return torch.empty(B, pairs, n_splits, plan.bt, plan.bt, dtype=plan.acc_dtype, device=device)
 
 
-def gram(J: torch.Tensor) -> torch.Tensor:
+def gram(J: torch.Tensor, /) -> torch.Tensor:
     """K[b] = J[b] J[b]ᵀ for a (B, T, P) tensor of any strides; (B, T, T) fp32 (fp64 for fp64)."""
     B, T, P = J.shape
     plan = _Plan(T, J.dtype)
@@ -285,7 +285,7 @@ def _adjacent_columns(grads: Sequence[torch.Tensor]) -> torch.Tensor | None:
     return first.as_strided((first.shape[0], total), (row_stride, 1))
 
 
-def gram_list(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+def gram_list(grads: Sequence[torch.Tensor], /) -> torch.Tensor:
     """K = Σ_p G_p G_pᵀ over (T, n_p) blocks of one dtype and device, never concatenated.
 
     Adjacent column slices of one matrix run as a single strided launch; other lists run one

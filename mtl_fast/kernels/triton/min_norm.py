@@ -176,7 +176,7 @@ def _num_warps(bt: int) -> int:
     return 1 if bt <= 16 else 4 if bt == 32 else 16
 
 
-def min_norm(K: torch.Tensor, *, max_iter: int, tol: float, sync_free: bool) -> torch.Tensor:
+def min_norm(K: torch.Tensor, /, *, max_iter: int, tol: float, sync_free: bool) -> torch.Tensor:
     """(B, T, T) fp32/fp64 PSD → (B, T) simplex weights in K's dtype; T ≤ ``MAX_TASKS``.
 
     ``sync_free`` is accepted for the calling convention: the kernel never reads back to the

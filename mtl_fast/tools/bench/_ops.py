@@ -9,7 +9,11 @@ callable per provider, and the bytes formula of the op. Baselines:
 - min_norm: :mod:`mtl_fast.tools.bench.mgda_loop`, the published Python-loop solver, problem by problem;
 - multi_adam: one ``torch.optim.Adam`` (fused where torch supports it) per task, each stepped
   with its task's gradient on the same flat parameter (T passes over p);
-- combine_adam: ``w @ J`` then one ``torch.optim.Adam`` step.
+- combine_adam: ``w @ J`` then one ``torch.optim.Adam`` step;
+- upgrad_weights: TorchJD's ``UPGradWeighting()`` (its ``QuadprogProjector``: one quadprog QP
+  per task on the host), one Gram after another; also TorchJD's weighting with mtl_fast's
+  projector plugged in (:mod:`mtl_fast.integrations.torchjd`). Timed in thread CPU time with the
+  providers interleaved on the CPU (see :func:`upgrad_case`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import mtl_fast
 from mtl_fast._core.dispatch import _load, backends
 from mtl_fast.tools.bench import _traffic as traffic
 from mtl_fast.tools.bench._report import Report, Row
-from mtl_fast.tools.bench._timing import measure
+from mtl_fast.tools.bench._timing import Timing, measure, measure_interleaved
 from mtl_fast.tools.bench.mgda_loop import loop_min_norm
 
 LIBRARY_PROVIDERS = ("reference", "triton", "cuda")
@@ -37,7 +41,7 @@ class OpCase:
     """One (op, shape, dtype) with a callable per provider."""
 
     op: str
-    shape: dict[str, int]
+    shape: dict[str, Any]
     dtype: torch.dtype
     device: torch.device
     bytes_moved: int
@@ -53,6 +57,9 @@ class OpCase:
     # cycling through its list of callables (one per problem).
     rounds: int | None = None
     cycles: dict[str, list[Callable[[], object]]] = field(default_factory=dict)
+    # On the CPU: time the providers in rounds, in turn (measure_interleaved), with this clock.
+    interleave: bool = False
+    clock: str = "wall"
 
 
 def op_backends(op: str, device: torch.device) -> tuple[list[str], dict[str, str]]:
@@ -284,12 +291,20 @@ def run_case(
     copy_bw = report.meta.get("copy_bandwidth_GBps")
     spec_bw = report.meta.get("spec_bandwidth_GBps")
     times: dict[str, float] = {}
-    for name, fn in case.providers.items():
-        kw = baseline_timing if (name == case.baseline and baseline_timing) else timing
-        try:
-            t = measure(fn, case.device, **kw)
-        except Exception as exc:  # a backend under development may fail: record, go on
-            report.skip("op", case.op, name, case.shape, f"raised {type(exc).__name__}: {exc}")
+    timings: dict[str, Timing | Exception] = {}
+    if case.interleave and case.device.type == "cpu":
+        timings = measure_interleaved(case.providers, clock=case.clock, **timing)
+    else:
+        for name, fn in case.providers.items():
+            kw = baseline_timing if (name == case.baseline and baseline_timing) else timing
+            try:
+                timings[name] = measure(fn, case.device, **kw)
+            except Exception as exc:  # a backend under development may fail: record, go on
+                timings[name] = exc
+    for name in case.providers:
+        t = timings[name]
+        if isinstance(t, Exception):
+            report.skip("op", case.op, name, case.shape, f"raised {type(t).__name__}: {t}")
             continue
         scale = case.time_scale.get(name, 1.0)
         med = t.median * scale
@@ -344,6 +359,156 @@ def run_case(
     report.rows.extend(case.extra_rows)
 
 
+UPGRAD_FAMILIES = ("agree", "gauss", "lowrank", "twogroups", "conflict", "resnet18")
+
+
+def _family_jacobian(family: str, B: int, T: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, T, P) float64 task gradients of a synthetic conflict pattern (P = 4T + 8)."""
+    P = 4 * T + 8
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    if family == "agree":  # shared component + noise: cosines ≈ 0.25 (synthetic_gradients)
+        return math.sqrt(3.0) * randn(B, T, P) + randn(B, 1, P)
+    if family == "gauss":  # independent: cosines ≈ 0, about half the pairs conflict
+        return randn(B, T, P)
+    if family == "lowrank":  # rank T/3: the regularisation sets the conditioning (up to 1e4)
+        r = max(1, T // 3)
+        return randn(B, T, r) @ randn(B, r, P)
+    if family == "twogroups":  # two opposed groups plus noise
+        s = torch.where(torch.arange(T) % 2 == 0, 1.0, -0.5).to(torch.float64)[None, :, None]
+        return s * randn(B, 1, P) + 0.7 * randn(B, T, P)
+    if family == "conflict":  # near rank 1 with random signs
+        signs = torch.rand(B, T, 1, generator=gen) < 0.5
+        s = torch.where(signs, -1.0, 1.0).to(torch.float64)
+        return s * randn(B, 1, P) + 1e-3 * randn(B, T, P)
+    raise ValueError(f"family must be one of {UPGRAD_FAMILIES}, got {family!r}")
+
+
+def trunk_gradient_grams(
+    trunk: str, B: int, T: int, device: torch.device, *, coords: int = 2**18, seed: int = 0
+) -> torch.Tensor:
+    """(B, T, T) float32 Grams of real MTL gradients: the trunk of the strategy benchmark
+    (:mod:`mtl_fast.tools.bench._models`, image 32, batch 8) with T random linear heads and
+    regression targets, one gradient per task w.r.t. the trunk's parameters. Each Gram is taken
+    over ``coords`` coordinates of the flat gradient drawn at random (a random projection:
+    inner products are preserved up to ~1/√coords, and the weights do not depend on the scale);
+    problem b uses data batch b."""
+    from mtl_fast.tools.bench._models import make_trunk, synthetic_batch
+
+    torch.manual_seed(seed)
+    model, feats = make_trunk(trunk, 32)
+    model.to(device)
+    heads = torch.nn.ModuleList(torch.nn.Linear(feats, 1) for _ in range(T)).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    P = sum(p.numel() for p in params)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(P, generator=gen)[: min(coords, P)].to(device)
+    grams = []
+    for b in range(B):
+        x, y = synthetic_batch(trunk, 8, 32, T, device, seed=seed + b)
+        z = model(x)
+        rows = []
+        for t in range(T):
+            loss = torch.nn.functional.mse_loss(heads[t](z).squeeze(1), y[:, t])
+            grads = torch.autograd.grad(loss, params, retain_graph=t < T - 1)
+            rows.append(torch.cat([g.reshape(-1) for g in grads])[idx])
+        J = torch.stack(rows).double()
+        grams.append(J @ J.T)
+    return torch.stack(grams).float()
+
+
+def upgrad_grams(family: str, B: int, T: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    """(B, T, T) float32 Grams (as a training step forms them) of one family: the synthetic
+    patterns of :func:`_family_jacobian`, or "resnet18" (real trunk gradients)."""
+    if family == "resnet18":
+        return trunk_gradient_grams("resnet18", B, T, device, seed=seed)
+    J = _family_jacobian(family, B, T, torch.Generator().manual_seed(1000 * T + seed))
+    return (J @ J.mT).float().to(device)
+
+
+def _torchjd_upgrad() -> tuple[Callable[[torch.Tensor], torch.Tensor], Any] | str:
+    """TorchJD's UPGradWeighting (quadprog) and the same weighting on mtl_fast's projector."""
+    try:
+        from torchjd.aggregation import UPGradWeighting
+
+        from mtl_fast.integrations.torchjd import UPGradWeighting as PluggedUPGradWeighting
+    except ImportError as exc:
+        return f"TorchJD is not installed ({exc}; pip install 'mtl-fast[peers]')"
+    return UPGradWeighting(), PluggedUPGradWeighting()
+
+
+TORCHJD_UPGRAD = "torchjd QuadprogProjector"
+TORCHJD_PLUGGED = "torchjd + mtl_fast Projector"
+
+
+def upgrad_case(family: str, B: int, T: int, device: torch.device) -> OpCase:
+    """UPGrad weights of B Grams of T tasks (one (T, T) Gram when B = 1) from a float32 Gram:
+    every backend of ``dual_cone`` through :func:`mtl_fast.upgrad_weights` (default
+    arguments), against TorchJD's ``UPGradWeighting()``, which takes one Gram (a batch is a
+    loop), and TorchJD's weighting with :class:`mtl_fast.integrations.torchjd.Projector`.
+
+    On the CPU the providers are timed in rounds, in turn, in thread CPU time: every provider is
+    single-threaded (quadprog, the compiled solver; torch with one thread), so the CPU time of
+    the calling thread is what it costs, and time spent waiting for a shared core is not.
+    Agreement with TorchJD is recorded too (not timed): the largest per-row relative error."""
+    names, skipped = op_backends("dual_cone", device)
+    K = upgrad_grams(family, B, T, device)
+    K_in = K[0] if B == 1 else K
+    case = OpCase(
+        "upgrad_weights",
+        {"family": family, "B": B, "T": T},
+        torch.float32,
+        device,
+        traffic.min_norm_bytes(B, T, torch.float32),
+        TORCHJD_UPGRAD,
+        problems=B,
+        interleave=True,
+        clock="thread",
+    )
+    case.skipped = skipped
+    for name in names:
+        case.providers[name] = partial(mtl_fast.upgrad_weights, K_in, backend=name)
+    peers = _torchjd_upgrad()
+    if isinstance(peers, str):
+        case.skipped[TORCHJD_UPGRAD] = peers
+        case.baseline = ""
+    else:
+        theirs, plugged = peers
+
+        def loop(weighting: Any) -> object:
+            return weighting(K_in) if B == 1 else [weighting(k) for k in K_in]
+
+        case.providers[TORCHJD_UPGRAD] = partial(loop, theirs)
+        case.providers[TORCHJD_PLUGGED] = partial(loop, plugged)
+        truth = torch.stack([theirs(k.double()) for k in K.cpu()])
+        for name in [*names, TORCHJD_PLUGGED]:
+            try:
+                out = case.providers[name]()
+            except Exception:  # run_case times it again and records the error
+                continue
+            w = torch.stack(out) if isinstance(out, list) else out
+            assert isinstance(w, torch.Tensor)
+            w = w.reshape(B, T).double().cpu()
+            scale = truth.abs().amax(dim=-1, keepdim=True).clamp_min(1e-300)
+            err = float(((w - truth).abs() / scale).max())
+            case.extra_rows.append(
+                Row(
+                    "op",
+                    "upgrad_weights",
+                    name,
+                    dict(case.shape),
+                    "float32",
+                    "max_rel_error_vs_torchjd",
+                    "relative to each problem's largest weight",
+                    err,
+                    note="against TorchJD's UPGradWeighting on the same Grams in float64",
+                )
+            )
+    return case
+
+
 @dataclass(frozen=True)
 class OpGrid:
     """Which shapes each op is measured at."""
@@ -358,25 +523,36 @@ class OpGrid:
     aggregator_Ts: tuple[int, ...] = (2, 10, 40)
     aggregator_batches: tuple[int, ...] = (1, 256)
     aggregator_rounds: int = 30
+    adam_Ps: tuple[int, ...] | None = None  # P of multi_adam/combine_adam (None: ``Ps``)
+    # UPGrad weights: (B, T) shapes and Gram families; real-gradient families at B = 1 only.
+    upgrad: tuple[tuple[int, int], ...] = ((1, 2), (1, 10), (1, 40), (1, 128))
+    upgrad_families: tuple[str, ...] = UPGRAD_FAMILIES
 
 
 def op_cases(grid: OpGrid, device: torch.device, ops: set[str]) -> Iterator[Callable[[], OpCase]]:
     """Builders of every case of ``grid`` (build one, measure it, drop it)."""
     for dtype in grid.dtypes:
-        for op, Ts, make in (
-            ("gram", grid.Ts, gram_case),
-            ("combine", grid.Ts, combine_case),
-            ("multi_adam", grid.adam_Ts, multi_adam_case),
-            ("combine_adam", grid.adam_Ts, combine_adam_case),
+        adam_Ps = grid.Ps if grid.adam_Ps is None else grid.adam_Ps
+        for op, Ts, Ps, make in (
+            ("gram", grid.Ts, grid.Ps, gram_case),
+            ("combine", grid.Ts, grid.Ps, combine_case),
+            ("multi_adam", grid.adam_Ts, adam_Ps, multi_adam_case),
+            ("combine_adam", grid.adam_Ts, adam_Ps, combine_adam_case),
         ):
             if op not in ops:
                 continue
             for T in Ts:
-                for P in grid.Ps:
+                for P in Ps:
                     yield partial(make, T, P, dtype, device)
     if "min_norm" in ops:
         for B, T in grid.solver:
             yield partial(min_norm_case, B, T, device, loop_problems=grid.loop_problems)
+    if "upgrad" in ops:
+        for family in grid.upgrad_families:
+            for B, T in grid.upgrad:
+                if family == "resnet18" and B > 1:
+                    continue  # B × T trunk backward passes to build: single problems only
+                yield partial(upgrad_case, family, B, T, device)
     if "aggregators" in ops:
         from mtl_fast.tools.bench._aggregators import METHODS, aggregator_case
 

@@ -149,38 +149,53 @@ def markdown(report: Report) -> str:
             lines.append(f"| {op} | {shape} | {dtype} | {provider} | " + " | ".join(cells) + " |")
         lines.append("")
 
+    lines += upgrad_table(report)
+
     st_rows = [r for r in report.rows if r.section == "strategy"]
     if st_rows:
         lines += [
-            "## Strategies: one training step, median ms per phase",
+            "## Whole training step, median ms per phase (providers interleaved)",
             "",
-            "| trunk | T | strategy | " + " | ".join(_STRATEGY_PHASES) + " | overhead vs sum |",
-            "|" + "---|" * (4 + len(_STRATEGY_PHASES)),
+            "| trunk | T | provider | "
+            + " | ".join(_STRATEGY_PHASES)
+            + " | × sum | × floor | × TorchJD best | peak MB |",
+            "|" + "---|" * (8 + len(_STRATEGY_PHASES)),
         ]
         groups: dict[tuple[str, Any, str], dict[str, Row]] = defaultdict(dict)
         for r in st_rows:
             groups[(str(r.shape.get("trunk")), r.shape.get("T"), r.provider)][r.metric] = r
+
+        def cell(d: dict[str, Row], key: str, suffix: str = "") -> str:
+            return _fmt(d[key].value) + suffix if key in d else ""
+
         for (trunk, T, strat), d in groups.items():
-            cells = [_fmt(d[f"{p}_ms"].value) if f"{p}_ms" in d else "" for p in _STRATEGY_PHASES]
-            ovh = d.get("overhead_vs_sum")
+            cells = [cell(d, f"{p}_ms") for p in _STRATEGY_PHASES]
+            ratios = [cell(d, k, "×") for k in ("overhead_vs_sum", "vs_floor", "vs_torchjd_best")]
             lines.append(
                 f"| {trunk} | {T} | {strat} | "
-                + " | ".join(cells)
-                + f" | {_fmt(ovh.value) + '×' if ovh else ''} |"
+                + " | ".join(cells + ratios + [cell(d, "peak_memory_MB")])
+                + " |"
             )
-        notes = sorted({r.note for r in st_rows if r.note})
+        notes = sorted({r.note for r in st_rows if r.note and r.metric == "total_ms"})
+        first = st_rows[0].shape
         lines += [
             "",
-            "- phases: forward; backward (every backward pass); combination (Gram + solve, or "
-            "the peer's whole aggregation); optimizer (every update; for mgda the fused "
-            "combine + Adam)",
+            f"- batch {first.get('batch')}, image {first.get('image')} (resnet18, vit-s); "
+            "floor: one forward, T backward passes accumulating into .grad, one Adam step; "
+            "TorchJD best: the fastest of its full pipelines (autojac MGDA, autojac UPGrad, "
+            "autogram UPGrad) in the same run",
+            "- phases: forward; backward (every backward pass); combination (Gram + solve + "
+            "combination, or the peer's aggregation); optimizer (every update; for mgda-fused "
+            "the fused combine + Adam)",
+            "- peak MB: growth of the peak memory while the provider is built and takes two "
+            "steps, alone (CPU: resident-set high-water mark; GPU: max_memory_allocated)",
         ]
         lines += [f"- {n}" for n in notes]
         for r in st_rows:
             if r.metric == "combination_share_of_fwd_bwd":
                 lines.append(
-                    f"- {r.shape.get('trunk')} T={r.shape.get('T')}: mgda (gram + solve + "
-                    f"combine_adam) / (forward + backward) = {_fmt(r.value)}"
+                    f"- {r.shape.get('trunk')} T={r.shape.get('T')}: {r.provider} combination / "
+                    f"(forward + backward) = {_fmt(r.value)}"
                 )
         lines.append("")
 
@@ -203,6 +218,56 @@ def markdown(report: Report) -> str:
             lines.append(f"- {s['op']} / {s['provider']}: {s['reason']}")
         lines.append("")
     return "\n".join(lines)
+
+
+UPGRAD_BASELINE = "torchjd QuadprogProjector"
+
+
+def upgrad_table(report: Report) -> list[str]:
+    """The UPGrad weights rows pivoted: one line per (family, T, B), the median ms of TorchJD's
+    QuadprogProjector and of every other provider with its speed-up, and the largest per-row
+    relative error against TorchJD. Empty when no such row was measured."""
+    rows = [r for r in report.rows if r.section == "op" and r.op == "upgrad_weights"]
+    if not rows:
+        return []
+    cells: dict[tuple[str, int, int], dict[str, dict[str, float]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    providers: list[str] = []
+    for r in rows:
+        key = (str(r.shape.get("family")), int(r.shape.get("T", 0)), int(r.shape.get("B", 0)))
+        cells[key][r.provider][r.metric] = r.value
+        if r.provider != UPGRAD_BASELINE and r.provider not in providers:
+            providers.append(r.provider)
+    out = [
+        "## UPGrad weights vs TorchJD's QuadprogProjector",
+        "",
+        "Median ms per call (B Grams of T tasks; TorchJD takes one Gram, so a batch is a loop), "
+        "thread CPU time on the CPU with the providers interleaved; × = TorchJD's time / this "
+        "time; error = largest per-row relative deviation from TorchJD's weights on the same "
+        "Grams in float64.",
+        "",
+        "| family | T | B | TorchJD ms | "
+        + " | ".join(f"{p} ms (×)" for p in providers)
+        + " | max error |",
+        "|" + "---|" * (5 + len(providers)),
+    ]
+    families = list(dict.fromkeys(k[0] for k in cells))
+    for key in sorted(cells, key=lambda k: (families.index(k[0]), k[1], k[2])):
+        d = cells[key]
+        base = d.get(UPGRAD_BASELINE, {}).get("time_ms")
+        line = [key[0], str(key[1]), str(key[2]), _fmt(base)]
+        errs = []
+        for p in providers:
+            t = d.get(p, {}).get("time_ms")
+            s = d.get(p, {}).get("speedup_vs_baseline")
+            line.append("" if t is None else f"{_fmt(t)} ({_fmt(s)}×)" if s else _fmt(t))
+            if "max_rel_error_vs_torchjd" in d.get(p, {}):
+                errs.append(d[p]["max_rel_error_vs_torchjd"])
+        line.append(_fmt(max(errs), 2) if errs else "")
+        out.append("| " + " | ".join(line) + " |")
+    out.append("")
+    return out
 
 
 def write_markdown(report: Report, path: Path) -> None:
@@ -233,7 +298,7 @@ def write_plot(report: Report, path: Path) -> bool:
             series[r.op][(r.provider, r.shape.get("T"), r.dtype)].append((r.shape["P"], r.value))
     ops = [op for op, s in series.items() if any(len(v) >= 2 for v in s.values())]
     if not ops:
-        return False
+        return _write_step_plot(report, path, plt)
     fig, axes = plt.subplots(1, len(ops), figsize=(4.2 * len(ops), 3.8), squeeze=False)
     copy_bw = report.meta.get("copy_bandwidth_GBps")
     spec_bw = report.meta.get("spec_bandwidth_GBps")
@@ -259,6 +324,45 @@ def write_plot(report: Report, path: Path) -> bool:
         ax.set_ylabel("achieved GB/s")
         ax.set_title(op)
         ax.legend(fontsize=6)
+    fig.suptitle(f"{report.meta.get('device')} — {report.meta.get('date')}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _write_step_plot(report: Report, path: Path, plt: Any) -> bool:
+    """The whole-step figure of a strategy run: per (trunk, T), each provider's median step time
+    (log scale), the floor as a dashed line. False when the run timed no strategy."""
+    groups: dict[tuple[str, Any], dict[str, float]] = defaultdict(dict)
+    for r in report.rows:
+        if r.section == "strategy" and r.metric == "total_ms":
+            groups[(str(r.shape.get("trunk")), r.shape.get("T"))][r.provider] = r.value
+    if not groups:
+        return False
+    keys = list(groups)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        d = groups[key]
+        names = list(d)
+        colors = [
+            "tab:blue"
+            if n.startswith("mgda")
+            else "tab:gray"
+            if n in ("sum", "floor")
+            else "tab:red"
+            for n in names
+        ]
+        ax.barh(names, [d[n] for n in names], color=colors)
+        if "floor" in d:
+            ax.axvline(d["floor"], color="k", lw=0.8, ls="--", label="floor")
+            ax.legend(fontsize=7)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.invert_yaxis()
+        ax.set_xlabel("median ms per training step")
+        ax.set_title(f"{key[0]}, T = {key[1]}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
     fig.suptitle(f"{report.meta.get('device')} — {report.meta.get('date')}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

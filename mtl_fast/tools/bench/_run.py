@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -12,7 +13,7 @@ from typing import Any, TextIO
 import torch
 
 from mtl_fast.tools.bench._device import copy_bandwidth, run_metadata, spec_bandwidth
-from mtl_fast.tools.bench._ops import OpGrid, op_cases, run_case
+from mtl_fast.tools.bench._ops import UPGRAD_FAMILIES, OpGrid, op_cases, run_case
 from mtl_fast.tools.bench._report import Report, write_json, write_markdown, write_plot
 from mtl_fast.tools.bench._strategies import (
     DEFAULT_STRATEGIES,
@@ -20,7 +21,21 @@ from mtl_fast.tools.bench._strategies import (
     run_setting,
 )
 
-OPS = ("gram", "combine", "min_norm", "multi_adam", "combine_adam", "aggregators")
+OPS = ("gram", "combine", "min_norm", "multi_adam", "combine_adam", "upgrad", "aggregators")
+# The CPU default: the whole-step comparison (the arena variants, MultiAdam and per-task steps
+# are there by name; each extra arena holds T·P more floats).
+CPU_STRATEGIES = (
+    "sum",
+    "floor",
+    "mgda",
+    "mgda-batched",
+    "mgda-ub",
+    "upgrad",
+    "torchjd-mgda",
+    "torchjd-upgrad",
+    "torchjd-autogram-upgrad",
+    "libmtl-mgda",
+)
 
 
 @dataclass
@@ -41,6 +56,10 @@ class BenchConfig:
     timing: dict[str, Any] = field(default_factory=dict)
     loop_timing: dict[str, Any] = field(default_factory=dict)
     copy_bytes: int | None = None
+    # UPGrad weights vs TorchJD (providers interleaved on the CPU; see upgrad_case).
+    upgrad_timing: dict[str, Any] = field(
+        default_factory=lambda: {"warmup": 1, "min_repeat": 5, "max_repeat": 40, "min_time": 0.3}
+    )
 
 
 def default_config(device: torch.device, quick: bool) -> BenchConfig:
@@ -60,6 +79,10 @@ def default_config(device: torch.device, quick: bool) -> BenchConfig:
             aggregator_Ts=(2, 10, 40) if not quick else (10,),
             aggregator_batches=(1, 1024) if not quick else (1,),
             aggregator_rounds=50 if not quick else 10,
+            upgrad=((1, 2), (1, 10), (1, 40), (1, 128), (256, 10), (64, 40), (8, 128))
+            if not quick
+            else ((1, 10), (1, 40)),
+            upgrad_families=UPGRAD_FAMILIES if not quick else ("agree", "gauss"),
         )
         return BenchConfig(
             device,
@@ -85,12 +108,14 @@ def default_config(device: torch.device, quick: bool) -> BenchConfig:
             aggregator_Ts=(10,),
             aggregator_batches=(1,),
             aggregator_rounds=5,
+            upgrad=((1, 2), (1, 10)),
+            upgrad_families=("agree", "gauss"),
         )
         return BenchConfig(
             device,
             quick,
             grid,
-            strategies=("sum", "mgda", "torchjd-mgda"),
+            strategies=("sum", "floor", "mgda", "torchjd-mgda"),
             trunks=("resnet18",),
             tasks=(2,),
             batch=2,
@@ -108,12 +133,18 @@ def default_config(device: torch.device, quick: bool) -> BenchConfig:
         solver=((1, 8), (1024, 2), (1024, 8), (64, 40)),
         loop_problems=None,
         dtypes=(torch.float32,),
+        # T ∈ {2, 10, 40, 128}: one problem and a batch (TorchJD loops: 4 Grams take it ~2 s
+        # at T = 128).
+        upgrad=((1, 2), (16, 2), (1, 10), (16, 10), (1, 40), (16, 40), (1, 128), (4, 128)),
     )
     return BenchConfig(
         device,
         quick,
         grid,
-        steps=2,
+        strategies=CPU_STRATEGIES,
+        batch=8,
+        image=32,
+        steps=5,
         timing={"warmup": 1, "min_repeat": 3, "max_repeat": 50, "min_time": 0.2},
         loop_timing=loop_timing,
     )
@@ -164,7 +195,7 @@ def evaluate_targets(report: Report) -> list[dict[str, Any]]:
             ratio is not None and ratio <= 1.5,
         )
     share = report.value(
-        "strategy", "step", "mgda", "combination_share_of_fwd_bwd", trunk="resnet18", T=T_ref
+        "strategy", "step", "mgda-fused", "combination_share_of_fwd_bwd", trunk="resnet18", T=T_ref
     )
     add(
         f"MGDA gram+solve+combine+Adam / forward+backward, resnet18 T={T_ref}",
@@ -183,6 +214,21 @@ def evaluate_targets(report: Report) -> list[dict[str, Any]]:
         )
         if ours is not None and peer is not None:
             best = max(best or 0.0, peer / ours)
+    for family in UPGRAD_FAMILIES:
+        best_up: float | None = None
+        for provider in ("cpu", "triton", "reference"):
+            s_up = report.value(
+                "op", "upgrad_weights", provider, "speedup_vs_baseline", family=family, B=1, T=128
+            )
+            if s_up is not None:
+                best_up = max(best_up or 0.0, s_up)
+        add(
+            f"UPGrad weights vs TorchJD's QuadprogProjector, one Gram, T=128, {family} (×)",
+            "cpu",
+            best_up,
+            "≥ 100",
+            best_up is not None and best_up >= 100,
+        )
     add(
         f"TorchJD MGDA aggregation / ours on the same gradients, resnet18 T={T_ref} (×)",
         "cuda",
@@ -190,11 +236,72 @@ def evaluate_targets(report: Report) -> list[dict[str, Any]]:
         "≥ 10",
         best is not None and best >= 10,
     )
+    out.extend(whole_step_targets(report))
     return out
 
 
-def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> Report:
-    """Measure everything ``config`` asks for and return the report."""
+def whole_step_targets(report: Report) -> list[dict[str, Any]]:
+    """The whole-step targets on the CPU, for every (trunk, T) the run measured: on the MLP,
+    MGDA-UB ≤ 1.3× the summed step and MGDA ≤ TorchJD's best full pipeline; on ResNet-18 and
+    ViT-S, MGDA ≤ 0.7× TorchJD's best and ≤ 1.1× the floor."""
+    on = report.meta.get("device_type")
+    out: list[dict[str, Any]] = []
+    settings = sorted(
+        {
+            (str(r.shape.get("trunk")), int(r.shape.get("T", 0)))
+            for r in report.rows
+            if r.section == "strategy"
+        }
+    )
+
+    def add(name: str, value: float | None, threshold: str, limit: float) -> None:
+        met = None if value is None or on != "cpu" else value <= limit
+        out.append(
+            {
+                "name": name,
+                "applies_to": "cpu",
+                "measured": value,
+                "threshold": threshold,
+                "met": met,
+            }
+        )
+
+    for trunk, T in settings:
+
+        def v(provider: str, metric: str, trunk: str = trunk, T: int = T) -> float | None:
+            return report.value("strategy", "step", provider, metric, trunk=trunk, T=T)
+
+        if trunk == "mlp":
+            add(f"mlp T={T}: mgda-ub / summed step", v("mgda-ub", "overhead_vs_sum"), "≤ 1.3", 1.3)
+            add(
+                f"mlp T={T}: mgda / TorchJD's best pipeline",
+                v("mgda", "vs_torchjd_best"),
+                "≤ 1",
+                1.0,
+            )
+        else:
+            add(
+                f"{trunk} T={T}: mgda / TorchJD's best pipeline",
+                v("mgda", "vs_torchjd_best"),
+                "≤ 0.7",
+                0.7,
+            )
+            add(f"{trunk} T={T}: mgda / floor", v("mgda", "vs_floor"), "≤ 1.1", 1.1)
+    return out
+
+
+def run(
+    config: BenchConfig,
+    *,
+    log: TextIO = sys.stderr,
+    command: str = "",
+    progress: Callable[[Report], None] | None = None,
+) -> Report:
+    """Measure everything ``config`` asks for and return the report.
+
+    ``progress(report)`` is called after every op case and every strategy setting (e.g. to
+    write what is measured so far); an exception it raises ends the run there.
+    """
     dev = config.device
     meta = run_metadata(dev)
     meta["command"] = command
@@ -203,7 +310,11 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
     meta["copy_bandwidth_GBps"] = copy_bandwidth(dev, nbytes=config.copy_bytes) / 1e9
     spec = spec_bandwidth(dev)
     meta["spec_bandwidth_GBps"] = None if spec is None else spec / 1e9
-    meta["timing"] = {"ops": config.timing, "python_loop": config.loop_timing}
+    meta["timing"] = {
+        "ops": config.timing,
+        "python_loop": config.loop_timing,
+        "upgrad_weights": {**config.upgrad_timing, "clock": "thread CPU time, interleaved"},
+    }
     print(f"device {meta['device']}: copy {meta['copy_bandwidth_GBps']:.1f} GB/s", file=log)
     load, cores = meta.get("load_average_1m"), meta.get("cpu_count")
     if load is not None and cores and torch.get_num_threads() > 1 and load > cores - 0.5:
@@ -232,7 +343,7 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
         run_case(
             case,
             report,
-            config.timing,
+            config.upgrad_timing if case.op == "upgrad_weights" else config.timing,
             baseline_timing=config.loop_timing if case.op == "min_norm" else None,
         )
         times = {
@@ -248,6 +359,8 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
             file=log,
         )
         del case
+        if progress is not None:
+            progress(report)
     for trunk in config.trunks:
         for T in config.tasks:
             if not config.strategies:
@@ -274,6 +387,8 @@ def run(config: BenchConfig, *, log: TextIO = sys.stderr, command: str = "") -> 
                 f"step {trunk} T={T}: " + ", ".join(f"{k} {v:.4g} ms" for k, v in tot.items()),
                 file=log,
             )
+            if progress is not None:
+                progress(report)
     report.targets = evaluate_targets(report)
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
     return report

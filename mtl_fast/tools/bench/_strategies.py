@@ -1,34 +1,46 @@
-"""Strategy-level benchmark: the full cost of one training step of each MTL strategy on a
-shared trunk of realistic size, split into phases, as overhead over the plain summed-loss step.
+"""Strategy-level benchmark: the whole training step (forward, per-task backward passes,
+combination, optimizer) of each MTL method on a shared trunk, against the peers' full pipelines
+on the same model, providers interleaved step by step.
 
-Every strategy is written with the public ``mtl_fast`` API (the gradient arena, ``gram``,
-``min_norm``, ``combine_adam``, ``MultiAdam``), so it measures what a user of the library pays:
+Every provider gets its own copy of the model (same initial weights, same batch) and its own
+optimizer, so no provider's state (flattened parameters, autograd hooks, optimizer moments) can
+touch another's. Each provider is what a user of that library writes:
 
 - ``sum``: one forward, ``backward(Σ_t L_t)``, one Adam step (the baseline);
-- ``mgda``: one forward, T backwards into the (T, P) arena, Gram + min-norm weights on the raw
-  gradients (no normalisation), then ``combine_adam`` (d = Σ w_t g_t and Adam, fused) on the
-  flat trunk and Adam on the heads;
-- ``mgda-ub``: one forward; T head-only backwards to the trunk output Z; Gram over the ∇_Z L_t
-  (batch included) + min-norm; one trunk backward of Σ w_t L_t (the weights applied to the raw
-  losses, as the official code does, but without its second forward: the trunk graph is kept);
-  one Adam step;
-- ``multi-adam``: one forward, T backwards into the arena, one ``MultiAdam`` step over all
-  tasks (separate moments, summed directions);
-- ``per-task``: Pascal et al. with groups of one task: T × (fresh forward, backward of L_t,
-  ``MultiAdam`` step of task t);
-- ``torchjd-mgda`` / ``torchjd-upgrad`` (when TorchJD is installed): like ``mgda``, with the
-  combination done by TorchJD's aggregator on the same arena, then one Adam step;
-- ``pcgrad``, ``imtlg``, ``cagrad``, ``nashmtl``, ``alignedmtl``, ``config``: like ``mgda``
-  with the Gram-space aggregator's coefficients (:mod:`mtl_fast.ops.aggregators`) in place of
-  the min-norm weights; ``torchjd-<name>`` of each (on request, when TorchJD and the solver it
-  needs are installed): TorchJD's aggregator on the arena, then one Adam step.
+- ``floor``: one forward, T backward passes ``L_t.backward()`` accumulating into ``.grad``, one
+  Adam step: what any per-task-gradient method must at least pay on this framework;
+- ``mgda``: :class:`mtl_fast.strategies.MGDA` (T backward passes into the arena, Gram, min-norm,
+  combination, heads) and ``torch.optim.Adam``; ``mgda-batched`` the same with the arena filled
+  by one vmapped backward pass (``batched=True``);
+- ``mgda-ub``: :class:`mtl_fast.strategies.MGDAUB` and ``torch.optim.Adam``;
+- ``upgrad``: :class:`mtl_fast.strategies.UPGrad` (as ``mgda``, UPGrad's weights from the
+  dual-cone solver) and ``torch.optim.Adam``;
+- ``mgda-fused``: the ops-level pipeline (arena, ``gram``, ``min_norm``, ``combine_adam`` on the
+  flat trunk, Adam on the heads): the sync-free path a CUDA graph captures;
+- ``multi-adam``, ``per-task``: one MultiAdam step over all tasks; Pascal et al.'s per-task steps;
+- ``torchjd-mgda`` / ``torchjd-upgrad``: TorchJD's autojac pipeline, ``mtl_backward(losses,
+  features=z)`` then ``jac_to_grad(trunk.parameters(), MGDA() | UPGrad())``, then Adam;
+- ``torchjd-autogram-upgrad``: TorchJD's autogram pipeline, ``Engine(trunk, batch_dim=None)``,
+  ``weights = UPGradWeighting()(engine.compute_gramian(losses))``, ``losses.backward(weights)``,
+  then Adam;
+- ``torchjd-mgda-arena`` / ``torchjd-upgrad-arena``: TorchJD's aggregators on mtl_fast's arena;
+- ``libmtl-mgda``: LibMTL's ``MGDA`` weighting (``mgda_gn="none"``) hosted as LibMTL's trainer
+  hosts it, then Adam;
+- ``pcgrad``, ``imtlg``, ``cagrad``, ``nashmtl``, ``alignedmtl``, ``config``: the Gram-space
+  aggregator's strategy (:class:`mtl_fast.strategies.PCGrad`, ...) and ``torch.optim.Adam``, as
+  ``mgda``; ``torchjd-<name>`` of each (on request, when TorchJD and the solver it needs are
+  installed): TorchJD's aggregator on mtl_fast's arena, then Adam.
 
 Phases (device-synchronised at their boundaries): forward, backward (every backward pass),
-combination (Gram + solve, or the peer's aggregation), optimizer (every parameter update).
+combination (Gram + solve + combination, or the peer's aggregation), optimizer. Peak memory: the
+growth of the peak (GPU: ``max_memory_allocated``; CPU: the resident set's high-water mark) while
+the provider is built and takes two steps, measured alone before the timed, interleaved steps.
 """
 
 from __future__ import annotations
 
+import copy
+import ctypes
 import gc
 import statistics
 import time
@@ -47,21 +59,34 @@ from mtl_fast.tools.bench._ops import OpCase, op_backends, run_case
 from mtl_fast.tools.bench._report import Report, Row
 from mtl_fast.tools.bench._timing import synchronize
 
-AGGREGATOR_STEPS = ("pcgrad", "imtlg", "cagrad", "nashmtl", "alignedmtl", "config")
-TORCHJD_AGGREGATOR_STEPS = tuple(f"torchjd-{name}" for name in AGGREGATOR_STEPS)
-# What a run measures by default; TORCHJD_AGGREGATOR_STEPS only when asked (--strategies).
-DEFAULT_STRATEGIES = (
+_BASE_STRATEGIES = (
     "sum",
+    "floor",
     "mgda",
+    "mgda-batched",
     "mgda-ub",
+    "mgda-fused",
+    "upgrad",
     "multi-adam",
     "per-task",
     "torchjd-mgda",
     "torchjd-upgrad",
-    *AGGREGATOR_STEPS,
+    "torchjd-autogram-upgrad",
+    "torchjd-mgda-arena",
+    "torchjd-upgrad-arena",
+    "libmtl-mgda",
 )
-STRATEGIES = (*DEFAULT_STRATEGIES, *TORCHJD_AGGREGATOR_STEPS)
+AGGREGATOR_STEPS = ("pcgrad", "imtlg", "cagrad", "nashmtl", "alignedmtl", "config")
+TORCHJD_AGGREGATOR_STEPS = tuple(f"torchjd-{name}" for name in AGGREGATOR_STEPS)
+# What a run measures when not told; TORCHJD_AGGREGATOR_STEPS only when asked (--strategies).
+DEFAULT_STRATEGIES: tuple[str, ...] = (*_BASE_STRATEGIES, *AGGREGATOR_STEPS)
+STRATEGIES: tuple[str, ...] = (*DEFAULT_STRATEGIES, *TORCHJD_AGGREGATOR_STEPS)
+# The peers' full pipelines: "TorchJD's best" is the fastest of these in a setting.
+TORCHJD_PIPELINES = ("torchjd-mgda", "torchjd-upgrad", "torchjd-autogram-upgrad")
 LR = 1e-4
+# A provider whose first step takes longer than this is dropped from the setting (with the
+# time as its reason): it would take the whole run.
+MAX_STEP_S = 90.0
 
 
 class PhaseTimer:
@@ -111,6 +136,15 @@ class _Problem:
         self.shared = [p for p in self.trunk.parameters() if p.requires_grad]
         self.head_params = list(self.heads.parameters())
 
+    def copy(self) -> _Problem:
+        """The same model (weights copied) and batch, with its own parameters."""
+        other = copy.copy(self)
+        other.trunk = copy.deepcopy(self.trunk)
+        other.heads = copy.deepcopy(self.heads)
+        other.shared = [p for p in other.trunk.parameters() if p.requires_grad]
+        other.head_params = list(other.heads.parameters())
+        return other
+
     def losses_from(
         self, z: torch.Tensor, tasks: range | list[int] | None = None
     ) -> list[torch.Tensor]:
@@ -122,27 +156,7 @@ class _Problem:
             p.grad = None
 
 
-def _aggregator_weights(name: str, T: int, device: torch.device) -> Callable[[torch.Tensor], Any]:
-    """K (T, T) → c (T,) of the Gram-space aggregator ``name`` (Nash-MTL keeps its state)."""
-    if name == "pcgrad":
-        gen = torch.Generator(device=device).manual_seed(0)
-        return lambda K: mtl_fast.pcgrad_weights(K, generator=gen, check_finite=False)
-    if name == "imtlg":
-        return lambda K: mtl_fast.imtlg_weights(K, check_finite=False)
-    if name == "cagrad":
-        return lambda K: mtl_fast.cagrad_weights(K, c=0.5, check_finite=False)
-    if name == "alignedmtl":
-        return lambda K: mtl_fast.aligned_mtl_weights(K, check_finite=False)
-    if name == "config":
-        return lambda K: mtl_fast.config_weights(K, check_finite=False)
-    state: dict[str, torch.Tensor | None] = {"alpha": None}
-
-    def nash(K: torch.Tensor) -> torch.Tensor:
-        step = mtl_fast.nash_mtl_step(K, prev_alpha=state["alpha"], check_finite=False)
-        state["alpha"] = step.alpha
-        return step.weights
-
-    return nash
+Step = Callable[[PhaseTimer], None]
 
 
 def _torchjd_aggregator(name: str, T: int) -> Any:
@@ -160,15 +174,19 @@ def _torchjd_aggregator(name: str, T: int) -> Any:
     return makers[name]()
 
 
-def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[PhaseTimer], None]:
+def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
     T = prob.T
-    if name == "sum":
+    if name in ("sum", "floor"):
         opt = _adam(prob.shared + prob.head_params, device)
 
         def step(tm: PhaseTimer) -> None:
             losses = prob.losses_from(prob.trunk(prob.x))
             tm.lap("forward")
-            torch.stack(losses).sum().backward()
+            if name == "sum":
+                torch.stack(losses).sum().backward()
+            else:
+                for t, loss in enumerate(losses):
+                    loss.backward(retain_graph=t < T - 1)
             tm.lap("backward")
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -176,19 +194,48 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[Pha
 
         return step
 
-    if name in ("mgda", "torchjd-mgda", "torchjd-upgrad", *AGGREGATOR_STEPS):
+    if name in ("mgda", "mgda-batched", "mgda-ub", "upgrad", *AGGREGATOR_STEPS):
+        from mtl_fast import strategies as st
+
+        opt = _adam(prob.shared + prob.head_params, device)
+        cls: Any = {
+            "mgda-ub": st.MGDAUB,
+            "upgrad": st.UPGrad,
+            "pcgrad": st.PCGrad,
+            "imtlg": st.IMTLG,
+            "cagrad": partial(st.CAGrad, c=0.5),
+            "nashmtl": st.NashMTL,
+            "alignedmtl": st.AlignedMTL,
+            "config": st.ConFIG,
+        }.get(name, st.MGDA)
+        strategy = cls(prob.shared, prob.head_params, num_tasks=T, batched=name == "mgda-batched")
+
+        def step(tm: PhaseTimer) -> None:
+            strategy._phase = tm.lap
+            z = prob.trunk(prob.x)
+            losses = prob.losses_from(z)
+            tm.lap("forward")
+            strategy.backward(losses, features=z)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            tm.lap("optimizer")
+
+        step.strategy = strategy  # type: ignore[attr-defined]
+        return step
+
+    if name in ("mgda-fused", "torchjd-mgda-arena", "torchjd-upgrad-arena"):
         arena = mtl_fast.TaskGradients(prob.shared, num_tasks=T)
         head_opt = _adam(prob.head_params, device)
         aggregate: Any = None
-        if name == "mgda" or name in AGGREGATOR_STEPS:
+        if name == "mgda-fused":
             flat = mtl_fast.flatten_parameters(prob.shared)
             m, v = torch.zeros_like(flat), torch.zeros_like(flat)
             n = torch.zeros(1, dtype=torch.float32, device=device)
-            solve = mtl_fast.min_norm if name == "mgda" else _aggregator_weights(name, T, device)
         else:
-            from torchjd.aggregation import MGDA, UPGrad
+            from torchjd.aggregation import MGDA as TorchJDMGDA
+            from torchjd.aggregation import UPGrad as TorchJDUPGrad
 
-            aggregate = MGDA() if name == "torchjd-mgda" else UPGrad()
+            aggregate = TorchJDMGDA() if name == "torchjd-mgda-arena" else TorchJDUPGrad()
             shared_opt = _adam(prob.shared, device)
 
         def step(tm: PhaseTimer) -> None:
@@ -199,7 +246,7 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[Pha
             if aggregate is None:
                 K = mtl_fast.gram(arena.J)
                 tm.lap("gram")
-                w = solve(K)
+                w = mtl_fast.min_norm(K)
                 tm.lap("solve")
                 mtl_fast.combine_adam(arena.J, w, flat, m, v, n, lr=LR)
                 tm.lap("combine_adam")
@@ -214,6 +261,7 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[Pha
             head_opt.zero_grad(set_to_none=True)
             tm.lap("head_optimizer")
 
+        step.arena = arena  # type: ignore[attr-defined]
         return step
 
     if name in TORCHJD_AGGREGATOR_STEPS:
@@ -240,26 +288,65 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[Pha
 
         return peer_step
 
-    if name == "mgda-ub":
+    if name in ("torchjd-mgda", "torchjd-upgrad"):
+        from torchjd.aggregation import MGDA as TorchJDMGDA
+        from torchjd.aggregation import UPGrad as TorchJDUPGrad
+        from torchjd.autojac import jac_to_grad, mtl_backward
+
         opt = _adam(prob.shared + prob.head_params, device)
+        aggregator: Any = TorchJDMGDA() if name == "torchjd-mgda" else TorchJDUPGrad()
+        trunk_params = list(prob.trunk.parameters())
 
         def step(tm: PhaseTimer) -> None:
-            z = prob.trunk(prob.x)
-            zd = z.detach().requires_grad_()
-            losses = prob.losses_from(zd)
+            features = prob.trunk(prob.x)
+            losses = prob.losses_from(features)
             tm.lap("forward")
-            G = torch.stack(
-                [torch.autograd.grad(L, zd, retain_graph=True)[0].reshape(-1) for L in losses]
-            )
+            mtl_backward(losses, features=features)
             tm.lap("backward")
-            w = mtl_fast.min_norm(mtl_fast.gram(G))
-            tm.lap("solve_ub")
-            total = (w.to(z.dtype) * torch.stack(losses)).sum()
-            total.backward()
-            z.backward(zd.grad)
+            jac_to_grad(trunk_params, aggregator)
+            tm.lap("aggregate")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            tm.lap("optimizer")
+
+        return step
+
+    if name == "torchjd-autogram-upgrad":
+        from torchjd.aggregation import UPGradWeighting
+        from torchjd.autogram import Engine
+
+        opt = _adam(prob.shared + prob.head_params, device)
+        # batch_dim=None: the T losses are batch means (and BatchNorm forbids a batch_dim).
+        engine = Engine(prob.trunk, batch_dim=None)
+        weighting = UPGradWeighting()
+
+        def step(tm: PhaseTimer) -> None:
+            losses = torch.stack(prob.losses_from(prob.trunk(prob.x)))
+            tm.lap("forward")
+            gramian = engine.compute_gramian(losses)
+            tm.lap("backward")
+            weights = weighting(gramian)
+            tm.lap("aggregate")
+            losses.backward(weights)
             tm.lap("backward")
             opt.step()
             opt.zero_grad(set_to_none=True)
+            tm.lap("optimizer")
+
+        step.engine = engine  # type: ignore[attr-defined]
+        return step
+
+    if name == "libmtl-mgda":
+        host = _libmtl_host(prob, device)
+        opt = _adam(prob.shared + prob.head_params, device)
+
+        def step(tm: PhaseTimer) -> None:
+            losses = prob.losses_from(prob.trunk(prob.x))
+            tm.lap("forward")
+            host.backward(losses, mgda_gn="none")  # T backward passes, solve, shared .grad
+            tm.lap("backward")
+            opt.step()
+            opt.zero_grad(set_to_none=False)  # LibMTL's trainer keeps the zeroed .grad
             tm.lap("optimizer")
 
         return step
@@ -298,12 +385,71 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Callable[[Pha
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
 
 
+def _libmtl_host(prob: _Problem, device: torch.device) -> Any:
+    """LibMTL's MGDA weighting hosted as LibMTL's trainer hosts it (the weighting is a mixin of
+    the model: it reads ``task_num``, ``device``, ``rep_grad``, ``get_share_params()`` and
+    ``zero_grad_share_params()`` from ``self``)."""
+    LibMTLMGDA = _libmtl_mgda_class()
+    trunk = prob.trunk
+
+    class _Host(LibMTLMGDA):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.task_num = prob.T
+            self.device = device
+            self.rep_grad = False
+
+        def get_share_params(self) -> Any:
+            return trunk.parameters()
+
+        def zero_grad_share_params(self) -> None:
+            trunk.zero_grad(set_to_none=False)
+
+    return _Host()
+
+
+def _libmtl_mgda_class() -> Any:
+    """LibMTL's ``MGDA`` weighting class, imported without running LibMTL's package
+    ``__init__``: that of LibMTL 1.1.5 imports ``torchvision.models.utils`` (removed in
+    torchvision 0.13) for its ResNet backbones; the weighting modules need only torch."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    done = sys.modules.get("LibMTL.weighting.MGDA")
+    if done is not None:
+        return done.MGDA
+    spec = importlib.util.find_spec("LibMTL")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("No module named 'LibMTL'")
+    root = next(iter(spec.submodule_search_locations))
+    for pkg, path in (("LibMTL", root), ("LibMTL.weighting", f"{root}/weighting")):
+        if pkg not in sys.modules:
+            module = types.ModuleType(pkg)
+            module.__path__ = [path]
+            sys.modules[pkg] = module
+    return importlib.import_module("LibMTL.weighting.MGDA").MGDA
+
+
+def peer_reason(name: str) -> str | None:
+    """Why the peer behind ``name`` cannot run here, or None."""
+    if name.startswith("torchjd"):
+        return torchjd_reason()
+    if name.startswith("libmtl"):
+        try:
+            _libmtl_mgda_class()
+        except ImportError as exc:
+            return f"LibMTL is not installed ({exc}): pip install LibMTL"
+    return None
+
+
 def make_strategy_step(
     name: str, setting: StrategySetting, device: torch.device
 ) -> Callable[[], None]:
     """One full training step of strategy ``name`` as a zero-argument callable (for timing
     loops such as pytest-benchmark's); the model and data are built once, here."""
-    if name.startswith("torchjd") and (reason := torchjd_reason()):
+    if (reason := peer_reason(name)) is not None:
         raise RuntimeError(reason)
     prob = _Problem(setting, device)
     step = _make_step(name, prob, device)
@@ -322,6 +468,7 @@ _PHASE_OF = {
     "solve": "combination",
     "solve_ub": "combination",
     "aggregate": "combination",
+    "combination": "combination",
     "combine_adam": "optimizer",
     "shared_optimizer": "optimizer",
     "head_optimizer": "optimizer",
@@ -336,6 +483,75 @@ def torchjd_reason() -> str | None:
     return None
 
 
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Growth of the peak memory while the block runs, in bytes (``peak``; None when it cannot
+    be read here). GPU: ``torch.cuda.max_memory_allocated`` over what was allocated on entry.
+    CPU (Linux): the resident set's high-water mark (reset on entry through
+    ``/proc/self/clear_refs``, after returning freed heap to the system) over the resident set
+    on entry: it counts pages touched, so memory the allocator reuses from earlier blocks is not
+    counted twice, and a provider's persistent buffers (arena, moments) are."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak: int | None = None
+        self._base: int | None = None
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            return self
+        self._base = _rss_bytes()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._base is None:
+            return
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
+        else:
+            hwm = _hwm_bytes()
+            self.peak = None if hwm is None else max(0, hwm - self._base)
+
+
+def _one_step(step: Step, device: torch.device) -> dict[str, float]:
+    tm = PhaseTimer(device)
+    tm.start()
+    step(tm)
+    return dict(tm.acc)
+
+
 def run_setting(
     s: StrategySetting,
     strategies: list[str],
@@ -346,45 +562,81 @@ def run_setting(
     warmup: int,
     timing: dict[str, Any],
 ) -> None:
-    """Time every strategy on one (trunk, T), then the combination alone on the real gradients."""
-    prob = _Problem(s, device)
-    P = sum(p.numel() for p in prob.shared)
+    """Time every strategy on one (trunk, T), interleaved step by step, then the combination
+    alone on the real gradients."""
+    base = _Problem(s, device)
+    P = sum(p.numel() for p in base.shared)
     shape = {"trunk": s.trunk, "T": s.T, "P": P, "batch": s.batch, "image": s.image}
-    dname = str(next(prob.trunk.parameters()).dtype).replace("torch.", "")
-    totals: dict[str, float] = {}
-    mgda_J: torch.Tensor | None = None
+    dname = str(next(base.trunk.parameters()).dtype).replace("torch.", "")
+    # 1. Alone, one after another: does it run, how long is one step, how much memory. A
+    # throwaway summed step first, so that the process's one-time allocations (thread pools,
+    # kernel caches) are not counted against the first provider.
+    warm = base.copy()
+    _one_step(_make_step("sum", warm, device), device)
+    del warm
+    peaks: dict[str, int | None] = {}
     for name in strategies:
-        if name.startswith("torchjd") and (reason := torchjd_reason()):
+        if (reason := peer_reason(name)) is not None:
             report.skip("strategy", "step", name, shape, reason)
             continue
-        prob.zero_grad()
-        samples: list[dict[str, float]] = []
         try:
-            step = _make_step(name, prob, device)
-            for i in range(warmup + steps):
-                tm = PhaseTimer(device)
-                tm.start()
-                step(tm)
-                if i >= warmup:
-                    samples.append(dict(tm.acc))
-        except Exception as exc:  # a peer's missing extra, a backend under development, OOM
+            with PeakMemory(device) as mem:
+                prob = base.copy()
+                step = _make_step(name, prob, device)
+                t0 = time.perf_counter()
+                _one_step(step, device)
+                first = time.perf_counter() - t0
+                if first <= MAX_STEP_S:
+                    _one_step(step, device)
+        except Exception as exc:  # a peer that cannot run this model, OOM
             report.skip("strategy", "step", name, shape, f"raised {type(exc).__name__}: {exc}")
-            prob.zero_grad()
-            gc.collect()
             continue
-        keys = sorted({k for smp in samples for k in smp})
-        med: dict[str, float] = {}
-        for k in keys:
-            med[k] = statistics.median(smp.get(k, 0.0) for smp in samples)
+        finally:
+            step = prob = None  # type: ignore[assignment]
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # after an OOM, leave the next provider the memory
+        if first > MAX_STEP_S:
+            report.skip(
+                "strategy", "step", name, shape, f"one step took {first:.0f} s (> {MAX_STEP_S} s)"
+            )
+            continue
+        peaks[name] = mem.peak
+    # 2. Interleaved: every provider takes its step in turn, so the machine's load hits all.
+    live: dict[str, Step] = {}
+    keep: dict[str, _Problem] = {}
+    for name in peaks:
+        keep[name] = base.copy()
+        live[name] = _make_step(name, keep[name], device)
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in live}
+    for i in range(warmup + steps):
+        for name in list(live):
+            try:
+                acc = _one_step(live[name], device)
+            except Exception as exc:
+                report.skip("strategy", "step", name, shape, f"raised {type(exc).__name__}: {exc}")
+                del live[name]
+                samples.pop(name, None)
+                continue
+            if i >= warmup:
+                samples[name].append(acc)
+    totals: dict[str, float] = {}
+    note = f"median of {steps} interleaved steps after {warmup} warm-up"
+    for name, smp in samples.items():
+        keys = sorted({k for x in smp for k in x})
+        med = {k: statistics.median(x.get(k, 0.0) for x in smp) for k in keys}
         phases: dict[str, float] = defaultdict(float)
         for k, v in med.items():
             phases[_PHASE_OF.get(k, k)] += v
-        phases["total"] = statistics.median(sum(smp.values()) for smp in samples)
         for ph in ("forward", "backward", "combination", "optimizer"):
             phases.setdefault(ph, 0.0)
+        phases["total"] = statistics.median(sum(x.values()) for x in smp)
         totals[name] = phases["total"]
-        note = f"median of {steps} steps after {warmup} warm-up"
-        for k, v in list(phases.items()) + [(k, v) for k, v in med.items() if k in _PHASE_OF]:
+        sub = [(k, v) for k, v in med.items() if k in _PHASE_OF and k != "combination"]
+        for k, v in list(phases.items()) + sub:
+            q = {}
+            if k == "total":
+                q = {"q20": _quantile(smp, 0.2), "q80": _quantile(smp, 0.8)}
             report.rows.append(
                 Row(
                     "strategy",
@@ -396,13 +648,25 @@ def run_setting(
                     "ms",
                     v * 1e3,
                     note=note,
+                    **q,
                 )
             )
-        if name == "mgda":
-            # The whole gradient-combination part (gram + solve + combine + Adam) against the
-            # forward + backward it serves.
-            part = med.get("gram", 0.0) + med.get("solve", 0.0) + med.get("combine_adam", 0.0)
-            fb = phases["forward"] + phases["backward"]
+        peak = peaks.get(name)
+        if peak is not None:
+            report.rows.append(
+                Row(
+                    "strategy",
+                    "step",
+                    name,
+                    dict(shape),
+                    dname,
+                    "peak_memory_MB",
+                    "MB",
+                    peak / 2**20,
+                    note="growth of the peak while built and stepped twice, alone",
+                )
+            )
+        if phases["combination"] > 0 and name in ("mgda", "mgda-fused"):
             report.rows.append(
                 Row(
                     "strategy",
@@ -412,40 +676,56 @@ def run_setting(
                     dname,
                     "combination_share_of_fwd_bwd",
                     "fraction",
-                    part / fb,
-                    note="mgda combination_share_of_fwd_bwd = (gram + solve + combine_adam) / (forward + backward)",
+                    phases["combination"] / (phases["forward"] + phases["backward"]),
+                    note=f"{name} combination / (forward + backward)",
                 )
             )
-            mgda_J = _arena_of(step)
-        del step
-        gc.collect()
-    if "sum" in totals:
-        for name, tot in totals.items():
-            report.rows.append(
-                Row(
-                    "strategy",
-                    "step",
-                    name,
-                    dict(shape),
-                    dname,
-                    "overhead_vs_sum",
-                    "×",
-                    tot / totals["sum"],
-                )
+        strategy = getattr(live.get(name), "strategy", None)
+        arena = getattr(strategy, "_arena_cache", None)
+        if name == "mgda-batched" and arena is not None and arena.batched_fallback:
+            report.skip(
+                "strategy",
+                "batched",
+                name,
+                shape,
+                f"vmap fell back to sequential: {arena.batched_fallback}",
             )
+    best = min((totals[n] for n in TORCHJD_PIPELINES if n in totals), default=None)
+    for name, tot in totals.items():
+        for metric, ref in (
+            ("overhead_vs_sum", totals.get("sum")),
+            ("vs_floor", totals.get("floor")),
+            ("vs_torchjd_best", best),
+        ):
+            if ref:
+                report.rows.append(
+                    Row("strategy", "step", name, dict(shape), dname, metric, "×", tot / ref)
+                )
+    mgda_J = None
+    for name in ("mgda", "mgda-fused"):
+        provider = live.get(name)
+        arena = getattr(getattr(provider, "strategy", None), "_arena_cache", None)
+        arena = arena if arena is not None else getattr(provider, "arena", None)
+        if arena is not None:
+            mgda_J = arena.J
+            break
+    upgrad_J = None
+    upgrad_arena = getattr(getattr(live.get("upgrad"), "strategy", None), "_arena_cache", None)
+    if upgrad_arena is not None:
+        upgrad_J = upgrad_arena.J
+    live.clear()
+    gc.collect()
     if mgda_J is not None:
         run_case(combination_case(mgda_J, shape, device), report, timing)
-    del prob, mgda_J
+    if upgrad_J is not None:
+        run_case(upgrad_combination_case(upgrad_J, shape, device), report, timing)
+    del keep, base, mgda_J, upgrad_J
     gc.collect()
 
 
-def _arena_of(step: Callable[[PhaseTimer], None]) -> torch.Tensor | None:
-    """The arena J an MGDA step closure filled (the real gradients of its last step)."""
-    for cell in step.__closure__ or ():
-        obj = cell.cell_contents
-        if isinstance(obj, mtl_fast.TaskGradients):
-            return obj.J
-    return None
+def _quantile(samples: list[dict[str, float]], q: float) -> float:
+    tots = sorted(sum(x.values()) for x in samples)
+    return tots[min(len(tots) - 1, max(0, round(q * (len(tots) - 1))))] * 1e3
 
 
 def _mgda_combination(J: torch.Tensor, backend: str) -> torch.Tensor:
@@ -491,4 +771,38 @@ def combination_case(J: torch.Tensor, shape: dict[str, Any], device: torch.devic
                 case.providers[label] = partial(peer, J)
     else:
         case.skipped["torchjd"] = torchjd_reason() or ""
+    return case
+
+
+def _upgrad_combination(J: torch.Tensor, backend: str) -> torch.Tensor:
+    K = mtl_fast.gram(J, backend=backend if backend != "cpu" else None, check_finite=False)
+    w = mtl_fast.upgrad_weights(K, backend=backend, check_finite=False)
+    return mtl_fast.combine(J, w, backend=backend if backend != "cpu" else None)
+
+
+def upgrad_combination_case(J: torch.Tensor, shape: dict[str, Any], device: torch.device) -> OpCase:
+    """UPGrad's gradient combination on real trunk gradients, ``combine(J, upgrad_weights(
+    gram(J)))`` per backend of the solve ("cpu" solves; its Gram and combination run on "auto"),
+    against TorchJD's ``UPGrad()`` aggregator on the same J (when installed)."""
+    T, P = J.shape
+    names, skipped = op_backends("dual_cone", device)
+    case = OpCase(
+        "upgrad_combination",
+        {"trunk": shape["trunk"], "T": T, "P": P},
+        J.dtype,
+        device,
+        2 * J.numel() * J.element_size() + P * J.element_size(),
+        "torchjd UPGrad",
+    )
+    case.skipped = skipped
+    for name in names:
+        case.providers[name] = partial(_upgrad_combination, J, name)
+    if torchjd_reason() is None:
+        from torchjd.aggregation import UPGrad as TorchJDUPGrad
+
+        upgrad = TorchJDUPGrad()
+        case.providers["torchjd UPGrad"] = lambda: upgrad(J)
+    else:
+        case.skipped["torchjd"] = torchjd_reason() or ""
+        case.baseline = ""
     return case

@@ -1,10 +1,12 @@
-"""Wall-clock measurement: warm-up, then repeated calls, reported as median and quantiles.
+"""Timing: warm-up, then repeated calls, reported as median and quantiles.
 
 On a CUDA device every call is bracketed by CUDA events (device time, no host overhead between
 calls is counted), and the L2 cache is flushed before each call by writing a 256 MiB buffer, as
 ``triton.testing.do_bench`` does: a gradient that fits in L2 would otherwise be timed from cache.
 On the CPU ``time.perf_counter`` brackets each call; caches are not flushed (a CPU has no cheap
 equivalent), so sizes that fit in the last-level cache read faster than memory.
+:func:`measure_interleaved` times several CPU providers in turn, round after round, optionally
+in thread CPU time.
 """
 
 from __future__ import annotations
@@ -112,3 +114,74 @@ def _measure_cuda(
         e.record()
     torch.cuda.synchronize(device)
     return Timing.of([s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)])
+
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def measure_interleaved(
+    providers: dict[str, Callable[[], object]],
+    *,
+    warmup: int = 1,
+    min_repeat: int = 5,
+    max_repeat: int = 50,
+    min_time: float = 0.5,
+    sample_time: float = 0.02,
+    clock: str = "thread",
+) -> dict[str, Timing | Exception]:
+    """Time several CPU callables in rounds — every provider once per round, in turn — so that
+    a change of machine load hits them all alike; medians of per-call times.
+
+    ``clock="thread"``: CPU time of this thread (``time.thread_time``), a fair measure of
+    single-threaded code on a machine shared with other processes (time spent waiting for the
+    core is not counted); ``"wall"``: ``time.perf_counter``. Each sample repeats a provider's
+    call enough times to last about ``sample_time`` seconds (calibrated on its first call).
+    Rounds continue until every provider has ``min_repeat`` samples and ``min_time`` seconds
+    were timed, or ``max_repeat`` rounds. A provider that raises is dropped and its exception
+    returned in its place.
+
+    Example:
+        >>> t = measure_interleaved({"a": lambda: sum(range(100))}, min_time=0.0, min_repeat=2)
+        >>> t["a"].n >= 2
+        True
+    """
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {tuple(CLOCKS)}, got {clock!r}")
+    if min_repeat < 1 or max_repeat < min_repeat:
+        raise ValueError(f"need 1 ≤ min_repeat ≤ max_repeat, got {min_repeat}, {max_repeat}")
+    now = CLOCKS[clock]
+    out: dict[str, Timing | Exception] = {}
+    calls: dict[str, int] = {}
+    for name, fn in providers.items():
+        try:
+            for _ in range(warmup):
+                fn()
+            t0 = now()
+            fn()
+            first = max(now() - t0, 1e-7)
+        except Exception as exc:  # recorded by the caller, the others go on
+            out[name] = exc
+            continue
+        calls[name] = max(1, min(10_000, int(sample_time / first)))
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    spent = 0.0
+    rounds = 0
+    while calls and rounds < max_repeat and (rounds < min_repeat or spent < min_time):
+        for name, n in list(calls.items()):
+            fn = providers[name]
+            try:
+                t0 = now()
+                for _ in range(n):
+                    fn()
+                dt = now() - t0
+            except Exception as exc:
+                out[name] = exc
+                del calls[name]
+                continue
+            samples[name].append(dt / n)
+            spent += dt
+        rounds += 1
+    for name, s in samples.items():
+        if name not in out and s:
+            out[name] = Timing.of(s)
+    return out

@@ -1,6 +1,9 @@
 """The ``mtl-fast`` command line. Each sub-command is a module of this package that defines
 ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; they are discovered, so
-adding a command is adding a file."""
+adding a command is adding a file.
+
+A command that needs an optional extra (demo and train: ``[train]``) and does not find it prints
+which extra to install, in one line, and exits with status 2."""
 
 from __future__ import annotations
 
@@ -38,8 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mtl_fast._core.extras import MissingExtraError
+
     args = build_parser().parse_args(argv)
-    code: int = args._run(args)
+    try:
+        code: int = args._run(args)
+    except MissingExtraError as exc:
+        print(f"mtl-fast {args.command}: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

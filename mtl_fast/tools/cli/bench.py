@@ -64,9 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtl_fast._core.extras import require
     from mtl_fast.tools.bench import OPS, STRATEGIES, default_config, markdown, write_all
     from mtl_fast.tools.bench import run as run_bench
 
+    if not args.no_plot:
+        require("train", "the plot (--no-plot skips it)", ["matplotlib"])
     if args.device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

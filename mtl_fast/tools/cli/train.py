@@ -169,6 +169,11 @@ def config_from(args: argparse.Namespace, strategy: str, seed: int) -> Any:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from mtl_fast._core.extras import require
+
+    require(
+        "train", "this command", ["sklearn", "tqdm"] + ([] if args.no_plots else ["matplotlib"])
+    )
     strategies = strategies_from(args.strategy)
     for strategy in strategies:  # refuse bad combinations before training anything
         try:

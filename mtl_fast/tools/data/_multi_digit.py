@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mtl_fast._core.extras import require
 from mtl_fast._core.validate import require_positive_int
 
 H, W = 10, 14
@@ -129,6 +130,7 @@ def multi_digit(
         >>> data["train"].images.shape
         torch.Size([10, 1, 10, 14])
     """
+    require("train", "the multi-digit data set (scikit-learn's digits)", ["sklearn"])
     from sklearn.datasets import load_digits
 
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):

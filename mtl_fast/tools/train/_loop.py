@@ -17,6 +17,7 @@ from mtl_fast.strategies import (
     CAGrad,
     CombineStrategy,
     ConFIG,
+    DualProj,
     LinearScalarization,
     NashMTL,
     PCGrad,
@@ -24,6 +25,7 @@ from mtl_fast.strategies import (
     SelectiveTaskGroupUpdates,
     SequentialStrategy,
     Strategy,
+    UPGrad,
 )
 from mtl_fast.tools.data import TASKS, MultiDigit, TaskSpec, multi_digit
 from mtl_fast.tools.train._metrics import delta_m
@@ -35,6 +37,8 @@ STRATEGIES: tuple[str, ...] = (
     "ls",
     "mgda",
     "mgda-ub",
+    "upgrad",
+    "dualproj",
     "pertask",
     "pertask-grouped",
     "stgu",
@@ -113,6 +117,10 @@ def build_strategy(
         strategy = LinearScalarization(shared, heads, **common)
     elif s in AGGREGATORS:
         strategy = _aggregator(config, shared, heads, common)
+    elif s in ("upgrad", "dualproj"):
+        strategy = (UPGrad if s == "upgrad" else DualProj)(
+            shared, heads, backend=config.backend, **common
+        )
     elif s in ("mgda", "mgda-ub"):
         cls = MGDA if s == "mgda" else MGDAUB
         strategy = cls(

@@ -1,4 +1,5 @@
-"""Drop-in TorchJD (≥ 0.18) Weightings and Aggregators backed by mtl_fast's aggregators.
+"""Drop-in TorchJD (≥ 0.18) Weightings and Aggregators backed by mtl_fast's Gram-space
+aggregators.
 
 Each class takes the constructor arguments of TorchJD's class of the same name and returns the
 same weights (to the solver tolerances given in docs/aggregators.md), computed by
@@ -35,15 +36,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-
-try:
-    from torchjd import Stateful
-    from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator, Weighting
-except ImportError as exc:  # pragma: no cover - exercised only without torchjd
-    raise ImportError(
-        "mtl_fast.integrations.torchjd needs TorchJD ≥ 0.18: pip install 'mtl-fast[peers]' "
-        f"(or pip install torchjd) ({exc})"
-    ) from exc
+from torchjd import Stateful
+from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator, Weighting
 
 from mtl_fast.ops.aggregators import (
     CAGRAD_MAX_ITER,

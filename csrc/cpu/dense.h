@@ -1,0 +1,39 @@
+// C ABI of the CPU Gram and combination kernels, csrc/cpu/dense.cpp.
+//
+// Plain C types over raw row-major buffers, no torch or Python headers (built by setup.py into
+// the same shared library as the min-norm solver and loaded with ctypes by mtl_fast.kernels.cpu).
+#pragma once
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Bumped whenever a signature or the meaning of an argument changes.
+#define MTL_DENSE_ABI_VERSION 1
+
+#define MTL_DENSE_OK 0
+#define MTL_DENSE_BAD_ARGUMENT 1  // batch < 0, T < 1, P < 0, ld < P, threads < 1, a null pointer
+
+int mtl_dense_abi_version(void);
+
+// K[b] = J[b] J[b]ᵀ for b < batch. J: (batch, T, P) with rows ld elements apart (ld ≥ P) and
+// batches T·ld apart; K: (batch, T, T) row-major output, exactly symmetric. fp32 input: products
+// summed in fp32 within blocks of 512 columns, the blocks summed in fp64; fp64 input: fp64
+// throughout. threads ≥ 1 splits P (used when a problem is large enough to pay for it).
+int mtl_gram_f32(const float* J, int64_t batch, int64_t T, int64_t P, int64_t ld, float* K,
+                 int64_t threads);
+int mtl_gram_f64(const double* J, int64_t batch, int64_t T, int64_t P, int64_t ld, double* K,
+                 int64_t threads);
+
+// d[b] = Σ_t w[b, t] J[b, t] for b < batch. J as above; w: (batch, T) in J's type; d: (batch, P)
+// row-major output. Accumulated in J's type, t in order.
+int mtl_combine_f32(const float* J, const float* w, int64_t batch, int64_t T, int64_t P,
+                    int64_t ld, float* d, int64_t threads);
+int mtl_combine_f64(const double* J, const double* w, int64_t batch, int64_t T, int64_t P,
+                    int64_t ld, double* d, int64_t threads);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif

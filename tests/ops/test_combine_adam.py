@@ -1,0 +1,94 @@
+"""combine_adam (d = Σ_t w_t J_t, then one Adam(W) step with d, fused) on every backend:
+against the reference's combine followed by its explicit Adam formula, in every J dtype, and the
+public op against combine + torch.optim.AdamW."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtl_fast
+from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.precision import accumulation_dtype, relative_error
+from mtl_fast.kernels import reference as ref
+from tests.backends import for_backends
+from tests.helpers import DTYPES, FP32, FP64, LOW, adam_tolerance
+
+COLUMNS = [1, 7, 1000, 65537]
+
+
+def reference_step(state: AdamState, J: torch.Tensor, w: torch.Tensor, hyper: AdamHyper) -> None:
+    """The definition: the reference's combine, then its explicit Adam formula."""
+    d = ref.combine(J.unsqueeze(0), w.unsqueeze(0))
+    zero = torch.zeros(1, dtype=torch.int64)
+    one = torch.ones(1, dtype=FP64)
+    ref.multi_adam(state, d, zero, zero, one, hyper, fused=False)
+
+
+@for_backends(
+    "combine_adam",
+    "dtype, P, lr_tensor",
+    [(d, P, False) for d in DTYPES for P in COLUMNS] + [(FP32, 1000, True), (FP64, 7, True)],
+    emulator=[(d, P, False) for d in DTYPES for P in (1, 7, 1000)] + [(FP32, 1000, True)],
+)
+def test_combine_adam_matches_the_reference(backend, dtype, P, lr_tensor) -> None:
+    """``dtype`` is J's; the parameters and moments are fp64 for fp64 J, fp32 otherwise."""
+    pdtype = FP64 if dtype == FP64 else FP32
+    gen = torch.Generator().manual_seed(P + 1)
+    Tn = 5
+    tensors = [torch.randn(P, generator=gen).to(pdtype)]
+    tensors += [torch.zeros(1, P, dtype=pdtype), torch.zeros(1, P, dtype=pdtype), torch.zeros(1)]
+    ours = AdamState(*(backend.to(x.clone()) for x in tensors))
+    theirs = AdamState(*(x.clone() for x in tensors))
+    for k in range(7):
+        J = torch.randn(Tn, P, generator=gen).to(dtype)
+        w = torch.rand(Tn, generator=gen).to(accumulation_dtype(dtype))
+        lr = torch.tensor(1e-2) if lr_tensor else 1e-2
+        kw = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01 * k)  # 0 first
+        reference_step(theirs, J, w, AdamHyper(lr=lr, **kw))
+        lr_ours = backend.to(lr) if lr_tensor else lr
+        backend.op("combine_adam")(ours, backend.to(J), backend.to(w), AdamHyper(lr=lr_ours, **kw))
+    # d is rounded to J's dtype: fp16/bf16 J are held to two ulps of it.
+    tol = adam_tolerance(dtype if dtype in LOW else pdtype)
+    for name in ("param", "exp_avg", "exp_avg_sq"):
+        err = relative_error(getattr(ours, name).cpu(), getattr(theirs, name))
+        assert err <= tol, (name, err)
+    assert torch.equal(ours.step.cpu(), theirs.step)
+
+
+@for_backends("combine_adam")
+def test_combine_adam_equals_combine_then_adamw(backend) -> None:
+    """The public op against combine + torch.optim.AdamW on the combined direction. The
+    reference forms d as combine does, so its first moment is AdamW's bit for bit; a fused
+    kernel sums in its own order (ADAM_TOL / 10 relative, as every Adam state)."""
+    dev = backend.device
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(6, generator=gen).to(dev))
+    adam = torch.optim.AdamW([p], lr=1e-2, weight_decay=0.1)
+    flat = p.detach().clone()
+    m, v, s = (torch.zeros(n, device=dev) for n in (6, 6, 1))
+    for _ in range(5):
+        J = torch.randn(3, 6, generator=gen).to(dev)
+        w = torch.rand(3, generator=gen).to(dev)
+        mtl_fast.combine_adam(
+            J, w, flat, m, v, s, lr=1e-2, weight_decay=0.1, backend=backend.dispatch
+        )
+        p.grad = mtl_fast.combine(J, w, backend="reference")
+        adam.step()
+    torch.testing.assert_close(flat, p.detach(), rtol=2e-6, atol=1e-7)
+    if backend.is_reference:
+        assert torch.equal(m, adam.state[p]["exp_avg"])
+    else:
+        assert relative_error(m.cpu(), adam.state[p]["exp_avg"].cpu()) <= adam_tolerance(FP32)
+    assert s.item() == 5
+
+
+def test_combine_adam_rejects_bad_state() -> None:
+    J, w = torch.zeros(2, 4), torch.ones(2)
+    p, m, v, s = torch.zeros(4), torch.zeros(4), torch.zeros(4), torch.zeros(1)
+    with pytest.raises(ValueError, match=r"exp_avg must be a contiguous \(4,\) tensor"):
+        mtl_fast.combine_adam(J, w, p, torch.zeros(5), v, s)
+    with pytest.raises(ValueError, match=r"step must be a \(1,\) float32 tensor"):
+        mtl_fast.combine_adam(J, w, p, m, v, torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"w must have shape \(2,\)"):
+        mtl_fast.combine_adam(J, torch.ones(3), p, m, v, s)
