@@ -167,6 +167,7 @@ def test_batched_falls_back_to_sequential_and_says_why() -> None:
 
 
 def test_chunk_size_is_checked() -> None:
-    arena = mtl_fast.TaskGradients([nn.Parameter(torch.zeros(2))], 2)
+    p = nn.Parameter(torch.zeros(2))
+    arena = mtl_fast.TaskGradients([p], 2)
     with pytest.raises(ValueError, match="chunk_size"):
-        arena.backward([torch.zeros(()), torch.zeros(())], batched=True, chunk_size=0)
+        arena.backward([p.sum(), p.sum()], batched=True, chunk_size=0)
