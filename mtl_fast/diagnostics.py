@@ -116,7 +116,7 @@ def magnitude_similarity(K: torch.Tensor, /, *, check_finite: bool | None = None
     num = 2 * n.unsqueeze(-1) * n.unsqueeze(-2)
     den = d.unsqueeze(-1) + d.unsqueeze(-2)
     out = torch.where(den > 0, num / torch.where(den > 0, den, 1), 1.0)
-    return _nan_where_nonfinite(out, diag)
+    return _nan_where_nonfinite(out.clamp(0, 1), diag)  # rounding may give 1 + ulp
 
 
 def sign_conflict(

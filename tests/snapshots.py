@@ -28,6 +28,8 @@ _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
         return False
+    if a.is_complex():
+        a, b = torch.view_as_real(a.contiguous()), torch.view_as_real(b.contiguous())
     if a.is_floating_point():  # bit for bit: NaN equals the same NaN
         bits = _BITS[a.element_size()]
         return torch.equal(a.contiguous().view(bits), b.contiguous().view(bits))
