@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from mtl_fast._core.adam_checks import check_group, check_hyper
+from mtl_fast._core.adam_checks import HYPER_KEYS, check_group, check_hyper
 from mtl_fast._core.contracts import AdamHyper, AdamState
 from mtl_fast._core.dispatch import resolve, resolve_name
 from mtl_fast._core.flat import check_params, flatten_parameters, layout_signature
@@ -141,6 +141,7 @@ class MultiAdam(torch.optim.Optimizer):
         self._params = plist
         self._ptrs = [p.data_ptr() for p in plist]
         self.layout = layout_signature(plist)
+        self._checked_hyper: tuple[tuple[Any, ...], AdamHyper] | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Refused after construction: MultiAdam has one parameter group (see the class)."""
@@ -284,7 +285,22 @@ class MultiAdam(torch.optim.Optimizer):
                 f"MultiAdam has one parameter group, found {len(self.param_groups)}: "
                 "param_groups was changed by hand"
             )
-        return check_group(self.param_groups[0], self.flat.device, read_value=False)
+        group = self.param_groups[0]
+        key = tuple(group.get(k) for k in HYPER_KEYS)
+        lr = key[0]
+        cached = self._checked_hyper
+        # The same objects as last time need no new check (identity, not equality: True == 1),
+        # except a tensor lr on the CPU, whose value may have been changed in place.
+        if (
+            cached is not None
+            and all(a is b for a, b in zip(key, cached[0]))
+            and isinstance(key[1], tuple)  # a list could have been changed in place
+            and not (isinstance(lr, torch.Tensor) and lr.device.type == "cpu")
+        ):
+            return cached[1]
+        hyper = check_group(group, self.flat.device, read_value=False)
+        self._checked_hyper = (key, hyper)
+        return hyper
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: hyperparameters and every state tensor."""

@@ -372,3 +372,14 @@ def test_load_state_dict_round_trip_keeps_a_scheduler_key_and_a_tensor_lr() -> N
     assert opt.param_groups[0]["initial_lr"] == 0.01
     assert opt.steps.tolist() == [3.0, 1.0]
     assert_same(take(saved["exp_avg"]), opt.exp_avg)
+
+
+def test_betas_changed_in_place_are_checked() -> None:
+    """The step skips re-checking hyperparameter objects it has checked, but not a list that
+    may have been changed in place."""
+    opt, params = stepped()
+    betas = [0.9, 0.999]
+    opt.param_groups[0]["betas"] = betas
+    opt.step(grads(opt))
+    betas[0] = 1.0
+    refused(opt, params, lambda: opt.step(grads(opt)), ValueError, r"betas\[0\]")
