@@ -16,6 +16,10 @@ Public API (tensor inputs positional, hyperparameters keyword-only):
 - :class:`TaskGradients` — the (T, P) gradient arena autograd writes into;
 - :func:`backends` — which backends exist here, and why the others do not.
 
+Every entry point checks all of its arguments before it touches any state, and refuses bad ones
+with a ``ValueError`` or ``TypeError`` (or :class:`NonFiniteError`, :class:`LayoutError`, both
+``ValueError``) that names the argument.
+
 Every op takes ``backend="auto" | "reference" | "triton" | "cuda" | "cpu"``;
 ``MTL_FAST_BACKEND`` sets the default. ``import mtl_fast`` needs neither a GPU, nor Triton, nor a
 compiler.
@@ -24,7 +28,7 @@ compiler.
 from mtl_fast import _aliases
 from mtl_fast._core.dispatch import BackendStatus, BackendUnavailableError, backends
 from mtl_fast._core.flat import flatten_parameters
-from mtl_fast._core.validate import NonFiniteError
+from mtl_fast._core.validate import LayoutError, NonFiniteError
 from mtl_fast._version import __version__
 from mtl_fast.ops import (
     NashMTLStep,
@@ -53,6 +57,7 @@ _aliases.install()
 __all__ = [
     "BackendStatus",
     "BackendUnavailableError",
+    "LayoutError",
     "MultiAdam",
     "NashMTLStep",
     "NonFiniteError",

@@ -167,6 +167,95 @@ def test_batched_falls_back_to_sequential_and_says_why() -> None:
 
 
 def test_chunk_size_is_checked() -> None:
-    arena = mtl_fast.TaskGradients([nn.Parameter(torch.zeros(2))], 2)
+    p = nn.Parameter(torch.zeros(2))
+    arena = mtl_fast.TaskGradients([p], 2)
     with pytest.raises(ValueError, match="chunk_size"):
-        arena.backward([torch.zeros(()), torch.zeros(())], batched=True, chunk_size=0)
+        arena.backward([p.sum(), p.sum()], batched=True, chunk_size=0)
+
+
+# ------------------------------------------------------- refusals leave the arena untouched
+
+
+def _filled_arena() -> tuple[nn.Linear, mtl_fast.TaskGradients, torch.Tensor]:
+    torch.manual_seed(0)
+    trunk = nn.Linear(3, 2)
+    arena = mtl_fast.TaskGradients(trunk.parameters(), num_tasks=2)
+    arena.J.normal_()
+    x = torch.randn(4, 3)
+    return trunk, arena, x
+
+
+@pytest.mark.parametrize(
+    "losses, error, match",
+    [
+        (lambda out: [out.sum(), out.sum().detach()], ValueError, r"losses\[1\] does not require"),
+        (lambda out: [out.sum(), torch.zeros(())], ValueError, r"losses\[1\] does not require"),
+        (lambda out: [out.sum(), out], ValueError, r"losses\[1\] must be a scalar"),
+        (lambda out: [out.sum()], ValueError, "losses has 1 entries"),
+        (lambda out: out.sum(1)[:2], TypeError, "losses must be a sequence"),
+        (lambda out: [out.sum(), out.sum().to(torch.complex64)], TypeError, "must have dtype"),
+    ],
+)
+@pytest.mark.parametrize("batched", [False, True])
+def test_bad_losses_leave_the_arena_untouched(losses, error, match, batched) -> None:
+    """The first loss is fine: a backward that wrote row by row would already have changed row
+    0 when the second is refused."""
+    trunk, arena, x = _filled_arena()
+    before = arena.J.clone()
+    grads = [p.grad for p in trunk.parameters()]
+    with pytest.raises(error, match=match):
+        arena.backward(losses(trunk(x)), batched=batched)
+    assert torch.equal(arena.J, before)
+    assert all(p.grad is g for p, g in zip(trunk.parameters(), grads))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(batched="yes"), "batched must be True, False or None"),
+        (dict(retain_graph=1), "retain_graph must be True or False"),
+        (dict(accumulate_others=None), "accumulate_others must be True or False"),
+        (dict(chunk_size=1.5), "chunk_size must be an int"),
+    ],
+)
+def test_bad_switches_are_refused(kwargs, match) -> None:
+    trunk, arena, x = _filled_arena()
+    before = arena.J.clone()
+    out = trunk(x)
+    with pytest.raises((TypeError, ValueError), match=match):
+        arena.backward([out.sum(), out.pow(2).sum()], **kwargs)
+    assert torch.equal(arena.J, before)
+
+
+def test_cast_parameters_are_refused_before_a_row_is_zeroed() -> None:
+    trunk, arena, x = _filled_arena()
+    before = arena.J.clone()
+    trunk.double()
+    with pytest.raises(mtl_fast.LayoutError, match="cast or moved"):
+        with arena.task(0):
+            pass
+    with pytest.raises(mtl_fast.LayoutError, match="cast or moved"):
+        out = trunk(x.double())
+        arena.backward([out.sum(), out.sum()])
+    assert torch.equal(arena.J, before)
+
+
+@pytest.mark.parametrize(
+    "d, error, match",
+    [
+        (torch.ones(8, dtype=torch.int64), TypeError, "d must have dtype"),
+        (torch.ones(7), ValueError, r"d must have shape \(8,\)"),
+        ([1.0] * 8, TypeError, "d must be a torch.Tensor"),
+    ],
+)
+def test_assign_grad_checks_d(d, error, match) -> None:
+    trunk, arena, _ = _filled_arena()
+    with pytest.raises(error, match=match):
+        arena.assign_grad(d)
+    assert all(p.grad is None for p in trunk.parameters())
+
+
+def test_row_views_checks_the_task() -> None:
+    _, arena, _ = _filled_arena()
+    with pytest.raises(ValueError, match=r"task must be an int in \[0, 2\)"):
+        arena.row_views(2)

@@ -108,3 +108,69 @@ def test_path_length_sums_step_norms():
     other = PathLength([a, b])
     other.load_state_dict(state)
     assert other.total == tracker.total
+
+
+# ------------------------------------------------------------------------------ bad input
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("fn", [cosine_similarity, magnitude_similarity])
+def test_nonfinite_gram_is_refused_on_the_cpu_and_nan_when_unchecked(fn) -> None:
+    """A NaN gradient used to come out as cosine 0 and magnitude similarity 1: silently
+    'unrelated' or 'equal'. Checked (the CPU default) it is refused naming the task;
+    unchecked, its row and column are NaN."""
+    from mtl_fast import NonFiniteError
+
+    K = torch.tensor([[1.0, 0.5, 0.0], [0.5, NAN, 0.5], [0.0, 0.5, 1.0]])
+    with pytest.raises(NonFiniteError, match=r"task\(s\) \[1\]"):
+        fn(K)
+    out = fn(K, check_finite=False)
+    assert bool(out[1].isnan().all()) and bool(out[:, 1].isnan().all())
+    keep = torch.tensor([0, 2])
+    assert bool(torch.isfinite(out[keep][:, keep]).all())
+
+
+def test_sign_conflict_refuses_nan() -> None:
+    from mtl_fast import NonFiniteError
+
+    J = torch.ones(3, 5)
+    J[2, 1] = NAN
+    with pytest.raises(NonFiniteError, match=r"task\(s\) \[2\]"):
+        sign_conflict(J)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(J=torch.ones(3, 4)), ValueError, r"J must have shape \(2, P\)"),
+        (dict(J=[[1.0]] * 2), TypeError, "J must be a torch.Tensor"),
+        (dict(J=torch.ones(2, 4, dtype=torch.int64)), TypeError, "J must have dtype"),
+        (dict(step=-1), ValueError, "step must be an int"),
+        (dict(path_length=float("inf")), ValueError, "path_length must be a finite number"),
+        (dict(space="weights"), ValueError, "space must be one of"),
+        (dict(check_finite=1), TypeError, "check_finite must be True, False or None"),
+    ],
+)
+def test_gradient_diagnostics_names_bad_arguments(kwargs, error, match) -> None:
+    with pytest.raises(error, match=match):
+        gradient_diagnostics(torch.eye(2), **kwargs)
+
+
+def test_path_length_load_state_dict_is_checked_and_atomic() -> None:
+    p = torch.zeros(3)
+    tracker = PathLength([p])
+    p += 1.0
+    tracker.update()
+    saved = tracker.state_dict()
+    for bad in (
+        {"total": 1.0},
+        {**saved, "total": -1.0},
+        {**saved, "previous": torch.zeros(4)},
+        {**saved, "previous": torch.zeros(3, dtype=torch.float64)},
+    ):
+        with pytest.raises((TypeError, ValueError)):
+            tracker.load_state_dict(bad)
+        assert tracker.total == saved["total"] and torch.equal(tracker.previous, saved["previous"])
+    with pytest.raises(TypeError, match="params must be an iterable"):
+        PathLength(torch.zeros(3))

@@ -8,7 +8,13 @@ import torch
 
 
 def check_params(params: Iterable[torch.Tensor], what: str = "params") -> list[torch.Tensor]:
-    """A non-empty list of floating tensors of one dtype and device; errors name the index."""
+    """A non-empty list of floating tensors of one dtype and device; errors name the index.
+
+    A single tensor is refused (iterating it would give its rows, not parameters)."""
+    if isinstance(params, torch.Tensor):
+        raise TypeError(f"{what} must be an iterable of tensors, got a single tensor")
+    if not isinstance(params, Iterable):
+        raise TypeError(f"{what} must be an iterable of tensors, got {type(params).__name__}")
     out = list(params)
     if not out:
         raise ValueError(f"{what} is empty: pass at least one shared parameter")
@@ -74,3 +80,10 @@ def flatten_parameters(params: Iterable[torch.Tensor]) -> torch.Tensor:
         flat[off : off + p.numel()].copy_(p.detach().reshape(-1))
         p.data = flat[off : off + p.numel()].view_as(p)
     return flat
+
+
+def layout_signature(params: Sequence[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+    """(id, numel) of each parameter, in order: equal for two holders of the same parameter
+    objects in the same order, hence the same flat layout. Holders keep their parameters alive,
+    so an id cannot be reused while both exist. Compared on the host, with no device access."""
+    return tuple((id(p), p.numel()) for p in params)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from numbers import Real
 
 import torch
 
@@ -18,6 +20,11 @@ class NonFiniteError(ValueError):
             f"{what} is not finite (NaN or Inf) for task(s) {self.tasks}"
             + (f"; {consequence}" if consequence else "")
         )
+
+
+class LayoutError(ValueError):
+    """Parameters are not (or no longer) laid out as a flat buffer or an arena expects: moved or
+    cast after the optimizer was built, or a gradient arena over other parameters."""
 
 
 def require_tensor(name: str, x: object) -> torch.Tensor:
@@ -50,15 +57,59 @@ def require_positive_int(name: str, x: object, minimum: int = 0) -> int:
     return x
 
 
+def is_real(x: object) -> bool:
+    """A real number (int, float, NumPy scalar), not a bool."""
+    return isinstance(x, Real) and not isinstance(x, bool)
+
+
+def require_number(
+    name: str, x: object, *, minimum: float | None = None, below: float | None = None
+) -> float:
+    """A finite real number (not a bool, not a tensor) in [minimum, below); returned as float."""
+    if not is_real(x):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__} {x!r}")
+    value = float(x)  # type: ignore[arg-type]
+    low = "" if minimum is None else f" ≥ {minimum:g}"
+    high = "" if below is None else f" < {below:g}"
+    if (
+        not math.isfinite(value)
+        or (minimum is not None and value < minimum)
+        or (below is not None and value >= below)
+    ):
+        raise ValueError(f"{name} must be a finite number{low}{high}, got {x!r}")
+    return value
+
+
 def require_nonneg_float(name: str, x: object) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not x >= 0:
+    """A finite real number ≥ 0 (inf and NaN refused); returned as float."""
+    if not is_real(x) or not math.isfinite(float(x)) or float(x) < 0:  # type: ignore[arg-type]
         raise ValueError(f"{name} must be a finite number ≥ 0, got {x!r}")
-    return float(x)
+    return float(x)  # type: ignore[arg-type]
+
+
+def require_optional_bool(name: str, x: object) -> bool | None:
+    """True, False or None (the tri-state switches: ``check_finite``, ``sync_free``, ...)."""
+    if x is not None and not isinstance(x, bool):
+        raise TypeError(f"{name} must be True, False or None, got {type(x).__name__} {x!r}")
+    return x
+
+
+def require_bool(name: str, x: object) -> bool:
+    if not isinstance(x, bool):
+        raise TypeError(f"{name} must be True or False, got {type(x).__name__} {x!r}")
+    return x
+
+
+def require_choice(name: str, x: object, choices: Sequence[str]) -> str:
+    if not isinstance(x, str) or x not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {x!r}")
+    return x
 
 
 def should_check(check_finite: bool | None, device: torch.device) -> bool:
     """``None`` means: check on the CPU (free there); skip on a GPU (it would sync the host), and
     inside ``torch.compile`` (reading the answer back would break the graph)."""
+    require_optional_bool("check_finite", check_finite)
     if check_finite is None:
         return device.type == "cpu" and not torch.compiler.is_compiling()
     return bool(check_finite)
@@ -92,3 +143,67 @@ def nonfinite_rows(x: torch.Tensor, rows: Sequence[int] | None = None) -> list[i
     sums = x.sum(dim=-1).reshape(-1, T)
     suspects = torch.nonzero((~torch.isfinite(sums)).any(dim=0)).flatten().tolist()
     return [t for t in suspects if not bool(torch.isfinite(x[..., t, :]).all())]
+
+
+def _bad_positions(x: torch.Tensor) -> list[int]:
+    return torch.nonzero(~torch.isfinite(x.reshape(-1))).flatten().tolist()
+
+
+def require_weights(
+    name: str, weights: object, n: int, device: torch.device, *, check_values: bool
+) -> torch.Tensor:
+    """(n,) float64 weights on ``device`` from n real numbers or a float (n,) tensor.
+
+    Bool, integer and complex tensors are refused (a mask or an index list passed by mistake).
+    Values must be finite: always checked for numbers given on the host, and for a tensor when
+    ``check_values`` (a tensor on a GPU costs a host sync to check).
+    """
+    if isinstance(weights, torch.Tensor):
+        require_float(name, weights)
+        if tuple(weights.shape) != (n,):
+            raise ValueError(
+                f"{name} must have shape ({n},) (one per task), got {tuple(weights.shape)}"
+            )
+        if weights.device != device and weights.device.type != "cpu":
+            raise ValueError(f"{name} is on {weights.device}, expected {device} (or the CPU)")
+        if (check_values or weights.device.type == "cpu") and not all_finite(weights):
+            raise ValueError(f"{name} must be finite; entries {_bad_positions(weights)} are not")
+        return weights.to(device=device, dtype=torch.float64)
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__iter__"):
+        raise TypeError(
+            f"{name} must be a sequence of {n} numbers or a ({n},) float tensor, "
+            f"got {type(weights).__name__}"
+        )
+    values = list(weights)  # type: ignore[call-overload]
+    if len(values) != n:
+        raise ValueError(f"{name} must have shape ({n},) (one per task), got ({len(values)},)")
+    for i, v in enumerate(values):
+        if not is_real(v):
+            raise TypeError(f"{name}[{i}] must be a real number, got {type(v).__name__} {v!r}")
+        if not math.isfinite(float(v)):
+            raise ValueError(f"{name} must be finite; {name}[{i}] is {v!r}")
+    return torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+
+
+def nonfinite_columns(x: torch.Tensor) -> list[int]:
+    """Columns (dim -1, the tasks of a weight tensor) that hold a NaN or Inf anywhere."""
+    T = x.shape[-1]
+    return torch.nonzero((~torch.isfinite(x.reshape(-1, T))).any(dim=0)).flatten().tolist()
+
+
+def refuse_nonfinite_gram(name: str, G: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteError` naming the tasks whose row of G holds NaN/Inf."""
+    if all_finite(G):
+        return
+    T = G.shape[-1]
+    # A bad gradient t spoils row and column t of G; its own diagonal entry names it.
+    diag = G.diagonal(dim1=-2, dim2=-1).reshape(-1, T)
+    bad = torch.nonzero((~torch.isfinite(diag)).any(dim=0)).flatten().tolist()
+    raise NonFiniteError(f"Gram matrix {name}", bad or nonfinite_rows(G))
+
+
+def refuse_nonfinite_weights(name: str, U: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteError` naming the tasks (columns of U) that hold NaN/Inf."""
+    if all_finite(U):
+        return
+    raise NonFiniteError(name, nonfinite_columns(U))

@@ -20,12 +20,13 @@ import torch
 from mtl_fast._core.dispatch import resolve
 from mtl_fast._core.dual_cone_problem import kkt_residual as _kkt_residual
 from mtl_fast._core.validate import (
-    NonFiniteError,
-    all_finite,
-    nonfinite_rows,
+    refuse_nonfinite_gram,
+    refuse_nonfinite_weights,
+    require_bool,
     require_float,
     require_min_dim,
     require_nonneg_float,
+    require_optional_bool,
     require_positive_int,
     require_same_device,
     require_tensor,
@@ -57,29 +58,6 @@ def check_options(norm_eps: object, reg_eps: object, max_iter: object, tol: obje
     require_nonneg_float("reg_eps", reg_eps)
     require_positive_int("max_iter", max_iter)
     require_nonneg_float("tol", tol)
-    for name, value in (("norm_eps", norm_eps), ("reg_eps", reg_eps), ("tol", tol)):
-        if value == float("inf"):
-            raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
-
-
-def refuse_nonfinite_gram(name: str, G: torch.Tensor) -> None:
-    """Raise :class:`NonFiniteError` naming the tasks whose row of G holds NaN/Inf."""
-    if all_finite(G):
-        return
-    T = G.shape[-1]
-    # A bad gradient t spoils row and column t of G; its own diagonal entry names it.
-    diag = G.diagonal(dim1=-2, dim2=-1).reshape(-1, T)
-    bad = torch.nonzero((~torch.isfinite(diag)).any(dim=0)).flatten().tolist()
-    raise NonFiniteError(f"Gram matrix {name}", bad or nonfinite_rows(G))
-
-
-def refuse_nonfinite_weights(name: str, U: torch.Tensor) -> None:
-    """Raise :class:`NonFiniteError` naming the tasks (columns of U) that hold NaN/Inf."""
-    if all_finite(U):
-        return
-    T = U.shape[-1]
-    bad = torch.nonzero((~torch.isfinite(U.reshape(-1, T))).any(dim=0)).flatten().tolist()
-    raise NonFiniteError(name, bad)
 
 
 def project(
@@ -95,6 +73,7 @@ def project(
 ) -> torch.Tensor:
     """The projection on validated input: U (..., R, T) or (T,), G (..., T, T) of any float
     dtypes → W of U's broadcast shape in G's dtype (fp32 for fp16/bf16)."""
+    require_optional_bool("sync_free", sync_free)
     T = G.shape[-1]
     work = G if G.dtype in (torch.float32, torch.float64) else G.float()
     Uw = U if U.dtype in (torch.float32, torch.float64) else U.float()
@@ -262,6 +241,7 @@ def dual_cone_projection(
         )
     require_same_device("U", U, "G", G)
     check_options(norm_eps, reg_eps, max_iter, tol)
+    require_bool("return_converged", return_converged)
     if should_check(check_finite, G.device):
         refuse_nonfinite_gram("G", G)
         refuse_nonfinite_weights("U", U)
@@ -324,6 +304,8 @@ def kkt_residual(
         True
     """
     G = check_gram("G", G)
+    require_nonneg_float("norm_eps", norm_eps)
+    require_nonneg_float("reg_eps", reg_eps)
     for name, x in (("U", U), ("W", W)):
         x = require_tensor(name, x)
         require_float(name, x)

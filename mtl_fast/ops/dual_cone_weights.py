@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 from mtl_fast._core.validate import (
+    refuse_nonfinite_gram,
+    refuse_nonfinite_weights,
     require_float,
     require_min_dim,
     require_same_device,
@@ -25,8 +27,6 @@ from mtl_fast.ops.dual_cone import (
     check_gram,
     check_options,
     project,
-    refuse_nonfinite_gram,
-    refuse_nonfinite_weights,
 )
 
 

@@ -10,8 +10,16 @@ from typing import Any
 import torch
 
 from mtl_fast._core import engine
-from mtl_fast._core.flat import check_params, offsets
-from mtl_fast._core.validate import require_positive_int
+from mtl_fast._core.flat import check_params, layout_signature, offsets
+from mtl_fast._core.validate import (
+    LayoutError,
+    require_bool,
+    require_float,
+    require_optional_bool,
+    require_positive_int,
+    require_same_device,
+    require_tensor,
+)
 
 # Whether ``backward`` runs one vmapped backward (``batched=None``) per device type. Measured on
 # the CPU (one thread, interleaved, medians; benchmarks/results/cpu/*-whole-step.*): the batched
@@ -88,6 +96,9 @@ class TaskGradients:
         self._rows = [self._views(self.J[t]) for t in range(num_tasks)]
         self._blocks = self.per_parameter()
         self._ids = {id(p) for p in self.params}
+        # Compared by MultiAdam.step: an arena over other parameters (or another order) is
+        # refused there, on the host.
+        self.layout = layout_signature(self.params)
         self.batched_fallback: str | None = None
         self._vmap_failed = False
 
@@ -98,6 +109,7 @@ class TaskGradients:
 
     def row_views(self, t: int) -> list[torch.Tensor]:
         """Views of row t shaped like each parameter."""
+        self._check_task(t)
         return self._views(self.J[t])
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -115,10 +127,23 @@ class TaskGradients:
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.num_tasks:
             raise ValueError(f"task must be an int in [0, {self.num_tasks}), got {t!r}")
 
+    def _check_params_unchanged(self) -> None:
+        """Raise :class:`LayoutError` if a parameter was cast or moved since the arena was built
+        (its gradients would be converted into rows of the old dtype or device)."""
+        J = self.J
+        for i, p in enumerate(self.params):
+            if p.dtype != J.dtype or p.device != J.device:
+                raise LayoutError(
+                    f"params[{i}] is now {p.dtype} on {p.device} but the arena holds "
+                    f"{J.dtype} on {J.device}: the parameters were cast or moved after the "
+                    "arena was built; build it again"
+                )
+
     @contextmanager
     def task(self, t: int) -> Iterator[torch.Tensor]:
         """Route the shared parameters' gradients into row t while the block runs; yields it."""
         self._check_task(t)
+        self._check_params_unchanged()
         saved = [p.grad for p in self.params]
         row = self.J[t]
         row.zero_()
@@ -136,6 +161,10 @@ class TaskGradients:
                 p.grad = old
 
     def _check_losses(self, losses: Sequence[torch.Tensor]) -> None:
+        """T scalar float tensors that autograd can differentiate: checked before any row is
+        written, so a bad loss leaves the arena as it was."""
+        if isinstance(losses, torch.Tensor) or not isinstance(losses, Sequence):
+            raise TypeError(f"losses must be a sequence of T scalar tensors, got {type(losses)}")
         if len(losses) != self.num_tasks:
             raise ValueError(
                 f"losses has {len(losses)} entries, expected num_tasks={self.num_tasks}"
@@ -143,6 +172,12 @@ class TaskGradients:
         for t, loss in enumerate(losses):
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise ValueError(f"losses[{t}] must be a scalar tensor")
+            require_float(f"losses[{t}]", loss)
+            if not loss.requires_grad:
+                raise ValueError(
+                    f"losses[{t}] does not require grad: it is not connected to the parameters "
+                    "by autograd (computed under torch.no_grad, or detached)"
+                )
 
     def backward(
         self,
@@ -180,8 +215,12 @@ class TaskGradients:
                 themselves).
         """
         self._check_losses(losses)
+        require_bool("retain_graph", retain_graph)
+        require_optional_bool("batched", batched)
+        require_bool("accumulate_others", accumulate_others)
         if chunk_size is not None:
             require_positive_int("chunk_size", chunk_size, 1)
+        self._check_params_unchanged()
         if batched is None:
             batched = BATCHED_DEFAULT.get(self.J.device.type, False)
         if batched and not self._vmap_failed:
@@ -288,8 +327,13 @@ class TaskGradients:
         return True
 
     def assign_grad(self, d: torch.Tensor) -> None:
-        """Set each shared parameter's ``.grad`` to its slice of the flat direction d (P,)."""
+        """Set each shared parameter's ``.grad`` to its slice of the flat direction d (P,),
+        a float tensor on the arena's device (cast to the parameters' dtype)."""
+        d = require_tensor("d", d)
+        require_float("d", d)
         if d.shape != (self.num_params,):
             raise ValueError(f"d must have shape ({self.num_params},), got {tuple(d.shape)}")
+        require_same_device("d", d, "the arena", self.J)
+        self._check_params_unchanged()
         for p, v in zip(self.params, self._views(d.to(self.J.dtype))):
             p.grad = v

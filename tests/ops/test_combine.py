@@ -122,3 +122,18 @@ def test_combine_rejects_mismatched_weights() -> None:
         mtl_fast.combine(torch.zeros(3, 5), torch.zeros(3, device="meta"))
     with pytest.raises(TypeError, match="w must have dtype"):
         mtl_fast.combine(torch.zeros(3, 5), torch.zeros(3, dtype=torch.int64))
+
+
+def test_combine_refuses_nonfinite_input_on_the_cpu() -> None:
+    """NaN/Inf in w (checked directly) or in J (seen in d, then named) is refused, naming the
+    tasks; unchecked it propagates to d. Finite values whose sum overflows are not refused."""
+    J = torch.ones(3, 5)
+    w = torch.ones(3)
+    with pytest.raises(mtl_fast.NonFiniteError, match=r"weights w .*\[2\]"):
+        mtl_fast.combine(J, torch.tensor([1.0, 1.0, float("inf")]))
+    J[1, 3] = float("nan")
+    with pytest.raises(mtl_fast.NonFiniteError, match=r"gradient J .*\[1\]"):
+        mtl_fast.combine(J, w)
+    assert bool(mtl_fast.combine(J, w, check_finite=False)[3].isnan())
+    big = torch.full((2, 3), 3e38)
+    assert bool(mtl_fast.combine(big, torch.ones(2)).isinf().all())

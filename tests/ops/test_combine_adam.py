@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mtl_fast
+from mtl_fast import NonFiniteError
 from mtl_fast._core.contracts import AdamHyper, AdamState
 from mtl_fast._core.precision import accumulation_dtype, relative_error
 from mtl_fast.kernels import reference as ref
@@ -92,3 +93,89 @@ def test_combine_adam_rejects_bad_state() -> None:
         mtl_fast.combine_adam(J, w, p, m, v, torch.zeros(1, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"w must have shape \(2,\)"):
         mtl_fast.combine_adam(J, torch.ones(3), p, m, v, s)
+
+
+def _state(P: int = 4) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(P)
+    return [
+        torch.randn(P, generator=gen),
+        torch.rand(P, generator=gen),
+        torch.rand(P),
+        torch.ones(1),
+    ]
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(lr=NAN), ValueError, "lr must be a finite number ≥ 0"),
+        (dict(lr=-1e-3), ValueError, "lr must be a finite number ≥ 0"),
+        (dict(lr=INF), ValueError, "lr must be a finite number ≥ 0"),
+        (dict(lr=torch.tensor(NAN)), ValueError, "lr must be a finite number ≥ 0"),
+        (dict(lr=torch.tensor([1e-3])), ValueError, "0-d tensor"),
+        (dict(eps=-1e-8), ValueError, "eps must be a finite number ≥ 0"),
+        (dict(weight_decay=-0.1), ValueError, "weight_decay must be a finite number ≥ 0"),
+        (dict(weight_decay=INF), ValueError, "weight_decay must be a finite number ≥ 0"),
+        (dict(betas=(1.0, 0.999)), ValueError, r"betas must each be in \[0, 1\)"),
+        (dict(betas=(0.9, 1.5)), ValueError, r"betas\[1\]"),
+        (dict(betas=(0.9,)), ValueError, "betas must be a pair"),
+        (dict(check_finite="yes"), TypeError, "check_finite must be True, False or None"),
+        (dict(backend="nope"), ValueError, "backend must be"),
+    ],
+)
+def test_combine_adam_refuses_bad_hyperparameters_and_changes_nothing(change, error, match):
+    J, w = torch.randn(2, 4), torch.ones(2)
+    state = _state()
+    before = [x.clone() for x in state]
+    with pytest.raises(error, match=match):
+        mtl_fast.combine_adam(J, w, *state, **change)
+    for x, y in zip(state, before):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda J, w: (J.masked_fill(J > 0.5, NAN), w), NonFiniteError, "gradient J"),
+        (lambda J, w: (J, torch.tensor([1.0, INF])), NonFiniteError, r"weights w .*\[1\]"),
+        (lambda J, w: (torch.zeros(0, 4), torch.ones(0)), ValueError, "T ≥ 1"),
+        (lambda J, w: (J, w.bool()), TypeError, "w must have dtype"),
+        (lambda J, w: (J.to(torch.int32), w), TypeError, "J must have dtype"),
+        (lambda J, w: (J.to(torch.complex64), w), TypeError, "J must have dtype"),
+        (lambda J, w: (J[0], w), ValueError, r"J must have shape \(T, P\)"),
+        (lambda J, w: (J.tolist(), w), TypeError, "J must be a torch.Tensor"),
+    ],
+)
+def test_combine_adam_refuses_bad_inputs_and_changes_nothing(make, error, match):
+    J, w = make(torch.rand(2, 4, generator=torch.Generator().manual_seed(0)), torch.ones(2))
+    state = _state()
+    before = [x.clone() for x in state]
+    with pytest.raises(error, match=match):
+        mtl_fast.combine_adam(J, w, *state)
+    for x, y in zip(state, before):
+        assert torch.equal(x, y)
+
+
+def test_combine_adam_refuses_aliased_state() -> None:
+    p, _, v, s = _state()
+    with pytest.raises(ValueError, match="distinct buffers"):
+        mtl_fast.combine_adam(torch.ones(2, 4), torch.ones(2), p, p, v, s)
+
+
+def test_combine_adam_updates_a_parameter_that_requires_grad() -> None:
+    """It runs under no_grad, as optimizers do: a leaf Parameter is updated in place."""
+    p = torch.nn.Parameter(torch.zeros(4))
+    m, v, s = torch.zeros(4), torch.zeros(4), torch.zeros(1)
+    mtl_fast.combine_adam(torch.ones(2, 4), torch.ones(2), p, m, v, s, lr=0.1)
+    assert s.item() == 1.0 and bool((p < 0).all())
+
+
+def test_combine_adam_nonfinite_check_can_be_skipped() -> None:
+    """check_finite=False (as on a GPU): no check, the NaN reaches the state."""
+    p, m, v, s = _state()
+    J = torch.full((2, 4), NAN)
+    mtl_fast.combine_adam(J, torch.ones(2), p, m, v, s, check_finite=False)
+    assert bool(p.isnan().all())
