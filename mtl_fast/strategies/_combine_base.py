@@ -8,6 +8,7 @@ import torch
 
 from mtl_fast._core.dispatch import resolve
 from mtl_fast._core.precision import accumulation_dtype
+from mtl_fast._core.validate import require_backend_name
 from mtl_fast.optim.task_gradients import TaskGradients
 from mtl_fast.strategies._base import Strategy, raise_or_skip
 
@@ -20,6 +21,10 @@ class CombineStrategy(Strategy):
     direction Σ_t c_t ∇L_t, each head its own task's c_t ∇_{θ_t} L_t. Gradients are accumulated
     into existing ``.grad`` as autograd does, so call the optimizer's ``zero_grad()`` first, as
     usual.
+
+    A call refused for its arguments (``losses``, ``features``, a parameter frozen since
+    construction) raises before anything changes: parameters, ``.grad`` and the strategy's state
+    stay as they were. A step refused for NaN/Inf (``on_nonfinite``) clears ``.grad`` instead.
 
     Per-step cost: everything that does not depend on the step (the arena, its per-task views,
     the backend of each op, the hyperparameters' validity) is settled once, at construction or
@@ -68,6 +73,7 @@ class CombineStrategy(Strategy):
     def _ops(self, backend: str | None) -> None:
         """Resolve the backend of gram and combine once (an explicit backend that cannot run
         here raises now, at construction, not at the first step)."""
+        require_backend_name("backend", backend)
         device = self.shared_params[0].device
         self._gram_fn = resolve("gram", backend, device)
         self._combine_fn = resolve("combine", backend, device)
@@ -99,6 +105,7 @@ class CombineStrategy(Strategy):
     def _refuse(self, losses: torch.Tensor, bad: list[int], what: str) -> bool:
         """Refuse a step: clear every ``.grad`` (so the user's optimizer skips it), then raise
         unless ``on_nonfinite="skip"``."""
+        self._track_path()
         for p in [*self.shared_params, *self.task_params]:
             p.grad = None
         raise_or_skip(self.on_nonfinite, what, bad)

@@ -8,7 +8,12 @@ from typing import Any
 import torch
 
 from mtl_fast._core.dispatch import resolve
-from mtl_fast._core.validate import require_nonneg_float, require_positive_int
+from mtl_fast._core.validate import (
+    require_bool,
+    require_choice,
+    require_nonneg_float,
+    require_positive_int,
+)
 from mtl_fast.ops.min_norm import DEFAULT_MAX_ITER, DEFAULT_TOL, min_norm
 from mtl_fast.strategies._base import check_losses, loss_vector
 from mtl_fast.strategies._combine_base import CombineStrategy
@@ -142,16 +147,11 @@ class MGDA(CombineStrategy):
             diagnostics_every=diagnostics_every,
             on_nonfinite=on_nonfinite,
         )
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
-            )
-        if apply_to not in APPLY_TO:
-            raise ValueError(f"apply_to must be one of {APPLY_TO}, got {apply_to!r}")
+        require_choice("normalization", normalization, NORMALIZATIONS)
+        require_choice("apply_to", apply_to, APPLY_TO)
         require_positive_int("max_iter", max_iter)
         require_nonneg_float("tol", tol)
-        if batched is not None and not isinstance(batched, bool):
-            raise ValueError(f"batched must be True, False or None, got {batched!r}")
+        require_bool("batched", batched, optional=True)
         if chunk_size is not None:
             require_positive_int("chunk_size", chunk_size, 1)
         self.normalization = normalization
@@ -204,7 +204,7 @@ class MGDA(CombineStrategy):
         """Write MGDA's gradients. ``features`` is ignored (see :class:`MGDAUB`)."""
         del features
         losses = check_losses(losses, self.num_tasks)
-        self._track_path()
+        self._check_trainable()
         lv = loss_vector(losses)
         arena = self._fill_arena(losses, self.batched, self.chunk_size)
         self._lap("backward")
@@ -220,6 +220,7 @@ class MGDA(CombineStrategy):
         self._backward_heads(losses, c)
         self._accumulate_shared(arena, d)
         self._lap("backward")
+        self._track_path()
         diag = self._diagnose(arena.J, K) if self._diagnostics_due() else None
         self._record(lv, w, c, diag)
         return True

@@ -9,7 +9,13 @@ from typing import Any
 
 import torch
 
-from mtl_fast._core.validate import require_float, require_positive_int, require_tensor
+from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.validate import (
+    require_bool,
+    require_float,
+    require_positive_int,
+    require_tensor,
+)
 from mtl_fast.ops.aggregators import upgrad_weights
 from mtl_fast.ops.dual_cone import (
     DEFAULT_MAX_ITER,
@@ -80,13 +86,14 @@ class DualConeStrategy(CombineStrategy):
         self.max_iter = max_iter
         self.tol = tol
         self.backend = backend
-        if batched is not None and not isinstance(batched, bool):
-            raise ValueError(f"batched must be True, False or None, got {batched!r}")
+        require_bool("batched", batched, optional=True)
         if chunk_size is not None:
             require_positive_int("chunk_size", chunk_size, 1)
         self.batched = batched
         self.chunk_size = chunk_size
         self._ops(self._dense_backend())
+        # The solver's backend too: an explicit one that cannot run raises now, not at step 1.
+        resolve("dual_cone", backend, self.shared_params[0].device, tasks=num_tasks)
 
     def _weights(self, K: torch.Tensor) -> torch.Tensor:
         """(T,) weights from the (T, T) Gram of the raw gradients, in K's dtype."""
@@ -121,7 +128,7 @@ class DualConeStrategy(CombineStrategy):
         """Write the method's gradients (see the class docstring). ``features`` is ignored."""
         del features
         losses = check_losses(losses, self.num_tasks)
-        self._track_path()
+        self._check_trainable()
         lv = loss_vector(losses)
         arena = self._fill_arena(losses, self.batched, self.chunk_size)
         self._lap("backward")
@@ -137,6 +144,7 @@ class DualConeStrategy(CombineStrategy):
         self._backward_heads(losses, w)
         self._accumulate_shared(arena, d)
         self._lap("backward")
+        self._track_path()
         diag = self._diagnose(arena.J, K) if self._diagnostics_due() else None
         self._record(lv, w, diag)
         return True
