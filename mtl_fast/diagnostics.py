@@ -30,8 +30,8 @@ from mtl_fast._core.validate import (
     require_choice,
     require_float,
     require_min_dim,
-    require_number,
     require_positive_int,
+    require_real,
     require_same_device,
     require_tensor,
     should_check,
@@ -226,7 +226,7 @@ def gradient_diagnostics(
         require_same_device("J", J, "K", K)
     require_positive_int("step", step, 0)
     if path_length is not None:
-        path_length = require_number("path_length", path_length, minimum=0.0)
+        path_length = require_real("path_length", path_length, low=0.0)
     require_choice("space", space, ("parameters", "features"))
     K = K.detach()
     return GradientDiagnostics(
@@ -290,7 +290,7 @@ class PathLength:
         if not isinstance(state, dict) or set(state) != {"total", "previous"}:
             keys = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"state must be a dict with keys ['previous', 'total'], got {keys}")
-        total = require_number("state['total']", state["total"], minimum=0.0)
+        total = require_real("state['total']", state["total"], low=0.0)
         previous = require_tensor("state['previous']", state["previous"])
         if previous.shape != self.previous.shape or previous.dtype != self.previous.dtype:
             raise ValueError(

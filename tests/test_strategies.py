@@ -296,7 +296,7 @@ def test_batched_mgda_equals_sequential_and_hyperparameters_are_checked_at_const
         ({"chunk_size": 0}, "chunk_size"),
         ({"backend": "nope"}, "backend"),
     ):
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises((ValueError, TypeError), match=match):
             MGDA(shared, num_tasks=T, **kwargs)
 
 

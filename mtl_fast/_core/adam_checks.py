@@ -9,28 +9,30 @@ from typing import Any
 import torch
 
 from mtl_fast._core.contracts import AdamHyper
-from mtl_fast._core.validate import is_real, require_float, require_number
+from mtl_fast._core.validate import is_real, require_float, require_real
 
 HYPER_KEYS = ("lr", "betas", "eps", "weight_decay")
 
 
-def check_lr(lr: object, device: torch.device, *, read_value: bool) -> float | torch.Tensor:
+def check_lr(
+    lr: object, device: torch.device, *, read_value: bool, name: str = "lr"
+) -> float | torch.Tensor:
     """A finite lr ≥ 0: a number, or a 0-d float tensor on ``device`` (for CUDA graphs).
 
     A tensor's value is read (one host sync on a GPU) only when ``read_value`` or on the CPU,
     where reading it is free.
     """
     if not isinstance(lr, torch.Tensor):
-        return require_number("lr", lr, minimum=0.0)
-    require_float("lr", lr)
+        return require_real(name, lr, low=0.0)
+    require_float(name, lr)
     if lr.dim() != 0:
-        raise ValueError(f"lr must be a number or a 0-d tensor, got shape {tuple(lr.shape)}")
+        raise ValueError(f"{name} must be a number or a 0-d tensor, got shape {tuple(lr.shape)}")
     if lr.device != device:
-        raise ValueError(f"lr is on {lr.device} but the parameters are on {device}")
+        raise ValueError(f"{name} is on {lr.device} but the parameters are on {device}")
     if read_value or lr.device.type == "cpu":
         value = float(lr)
         if not (value >= 0 and value != float("inf")):
-            raise ValueError(f"lr must be a finite number ≥ 0, got tensor({value})")
+            raise ValueError(f"{name} must be a finite number ≥ 0, got tensor({value})")
     return lr
 
 
@@ -59,8 +61,8 @@ def check_hyper(
     [0, 1). ``read_value``: see :func:`check_lr`."""
     lr = check_lr(lr, device, read_value=read_value)
     beta1, beta2 = check_betas(betas)
-    eps_f = require_number("eps", eps, minimum=0.0)
-    wd = require_number("weight_decay", weight_decay, minimum=0.0)
+    eps_f = require_real("eps", eps, low=0.0)
+    wd = require_real("weight_decay", weight_decay, low=0.0)
     return AdamHyper(lr, beta1, beta2, eps_f, wd)
 
 

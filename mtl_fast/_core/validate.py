@@ -62,24 +62,6 @@ def is_real(x: object) -> bool:
     return isinstance(x, Real) and not isinstance(x, bool)
 
 
-def require_number(
-    name: str, x: object, *, minimum: float | None = None, below: float | None = None
-) -> float:
-    """A finite real number (not a bool, not a tensor) in [minimum, below); returned as float."""
-    if not is_real(x):
-        raise TypeError(f"{name} must be a real number, got {type(x).__name__} {x!r}")
-    value = float(x)  # type: ignore[arg-type]
-    low = "" if minimum is None else f" ≥ {minimum:g}"
-    high = "" if below is None else f" < {below:g}"
-    if (
-        not math.isfinite(value)
-        or (minimum is not None and value < minimum)
-        or (below is not None and value >= below)
-    ):
-        raise ValueError(f"{name} must be a finite number{low}{high}, got {x!r}")
-    return value
-
-
 def require_nonneg_float(name: str, x: object) -> float:
     """A finite real number ≥ 0 (inf and NaN refused); returned as float."""
     if not is_real(x) or not math.isfinite(float(x)) or float(x) < 0:  # type: ignore[arg-type]
@@ -103,6 +85,56 @@ def require_bool(name: str, x: object) -> bool:
 def require_choice(name: str, x: object, choices: Sequence[str]) -> str:
     if not isinstance(x, str) or x not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {x!r}")
+    return x
+
+
+def require_real(
+    name: str,
+    x: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real number (not a bool) in the interval given; TypeError for another type,
+    ValueError for a value outside, both naming the argument and the interval."""
+    if high is None:  # "≥ 0", "> 0" or nothing
+        interval = "" if low is None else f"{'>' if low_open else '≥'} {low:g}"
+    else:
+        lo = "(-∞" if low is None else f"{'(' if low_open else '['}{low:g}"
+        interval = f"in {lo}, {high:g}{')' if high_open else ']'}"
+    if not is_real(x):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__} {x!r}")
+    v = float(x)  # type: ignore[arg-type]
+    ok = math.isfinite(v)
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {interval}, got {x!r}".replace("  ", " "))
+    return v
+
+
+SEED_LIMIT = 2**32
+
+
+def require_seed(name: str, x: object) -> int:
+    """A seed: an int in [0, 2³²), what every generator the package seeds accepts (Python's,
+    torch's and NumPy's, which scikit-learn uses)."""
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")
+    if not 0 <= x < SEED_LIMIT:
+        raise ValueError(f"{name} must be in [0, 2**32), got {x!r}")
+    return x
+
+
+def require_backend_name(name: str, x: object) -> str | None:
+    """None (the default) or a backend name: a string; whether it exists and can run is the
+    dispatch's answer (``_core.dispatch.resolve``)."""
+    if x is not None and not isinstance(x, str):
+        raise TypeError(f"{name} must be a backend name (a string) or None, got {x!r}")
     return x
 
 

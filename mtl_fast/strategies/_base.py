@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from mtl_fast._core.flat import check_params
-from mtl_fast._core.validate import NonFiniteError, require_positive_int
+from mtl_fast._core.validate import NonFiniteError, require_choice, require_positive_int
 from mtl_fast.diagnostics import GradientDiagnostics, PathLength, gradient_diagnostics
 from mtl_fast.ops.gram import gram
+from mtl_fast.strategies._params import check_strategy_params, first_frozen
 
 _ON_NONFINITE = ("raise", "skip", "ignore")
 
@@ -44,15 +44,31 @@ class StepRecord:
 
 
 def check_losses(losses: Sequence[torch.Tensor], num_tasks: int) -> list[torch.Tensor]:
-    """A list of T scalar tensors; the error names the offending entry."""
+    """A list of T scalar floating tensors on one device that require grad; the error names the
+    offending entry. Nothing is computed before every entry has passed."""
+    if isinstance(losses, torch.Tensor) or not isinstance(losses, Iterable):
+        raise TypeError(
+            f"losses must be a list of {num_tasks} scalar tensors (one per task), got "
+            f"{type(losses).__name__}"
+            + (f" of shape {tuple(losses.shape)}" if isinstance(losses, torch.Tensor) else "")
+        )
     out = list(losses)
     if len(out) != num_tasks:
         raise ValueError(f"losses has {len(out)} entries, expected num_tasks={num_tasks}")
     for t, loss in enumerate(out):
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise ValueError(f"losses[{t}] must be a scalar tensor")
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"losses[{t}] must be a scalar tensor, got {type(loss).__name__}")
+        if loss.numel() != 1:
+            raise ValueError(
+                f"losses[{t}] must be a scalar tensor, got shape {tuple(loss.shape)} (reduce it, "
+                "e.g. with .mean())"
+            )
+        if not loss.is_floating_point():
+            raise TypeError(f"losses[{t}] must be floating, got dtype {loss.dtype}")
         if not loss.requires_grad:
             raise ValueError(f"losses[{t}] does not require grad (was it computed under no_grad?)")
+        if loss.device != out[0].device:
+            raise ValueError(f"losses[{t}] is on {loss.device} but losses[0] is on {out[0].device}")
     return out
 
 
@@ -73,12 +89,26 @@ def raise_or_skip(mode: str, what: str, bad: list[int]) -> None:
         raise NonFiniteError(what, bad)
 
 
+def check_strategy_options(
+    num_tasks: object, diagnostics_every: object, on_nonfinite: object
+) -> int:
+    """The options every strategy takes; returns num_tasks. Subclasses call it before their own
+    checks that depend on T, so that every argument is judged before anything is built."""
+    require_positive_int("num_tasks", num_tasks, 1)
+    require_positive_int("diagnostics_every", diagnostics_every, 0)
+    require_choice("on_nonfinite", on_nonfinite, _ON_NONFINITE)
+    assert isinstance(num_tasks, int)
+    return num_tasks
+
+
 class Strategy:
     """Base of all strategies.
 
     Args:
         shared_params: the parameters every task uses (the trunk).
-        task_params: the task-specific parameters (the heads); may be empty.
+        task_params: the task-specific parameters (the heads); may be empty. Every entry of
+            both lists is a leaf tensor that requires grad, listed once: a frozen parameter is
+            refused with its name and shape (leave it out; see docs/strategies.md).
         num_tasks: T ≥ 1.
         diagnostics_every: take :class:`~mtl_fast.diagnostics.GradientDiagnostics` every this
             many steps (0: never). The path length of the shared parameters is tracked on every
@@ -99,24 +129,23 @@ class Strategy:
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
-        self.shared_params = check_params(shared_params, "shared_params")
-        self.task_params = list(task_params)
-        shared_ids = {id(p) for p in self.shared_params}
-        for i, p in enumerate(self.task_params):
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"task_params[{i}] must be a torch.Tensor, got {type(p).__name__}")
-            if id(p) in shared_ids:
-                raise ValueError(f"task_params[{i}] is also listed in shared_params")
-        require_positive_int("num_tasks", num_tasks, 1)
-        require_positive_int("diagnostics_every", diagnostics_every, 0)
-        if on_nonfinite not in _ON_NONFINITE:
-            raise ValueError(f"on_nonfinite must be one of {_ON_NONFINITE}, got {on_nonfinite!r}")
+        check_strategy_options(num_tasks, diagnostics_every, on_nonfinite)
+        self.shared_params, self.task_params = check_strategy_params(shared_params, task_params)
         self.num_tasks = num_tasks
         self.diagnostics_every = diagnostics_every
         self.on_nonfinite = on_nonfinite
         self.num_steps = 0
         self.last = StepRecord()
         self.path = PathLength(self.shared_params) if diagnostics_every > 0 else None
+
+    def _check_trainable(self) -> None:
+        """Refuse a step, before anything changes, when a parameter was frozen since
+        construction (one attribute read per parameter)."""
+        reason = first_frozen(self.shared_params, "shared_params") or first_frozen(
+            self.task_params, "task_params"
+        )
+        if reason is not None:
+            raise ValueError(reason)
 
     # -- diagnostics -----------------------------------------------------------------------
     def _diagnostics_due(self) -> bool:

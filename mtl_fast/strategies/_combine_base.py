@@ -9,7 +9,11 @@ import torch
 
 from mtl_fast._core.dispatch import resolve
 from mtl_fast._core.precision import accumulation_dtype
-from mtl_fast._core.validate import require_positive_int
+from mtl_fast._core.validate import (
+    require_backend_name,
+    require_optional_bool,
+    require_positive_int,
+)
 from mtl_fast.optim.task_gradients import TaskGradients
 from mtl_fast.strategies._base import Strategy, check_losses, loss_vector, raise_or_skip
 
@@ -26,6 +30,10 @@ class CombineStrategy(Strategy):
     direction Σ_t c_t ∇L_t, each head its own task's c_t ∇_{θ_t} L_t. Gradients are accumulated
     into existing ``.grad`` as autograd does, so call the optimizer's ``zero_grad()`` first, as
     usual.
+
+    A call refused for its arguments (``losses``, ``features``, a parameter frozen since
+    construction) raises before anything changes: parameters, ``.grad`` and the strategy's state
+    stay as they were. A step refused for NaN/Inf (``on_nonfinite``) clears ``.grad`` instead.
 
     Per-step cost: everything that does not depend on the step (the arena, its per-task views,
     the backend of each op, the hyperparameters' validity) is settled once, at construction or
@@ -51,8 +59,7 @@ class CombineStrategy(Strategy):
         """Check and keep how the arena is filled: one backward pass per task (False), one
         vmapped pass per chunk of ``chunk_size`` tasks (True), or per device (None: see
         :data:`mtl_fast.optim.task_gradients.BATCHED_DEFAULT`)."""
-        if batched is not None and not isinstance(batched, bool):
-            raise ValueError(f"batched must be True, False or None, got {batched!r}")
+        require_optional_bool("batched", batched)
         if chunk_size is not None:
             require_positive_int("chunk_size", chunk_size, 1)
         self.batched = batched
@@ -66,7 +73,7 @@ class CombineStrategy(Strategy):
         shared ``.grad`` += Jᵀc (one pass over J, no further trunk backward), the heads' ``.grad``
         += ∇ Σ_t c_t L_t (a backward pass through the heads only), diagnostics when due."""
         losses = check_losses(losses, self.num_tasks)
-        self._track_path()
+        self._check_trainable()
         lv = loss_vector(losses)
         arena = self._fill_arena(losses, self.batched, self.chunk_size)
         self._lap("backward")
@@ -80,6 +87,7 @@ class CombineStrategy(Strategy):
         self._backward_heads(losses, c)
         self._accumulate_shared(arena, d)
         self._lap("backward")
+        self._track_path()
         diag = self._diagnose(arena.J, K) if self._diagnostics_due() else None
         self._record_step(lv, w, c, diag)
         return True
@@ -125,6 +133,7 @@ class CombineStrategy(Strategy):
     def _ops(self, backend: str | None) -> None:
         """Resolve the backend of gram and combine once (an explicit backend that cannot run
         here raises now, at construction, not at the first step)."""
+        require_backend_name("backend", backend)
         device = self.shared_params[0].device
         self._gram_fn = resolve("gram", backend, device)
         self._combine_fn = resolve("combine", backend, device)
@@ -156,6 +165,7 @@ class CombineStrategy(Strategy):
     def _refuse(self, losses: torch.Tensor, bad: list[int], what: str) -> bool:
         """Refuse a step: clear every ``.grad`` (so the user's optimizer skips it), then raise
         unless ``on_nonfinite="skip"``."""
+        self._track_path()
         for p in [*self.shared_params, *self.task_params]:
             p.grad = None
         raise_or_skip(self.on_nonfinite, what, bad)

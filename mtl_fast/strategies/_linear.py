@@ -8,8 +8,25 @@ from typing import Any
 import torch
 
 from mtl_fast._core.validate import nonfinite_rows
-from mtl_fast.strategies._base import check_losses, loss_vector
+from mtl_fast.strategies._base import check_losses, check_strategy_options, loss_vector
 from mtl_fast.strategies._combine_base import CombineStrategy
+
+
+def fixed_weights(weights: object, num_tasks: int) -> torch.Tensor:
+    """(T,) fp32 finite weights from a sequence or tensor (None: all 1); errors name them."""
+    if weights is None:
+        return torch.ones(num_tasks, dtype=torch.float32)
+    if isinstance(weights, (str, bytes)):
+        raise TypeError(f"weights must be {num_tasks} numbers, got {weights!r}")
+    try:
+        w = torch.as_tensor(weights, dtype=torch.float32).detach().clone()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"weights must be {num_tasks} numbers, got {weights!r} ({exc})") from None
+    if w.shape != (num_tasks,):
+        raise ValueError(f"weights must have shape ({num_tasks},), got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"weights must be finite, got {w.tolist()}")
+    return w
 
 
 class LinearScalarization(CombineStrategy):
@@ -47,6 +64,8 @@ class LinearScalarization(CombineStrategy):
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
+        num_tasks = check_strategy_options(num_tasks, diagnostics_every, on_nonfinite)
+        w = fixed_weights(weights, num_tasks)
         super().__init__(
             shared_params,
             task_params,
@@ -54,14 +73,6 @@ class LinearScalarization(CombineStrategy):
             diagnostics_every=diagnostics_every,
             on_nonfinite=on_nonfinite,
         )
-        if weights is None:
-            w = torch.ones(num_tasks, dtype=torch.float32)
-        else:
-            w = torch.as_tensor(weights, dtype=torch.float32).detach().clone()
-            if w.shape != (num_tasks,):
-                raise ValueError(f"weights must have shape ({num_tasks},), got {tuple(w.shape)}")
-            if not bool(torch.isfinite(w).all()):
-                raise ValueError("weights must be finite")
         self.weights = w.to(self.shared_params[0].device)
         self._ops(None)
 
@@ -71,7 +82,7 @@ class LinearScalarization(CombineStrategy):
         """Write the gradients of Σ_t w_t L_t. ``features`` is ignored (accepted for symmetry)."""
         del features
         losses = check_losses(losses, self.num_tasks)
-        self._track_path()
+        self._check_trainable()
         lv = loss_vector(losses)
         bad = self._bad_tasks(lv, None)
         if bad is not None:
@@ -83,6 +94,7 @@ class LinearScalarization(CombineStrategy):
             if rows:
                 return self._refuse(lv, rows, "gradient")
             K = self._gram(arena.J)
+            self._track_path()
             diag = self._diagnose(arena.J, K)
             d = self._combined(arena.J, self.weights, reuse=self._shared_grads_empty())
             self._backward_heads(losses, self.weights)
@@ -93,6 +105,7 @@ class LinearScalarization(CombineStrategy):
             torch.autograd.backward(list(losses), grad_tensors=grads)
             if not self._shared_grads_finite():
                 return self._refuse(lv, list(range(self.num_tasks)), "gradient")
+            self._track_path()
         self.num_steps += 1
         self.last.step = self.num_steps
         self.last.losses = lv

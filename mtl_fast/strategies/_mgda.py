@@ -7,7 +7,11 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from mtl_fast._core.dispatch import resolve
-from mtl_fast._core.validate import require_nonneg_float, require_positive_int
+from mtl_fast._core.validate import (
+    require_choice,
+    require_nonneg_float,
+    require_positive_int,
+)
 from mtl_fast.ops.min_norm import DEFAULT_MAX_ITER, DEFAULT_TOL, min_norm
 from mtl_fast.strategies._combine_base import CombineStrategy
 
@@ -140,12 +144,8 @@ class MGDA(CombineStrategy):
             diagnostics_every=diagnostics_every,
             on_nonfinite=on_nonfinite,
         )
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
-            )
-        if apply_to not in APPLY_TO:
-            raise ValueError(f"apply_to must be one of {APPLY_TO}, got {apply_to!r}")
+        require_choice("normalization", normalization, NORMALIZATIONS)
+        require_choice("apply_to", apply_to, APPLY_TO)
         require_positive_int("max_iter", max_iter)
         require_nonneg_float("tol", tol)
         self.normalization = normalization

@@ -56,7 +56,9 @@ class MGDAUB(MGDA):
             raise TypeError("features must be the trunk's output tensor Z (MGDA-UB needs it)")
         if not features.requires_grad:
             raise ValueError("features does not require grad: pass the trunk's output Z")
-        self._track_path()
+        if features.numel() == 0:
+            raise ValueError(f"features is empty (shape {tuple(features.shape)})")
+        self._check_trainable()
         lv = loss_vector(losses)
         G = self._feature_gradients(losses, features)
         self._lap("backward")
@@ -73,6 +75,7 @@ class MGDAUB(MGDA):
         if not self._shared_grads_finite():
             return self._refuse(lv, list(range(self.num_tasks)), "gradient")
         self._lap("backward")
+        self._track_path()
         diag = self._diagnose(G, K, space="features") if self._diagnostics_due() else None
         self._record_step(lv, w, c, diag)
         return True

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from mtl_fast._core.validate import require_positive_int
-from mtl_fast.strategies._base import loss_vector
+from mtl_fast._core.validate import require_bool, require_positive_int
+from mtl_fast.strategies._base import check_strategy_options, loss_vector
 from mtl_fast.strategies._sequential import Closure, SequentialStrategy, partition
 
 
@@ -42,7 +42,7 @@ class PerTaskUpdates(SequentialStrategy):
             with k > 1 it costs one extra forward and T backward passes.
         group_size: k ≥ 1 (clipped to T).
         redraw: draw a new partition at every step.
-        seed: seeds the partition draws.
+        seed: seeds the partition draws (an int in [0, 2**32)).
         lr, betas, eps, weight_decay: Adam(W) hyperparameters of both optimizers.
         head_lr: learning rate of the heads (default ``lr``).
         backend: backend of the MultiAdam step.
@@ -81,10 +81,10 @@ class PerTaskUpdates(SequentialStrategy):
         on_nonfinite: str = "raise",
         backend: str | None = None,
     ) -> None:
-        require_positive_int("group_size", group_size, 1)
-        if isinstance(num_tasks, int) and not isinstance(num_tasks, bool) and num_tasks >= 1:
-            group_size = min(group_size, num_tasks)
-        num_groups = -(-num_tasks // group_size) if isinstance(num_tasks, int) else 1
+        num_tasks = check_strategy_options(num_tasks, diagnostics_every, on_nonfinite)
+        group_size = min(require_positive_int("group_size", group_size, 1), num_tasks)
+        require_bool("redraw", redraw)
+        num_groups = -(-num_tasks // group_size)
         super().__init__(
             shared_params,
             task_params,
@@ -115,16 +115,20 @@ class PerTaskUpdates(SequentialStrategy):
         Returns:
             (T,) the losses of the first forward pass (detached).
         """
+        pending: list[torch.Tensor] | None = self._first_forward(closure)
         self._start()
         if self.redraw and self.num_steps > 0 and self.group_size > 1:
             self.groups = self._draw()
         singletons = self.group_size == 1
         due = self._diagnostics_due()
         if due and not singletons:
-            self._extra_diagnostics(closure)
+            assert pending is not None
+            self._extra_diagnostics(pending)  # its own forward pass: the first one
+            pending = None
         first: torch.Tensor | None = None
         for i, g in enumerate(self.groups):
-            losses = self._forward(closure)
+            losses = pending if pending is not None else self._forward(closure)
+            pending = None
             if first is None:
                 first = loss_vector(losses)
             if self.redraw:

@@ -8,7 +8,13 @@ from typing import Any
 
 import torch
 
-from mtl_fast._core.validate import all_finite
+from mtl_fast._core.adam_checks import check_hyper, check_lr
+from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.validate import (
+    all_finite,
+    require_backend_name,
+    require_seed,
+)
 from mtl_fast.optim.multi_adam import MultiAdam
 from mtl_fast.optim.task_gradients import TaskGradients
 from mtl_fast.strategies._base import Strategy, check_losses, raise_or_skip
@@ -63,8 +69,14 @@ class SequentialStrategy(Strategy):
             diagnostics_every=diagnostics_every,
             on_nonfinite=on_nonfinite,
         )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        # Every argument is judged before MultiAdam re-points the parameters at its buffer.
+        require_seed("seed", seed)
+        device = self.shared_params[0].device
+        hyper = check_hyper(lr, betas, eps, weight_decay, device)
+        hlr = lr if head_lr is None else check_lr(head_lr, device, read_value=True, name="head_lr")
+        betas, eps, weight_decay = (hyper.beta1, hyper.beta2), hyper.eps, hyper.weight_decay
+        require_backend_name("backend", backend)
+        resolve("multi_adam", backend, self.shared_params[0].device)  # explicit: can it run?
         self.optimizer = MultiAdam(
             self.shared_params,
             num_tasks=num_states,
@@ -77,10 +89,7 @@ class SequentialStrategy(Strategy):
         )
         # Created after MultiAdam flattened the parameters: the rows share its layout.
         self.arena = TaskGradients(self.shared_params, num_tasks)
-        heads = [p for p in self.task_params if p.requires_grad]
-        hlr = lr if head_lr is None else head_lr
-        if hlr < 0:
-            raise ValueError(f"head_lr must be ≥ 0, got {head_lr!r}")
+        heads = list(self.task_params)
         self.head_optimizer: torch.optim.Optimizer | None = None
         if heads:
             if weight_decay > 0:
@@ -139,9 +148,23 @@ class SequentialStrategy(Strategy):
             return True
         return all_finite(g) and all(all_finite(h) for h in heads)
 
-    def _extra_diagnostics(self, closure: Closure) -> None:
-        """Diagnostics at the current point: one extra forward and T backward passes."""
-        losses = self._forward(closure)
+    def _first_forward(self, closure: Closure) -> list[torch.Tensor]:
+        """The step's first ``closure()``, checked before anything changes: a step refused for
+        its arguments (a bad closure, a parameter frozen since construction) leaves parameters,
+        ``.grad``, optimizers and the strategy's state as they were. (A closure that returns
+        valid losses first and invalid ones later is refused mid-step, after the groups before
+        it have stepped.)"""
+        if not callable(closure):
+            raise TypeError(
+                f"closure must be a callable returning the {self.num_tasks} losses, got "
+                f"{type(closure).__name__}"
+            )
+        self._check_trainable()
+        return self._forward(closure)
+
+    def _extra_diagnostics(self, losses: Sequence[torch.Tensor]) -> None:
+        """Diagnostics at the current point from the losses of a forward pass of their own
+        (one extra forward and T backward passes)."""
         for t, loss in enumerate(losses):
             with self.arena.task(t):
                 torch.autograd.backward(loss, inputs=self.shared_params, retain_graph=True)

@@ -10,8 +10,13 @@ import numpy as np
 import torch
 
 from mtl_fast._core.extras import require
-from mtl_fast._core.validate import require_positive_int
-from mtl_fast.strategies._base import loss_vector
+from mtl_fast._core.validate import (
+    require_choice,
+    require_positive_int,
+    require_real,
+    require_seed,
+)
+from mtl_fast.strategies._base import check_strategy_options, loss_vector
 from mtl_fast.strategies._sequential import Closure, SequentialStrategy
 
 CREDITING = ("corrected", "reference")
@@ -60,6 +65,25 @@ def affinity_update(
     return A
 
 
+DAMPING_RANGE = (0.5, 1.0)  # scikit-learn's AffinityPropagation: damping in [0.5, 1)
+
+
+def check_clustering(
+    damping: object,
+    max_iter: object,
+    seed: object,
+    *,
+    max_iter_name: str = "ap_max_iter",
+    seed_name: str = "seed",
+) -> None:
+    """The clustering's options, judged where they are given (not at the first regrouping), and
+    scikit-learn, which does the clustering (the ``[train]`` extra)."""
+    require_real("damping", damping, low=DAMPING_RANGE[0], high=DAMPING_RANGE[1], high_open=True)
+    require_positive_int(max_iter_name, max_iter, 1)
+    require_seed(seed_name, seed)
+    require("train", "affinity_groups (the STGU strategy's clustering)", ["sklearn"])
+
+
 def affinity_groups(
     A: torch.Tensor,
     previous: Sequence[Sequence[int]],
@@ -80,7 +104,9 @@ def affinity_groups(
         (groups, ok): groups ordered by their smallest task; ok is False when ``previous`` was
         kept.
     """
-    require("train", "affinity_groups (the STGU strategy's clustering)", ["sklearn"])
+    check_clustering(
+        damping, max_iter, random_state, max_iter_name="max_iter", seed_name="random_state"
+    )
     from sklearn.cluster import AffinityPropagation
     from sklearn.exceptions import ConvergenceWarning
 
@@ -133,6 +159,18 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
     step. Heads use ordinary Adam; the paper lets task-specific parameters use lr × T: pass
     ``head_lr=lr * num_tasks`` for that.
 
+    Args:
+        shared_params, task_params, num_tasks, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.Strategy`.
+        beta: the affinity's EMA rate, in (0, 1].
+        warmup: iterations with singleton groups before the first regrouping (≥ 0).
+        crediting: "corrected" (default) or "reference".
+        damping, ap_max_iter: affinity propagation's damping, in [0.5, 1), and iteration limit
+            (≥ 1); checked here, not at the first regrouping.
+        seed: seeds the group order and the clustering (an int in [0, 2**32)).
+        lr, betas, eps, weight_decay, head_lr, backend: as in
+            :class:`~mtl_fast.strategies.PerTaskUpdates`.
+
     Example:
         >>> import torch
         >>> from mtl_fast.strategies import SelectiveTaskGroupUpdates
@@ -170,6 +208,12 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
         on_nonfinite: str = "raise",
         backend: str | None = None,
     ) -> None:
+        num_tasks = check_strategy_options(num_tasks, diagnostics_every, on_nonfinite)
+        # Judged before the parameters are flattened, and not at the first regrouping.
+        require_real("beta", beta, low=0.0, high=1.0, low_open=True)
+        require_positive_int("warmup", warmup, 0)
+        require_choice("crediting", crediting, CREDITING)
+        check_clustering(damping, ap_max_iter, seed)
         super().__init__(
             shared_params,
             task_params,
@@ -185,11 +229,6 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
             on_nonfinite=on_nonfinite,
             backend=backend,
         )
-        if not 0 < beta <= 1:
-            raise ValueError(f"beta must be in (0, 1], got {beta!r}")
-        require_positive_int("warmup", warmup, 0)
-        if crediting not in CREDITING:
-            raise ValueError(f"crediting must be one of {CREDITING}, got {crediting!r}")
         self.beta = beta
         self.warmup = warmup
         self.crediting = crediting
@@ -210,6 +249,7 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
         Returns:
             (T,) the losses of the first forward pass (detached).
         """
+        pending: list[torch.Tensor] | None = self._first_forward(closure)
         self._start()
         if self.num_steps >= self.warmup:
             self.groups, ok = affinity_groups(
@@ -225,12 +265,15 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
         order = [list(g) for g in self.groups]
         self.rng.shuffle(order)
         if self._diagnostics_due():
-            self._extra_diagnostics(closure)
+            assert pending is not None
+            self._extra_diagnostics(pending)  # its own forward pass: the first one
+            pending = None
         first: torch.Tensor | None = None
         previous: torch.Tensor | None = None
         stepped = False  # whether the previous group's step was taken (not refused)
         for j, g in enumerate(order):
-            losses = self._forward(closure)
+            losses = pending if pending is not None else self._forward(closure)
+            pending = None
             current = loss_vector(losses)
             if previous is None:
                 first = current

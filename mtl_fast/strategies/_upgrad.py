@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from mtl_fast._core.dispatch import resolve
 from mtl_fast._core.validate import require_float, require_tensor
 from mtl_fast.ops.dual_cone import (
     DEFAULT_MAX_ITER,
@@ -81,6 +82,8 @@ class DualConeStrategy(CombineStrategy):
         self.backend = backend
         self._arena_options(batched, chunk_size)
         self._ops(self._dense_backend())
+        # The solver's backend too: an explicit one that cannot run raises now, not at step 1.
+        resolve("dual_cone", backend, self.shared_params[0].device, tasks=num_tasks)
 
     def _weights(self, K: torch.Tensor) -> torch.Tensor:
         """(T,) weights from the (T, T) Gram of the raw gradients, in K's dtype."""

@@ -63,9 +63,10 @@ OPS = (
     | (frozenset() if isinstance(dense_kernels(), str) else frozenset({"gram", "combine"}))
     | (frozenset() if isinstance(aggregator_library(), str) else frozenset(AGGREGATOR_OPS))
 )
-TASK_LIMITS = {"min_norm": MAX_MIN_NORM_TASKS, "dual_cone": MAX_DUAL_CONE_TASKS} | dict.fromkeys(
+_LIMITS = {"min_norm": MAX_MIN_NORM_TASKS, "dual_cone": MAX_DUAL_CONE_TASKS} | dict.fromkeys(
     AGGREGATOR_OPS, MAX_AGGREGATOR_TASKS
 )
+TASK_LIMITS = {op: limit for op, limit in _LIMITS.items() if op in OPS}
 
 __all__ = [
     "ABI_VERSION",

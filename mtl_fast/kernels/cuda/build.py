@@ -17,6 +17,11 @@ The source list, flags, default architecture, CUDA_HOME guess and where the sour
 A build holds an OS-level lock (``fcntl.flock``: the kernel releases it when the holder dies, so
 an interrupted build never blocks later ones) and waits at most ``MTL_FAST_CUDA_JIT_TIMEOUT``
 seconds (default 1800) for another process's build before raising :class:`BuildTimeoutError`.
+
+The build folder is private (:mod:`mtl_fast._core.private_dir`): created with mode 0o700, and
+checked — with every parent — before a build writes to it and before a library is loaded from
+it, so that no other account can plant a library there. An unsafe folder is refused with
+:class:`ExtensionUnavailable` naming it and the problem.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ from pathlib import Path
 
 import torch
 
+from mtl_fast._core.private_dir import (
+    UnsafeDirectoryError,
+    check_private_dir,
+    check_private_file,
+    make_private_dir,
+)
 from mtl_fast.kernels.cuda import settings
 from mtl_fast.kernels.cuda.settings import (
     CUDA_FLAGS,
@@ -72,7 +83,11 @@ def arch_list() -> str:
 
 def build_dir() -> Path:
     """One build directory per torch, CUDA and Python version (``MTL_FAST_CUDA_BUILD_DIR``
-    overrides it), so that a library is never loaded into a torch it was not built against."""
+    overrides it), so that a library is never loaded into a torch it was not built against.
+
+    Under ``$XDG_CACHE_HOME`` (default ``~/.cache``), or, when that is not writable, under
+    ``<tmp>/mtl_fast-<uid>``: a predictable name in a shared folder, which is why every use
+    checks that the folder is private (:func:`private_build_dir`)."""
     override = os.environ.get("MTL_FAST_CUDA_BUILD_DIR", "").strip()
     if override:
         return Path(override)
@@ -84,6 +99,28 @@ def build_dir() -> Path:
         f"-py{sys.version_info.major}{sys.version_info.minor}"
     ).replace("+", "_")
     return cache / "mtl_fast" / tag
+
+
+BUILD_DIR_WHAT = "the CUDA build folder"
+
+
+def private_build_dir(create: bool = False) -> Path | None:
+    """:func:`build_dir`, checked to be private (created with mode 0o700 when ``create``);
+    None when it does not exist and ``create`` is False.
+
+    Raises:
+        ExtensionUnavailable: the folder or one of its parents could be changed by another user.
+    """
+    directory = build_dir()
+    try:
+        if create:
+            return make_private_dir(directory, BUILD_DIR_WHAT)
+        if not directory.exists():
+            return None
+        check_private_dir(directory, BUILD_DIR_WHAT)
+    except UnsafeDirectoryError as exc:
+        raise ExtensionUnavailable(f"{exc} (or set MTL_FAST_CUDA_BUILD_DIR)") from None
+    return directory
 
 
 def _writable(directory: Path) -> bool:
@@ -121,11 +158,23 @@ def _stamp_file(directory: Path) -> Path:
 
 
 def _current_jit_library() -> Path | None:
-    """The JIT-built library if its stamp matches the current sources for *some* arch list."""
-    directory = build_dir()
+    """The JIT-built library if its stamp matches the current sources for *some* arch list.
+
+    Raises:
+        ExtensionUnavailable: the build folder, the library or its stamp could have been
+            written by another user (nothing is read or loaded then).
+    """
+    directory = private_build_dir()
+    if directory is None:
+        return None
     lib, stamp = _library_file(directory), _stamp_file(directory)
     if not (lib.is_file() and stamp.is_file() and source_dir().is_dir()):
         return None
+    try:
+        check_private_file(lib, "the CUDA library")
+        check_private_file(stamp, "the CUDA library's stamp")
+    except UnsafeDirectoryError as exc:
+        raise ExtensionUnavailable(str(exc)) from None
     try:
         recorded = stamp.read_text().split()
     except OSError:
@@ -214,8 +263,8 @@ def build(verbose: bool = False, timeout: float | None = None) -> str:
         )
     arches = arch_list()
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", arches)
-    directory = build_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = private_build_dir(create=True)
+    assert directory is not None
     from torch.utils import cpp_extension  # heavy: only when a build was asked for
 
     limit = _timeout() if timeout is None else timeout

@@ -3,7 +3,10 @@
 adding a command is adding a file.
 
 A command that needs an optional extra (demo and train: ``[train]``) and does not find it prints
-which extra to install, in one line, and exits with status 2."""
+which extra to install, in one line, and exits with status 2. So does every user mistake: a bad
+flag value is refused at parse time by its ``type=`` function (``_types.py``) and a bad
+combination of flags by :class:`~mtl_fast.tools.cli._types.UsageError`, each in one line naming
+the flag, never with a traceback."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+
+from mtl_fast.tools.cli._types import OneLineParser, UsageError, report
 
 
 def _commands() -> list[ModuleType]:
@@ -28,7 +33,7 @@ def _commands() -> list[ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mtl-fast",
         description="Fused kernels for multi-task-learning gradient combination.",
     )
@@ -41,14 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mtl-fast`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status:
+    0, 1 for a failed check (verify), 2 for a usage error (already reported in one line)."""
     from mtl_fast._core.extras import MissingExtraError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a refused flag value (2), already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    prog = f"mtl-fast {args.command}"
     try:
         code: int = args._run(args)
     except MissingExtraError as exc:
-        print(f"mtl-fast {args.command}: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
+    except UsageError as exc:
+        return report(prog, exc)
     return code
 
 

@@ -4,8 +4,11 @@ cost of one whole training step of each method, measured here, against the peers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
+
+from mtl_fast.tools.cli._types import device, int_at_least, out_dir, seed
 
 NAME = "demo"
 HELP = (
@@ -29,18 +32,22 @@ STEP_PROVIDERS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mtl_fast.tools.cli.train import strategy_names
+
+    positive = int_at_least(1)
     parser.add_argument(
         "--strategy",
         nargs="+",
-        default=["ls", "mgda", "pertask"],
+        type=strategy_names,
+        default=[["ls", "mgda", "pertask"]],
         help="strategies to compare (default: ls mgda pertask)",
     )
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--n-train", type=int, default=4000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=positive, default=8)
+    parser.add_argument("--n-train", type=positive, default=4000)
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: a temporary folder)"
+        "--out", type=out_dir, default=None, help="output folder (default: a temporary folder)"
     )
     parser.add_argument(
         "--step-trunk",
@@ -49,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trunk of the whole-step table (default mlp: seconds; resnet18: about a minute on "
         "a 2-core CPU; none: skip the table)",
     )
-    parser.add_argument("--step-tasks", type=int, default=10, help="T of the whole-step table")
-    parser.add_argument("--step-steps", type=int, default=15, help="timed steps per provider")
+    parser.add_argument("--step-tasks", type=positive, default=10, help="T of the whole-step table")
+    parser.add_argument("--step-steps", type=positive, default=15, help="timed steps per provider")
 
 
 def whole_step_table(
@@ -107,18 +114,31 @@ def whole_step_table(
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     from mtl_fast._core.extras import require
-    from mtl_fast.tools.cli import build_parser
 
     require("train", "this command")
 
+    from mtl_fast.tools.cli.train import strategies_from
+
+    made = args.out is None  # --out is created by the first result written, if any
     out = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix="mtl-fast-demo-"))
+    try:
+        return _run(args, out, strategies_from(args.strategy))
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if nothing was written: a failed run leaves no empty folder
+
+
+def _run(args: argparse.Namespace, out: Path, strategies: list[str]) -> int:
+    import time
+
+    from mtl_fast.tools.cli import build_parser
+
     argv = [
         "train",
         "--strategy",
-        *args.strategy,
+        *strategies,
         "--epochs",
         str(args.epochs),
         "--n-train",

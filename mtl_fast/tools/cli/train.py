@@ -8,6 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mtl_fast.tools.cli._types import (
+    UsageError,
+    backend,
+    baselines_file,
+    device,
+    int_at_least,
+    out_dir,
+    real,
+    seed,
+)
+
 NAME = "train"
 HELP = (
     "train a shared-trunk model on the multi-digit set (real handwritten digits, no network) "
@@ -22,13 +33,32 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def strategy_names(text: str) -> list[str]:
+    """One --strategy value: a name, 'all', or a comma list of them."""
+    from mtl_fast.tools.train import STRATEGIES
+
+    out = []
+    for name in (n.strip() for n in text.split(",")):
+        if not name:
+            continue
+        if name != "all" and name not in STRATEGIES:
+            raise argparse.ArgumentTypeError(
+                f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)} or 'all'"
+            )
+        out.append(name)
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one strategy")
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mtl_fast.tools.train import STRATEGIES
 
     parser.add_argument(
         "--strategy",
         nargs="+",
-        default=["ls"],
+        type=strategy_names,
+        default=[["ls"]],
         metavar="NAME",
         help=f"one or more of {', '.join(STRATEGIES)}, or 'all' (default: ls)",
     )
@@ -39,23 +69,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="optimizer of the combine-then-step strategies (the sequential ones always use "
         "per-task Adam states)",
     )
-    parser.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--seed", type=int, nargs="+", default=[0], help="one run per seed")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the dataset splits")
-    parser.add_argument("--device", default="cpu")
+    positive = int_at_least(1)
+    parser.add_argument("--lr", type=real(0.0, low_open=True), default=DEFAULTS["lr"])
+    parser.add_argument("--epochs", type=positive, default=DEFAULTS["epochs"])
+    parser.add_argument("--batch-size", type=positive, default=DEFAULTS["batch_size"])
+    parser.add_argument("--seed", type=seed, nargs="+", default=[0], help="one run per seed")
+    parser.add_argument("--data-seed", type=seed, default=0, help="seed of the dataset splits")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive,
         default=1,
         help="CPU threads for torch (default 1: this model is too small to gain from more, "
         "and timings stay comparable on a busy machine)",
     )
-    parser.add_argument("--n-train", type=int, default=6000)
-    parser.add_argument("--n-val", type=int, default=1000)
-    parser.add_argument("--n-test", type=int, default=2000)
-    parser.add_argument("--hidden", type=int, default=DEFAULTS["hidden"], help="trunk width")
+    parser.add_argument("--n-train", type=positive, default=6000)
+    parser.add_argument("--n-val", type=positive, default=1000)
+    parser.add_argument("--n-test", type=positive, default=2000)
+    parser.add_argument("--hidden", type=positive, default=DEFAULTS["hidden"], help="trunk width")
     parser.add_argument(
         "--normalization",
         choices=["none", "l2", "loss", "loss+"],
@@ -68,19 +99,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="raw",
         help="MGDA weights multiply the raw losses (official code) or the normalised ones",
     )
-    parser.add_argument("--group-size", type=int, default=2, help="k of pertask-grouped")
+    parser.add_argument("--group-size", type=positive, default=2, help="k of pertask-grouped")
     parser.add_argument(
         "--redraw", action="store_true", help="pertask-grouped: draw a new partition every step"
     )
-    parser.add_argument("--stgu-warmup", type=int, default=100)
-    parser.add_argument("--stgu-beta", type=float, default=1e-3)
+    parser.add_argument("--stgu-warmup", type=int_at_least(0), default=100)
+    parser.add_argument("--stgu-beta", type=real(0.0, 1.0, low_open=True), default=1e-3)
     parser.add_argument("--stgu-crediting", choices=["corrected", "reference"], default="corrected")
     parser.add_argument(
-        "--cagrad-c", type=float, default=0.5, help="cagrad: radius scale c (official default 0.5)"
+        "--cagrad-c",
+        type=real(0.0),
+        default=0.5,
+        help="cagrad: radius scale c (official default 0.5)",
     )
     parser.add_argument(
         "--nash-max-norm",
-        type=float,
+        type=real(0.0),
         default=1.0,
         help="nashmtl: clip ‖d‖ of the shared update to this (0: no clipping; TorchJD's default 1)",
     )
@@ -91,7 +125,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="alignedmtl: which eigenvalue sets the scale",
     )
     parser.add_argument(
-        "--diagnostics-every", type=int, default=25, help="steps between diagnostics (0: none)"
+        "--diagnostics-every",
+        type=int_at_least(0),
+        default=25,
+        help="steps between diagnostics (0: none)",
     )
     parser.add_argument(
         "--single-task",
@@ -100,38 +137,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--baselines",
-        type=Path,
+        type=baselines_file,
         default=None,
         help="a baselines.json written by an earlier --single-task run (for Δm without retraining)",
     )
-    parser.add_argument("--backend", default=None, help="auto, reference, triton, cuda or cpu")
+    parser.add_argument(
+        "--backend", type=backend, default=None, help="auto, reference, cpu, triton or cuda"
+    )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=out_dir,
         default=Path("runs") / "train",
-        help="output folder (default runs/train)",
+        help="output folder (default runs/train; created when the first result is written)",
     )
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
 
 
-def strategies_from(names: list[str]) -> list[str]:
+def strategies_from(values: list[list[str]] | list[str]) -> list[str]:
+    """The --strategy values (each parsed by :func:`strategy_names`, or plain names) as one
+    list without repeats, 'all' expanded."""
     from mtl_fast.tools.train import STRATEGIES
 
     out: list[str] = []
-    for item in names:
-        for name in item.split(","):
-            name = name.strip()
-            if not name:
-                continue
+    for item in values:
+        for name in [item] if isinstance(item, str) else item:
             if name == "all":
                 out.extend(s for s in STRATEGIES if s not in out)
-            elif name not in STRATEGIES:
-                raise SystemExit(f"--strategy: unknown strategy {name!r}; choose from {STRATEGIES}")
             elif name not in out:
                 out.append(name)
-    if not out:
-        raise SystemExit("--strategy: give at least one strategy")
     return out
 
 
@@ -166,6 +200,28 @@ def config_from(args: argparse.Namespace, strategy: str, seed: int) -> Any:
     )
 
 
+def preflight(config: Any) -> None:
+    """Refuse a configuration before any training: its checks, then the strategy built on a
+    model of the run's shape on the run's device (an explicit --backend that cannot run there,
+    for instance)."""
+    from mtl_fast._core.dispatch import BackendUnavailableError
+    from mtl_fast.tools.data import TASKS
+    from mtl_fast.tools.train import MultiDigitNet, build_strategy
+
+    try:
+        config.check()
+    except ValueError as exc:
+        raise UsageError(None, str(exc)) from None
+    tasks = [TASKS[t] for t in config.tasks]
+    model = MultiDigitNet(tasks, hidden=config.hidden, features=config.features)
+    try:
+        build_strategy(config, model.to(config.device))
+    except BackendUnavailableError as exc:
+        raise UsageError("--backend", f"{config.backend} for {config.strategy}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise UsageError("--strategy", f"{config.strategy}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -176,13 +232,9 @@ def run(args: argparse.Namespace) -> int:
     )
     strategies = strategies_from(args.strategy)
     for strategy in strategies:  # refuse bad combinations before training anything
-        try:
-            config_from(args, strategy, args.seed[0]).check()
-        except ValueError as exc:
-            raise SystemExit(f"mtl-fast train: {exc}") from None
+        preflight(config_from(args, strategy, args.seed[0]))
     threads = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     try:
         return _run(args, strategies)
     finally:
@@ -202,8 +254,7 @@ def _run(args: argparse.Namespace, strategies: list[str]) -> int:
         write_run,
     )
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = args.out  # created by the first result written: a failed run leaves none
     log = tqdm.write
     progress = not args.no_progress
     data = multi_digit(args.data_seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test)
@@ -258,6 +309,7 @@ def _run(args: argparse.Namespace, strategies: list[str]) -> int:
     print(table)
     if any(row["delta_m"] for row in rows):
         print(f"\n{SIGN_CONVENTION}.")
+    out.mkdir(parents=True, exist_ok=True)
     write_json({"rows": rows}, out / "summary.json")
     (out / "summary.md").write_text(table + "\n\n" + (SIGN_CONVENTION + ".\n" if baselines else ""))
     (out / "summary.csv").write_text(csv_rows(rows, tasks))

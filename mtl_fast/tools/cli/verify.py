@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
+
+from mtl_fast.tools.cli._types import device, out_file
 
 NAME = "verify"
 HELP = "compare every available backend against the float64 reference (table, non-zero exit on failure)"
@@ -18,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["reference", "triton", "cuda", "cpu"],
         help="backend to verify (repeatable; default: all available)",
     )
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if visible)")
+    parser.add_argument(
+        "--device", type=device, default=None, help="cpu or cuda (default: cuda if visible)"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a smaller matrix of shapes and dtypes"
     )
@@ -37,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="op to verify (repeatable; default: every op)",
     )
     parser.add_argument(
-        "--json", type=Path, help="also write every check and skip to this JSON file"
+        "--json", type=out_file, help="also write every check and skip to this JSON file"
     )
 
 
