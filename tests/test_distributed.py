@@ -132,6 +132,8 @@ def test_bytes_sent_are_those_of_the_collectives_issued(two):
         "all_reduce": int(2 * half * (T * T + T) * e) + int(2 * half * H * e),
         "all_gather": int(half * P * e),
     }
+    zero = result(two, "mgda-sharded-adam")[0]["sent"][0]  # parameters all-gathered instead
+    assert zero == rs
     a2a = result(two, "mgda-all-to-all")[0]["sent"][0]
     assert a2a["all_to_all"] == rs["reduce_scatter"]
     by_ar = result(two, "mgda-rs-by-all-reduce")[0]["sent"][0]

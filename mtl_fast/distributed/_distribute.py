@@ -72,7 +72,12 @@ def distribute(
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy must be a mtl_fast strategy, got {type(strategy).__name__}")
     gram_only = exchange != "reduce_scatter" or optimizer is not None
-    comm = Communicator(group, reduce_scatter=reduce_scatter)
+    # A ShardedAdam's all-gathers are the step's too: one communicator, one log.
+    comm = (
+        optimizer.comm
+        if optimizer is not None
+        else Communicator(group, reduce_scatter=reduce_scatter)
+    )
     if isinstance(strategy, _DistributedSequential):
         raise ValueError("strategy is already distributed")
     seq = _SEQUENTIAL.get(type(strategy))
