@@ -29,6 +29,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "optim": {"_core", "optim", "ops"},
     "diagnostics": {"_core", "ops", "optim"},
     "strategies": {"_core", "ops", "optim", "diagnostics", "strategies"},
+    "distributed": {"_core", "ops", "optim", "diagnostics", "strategies", "distributed"},
     "integrations": {"_core", "ops", "integrations"},  # adapters to other libraries
     "tools": {ALL},
     ROOT: {ROOT, "_core", "ops", "optim", "diagnostics", "strategies"},

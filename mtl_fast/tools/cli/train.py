@@ -226,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mtl_fast._core.extras import require
+    from mtl_fast.tools.cli._torchrun import torchrun_ranks
 
     require(
         "train", "this command", ["sklearn", "tqdm"] + ([] if args.no_plots else ["matplotlib"])
@@ -236,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run(args, strategies)
+        with torchrun_ranks(args):  # under torchrun: one rank per process, rank 0 writes
+            return _run(args, strategies)
     finally:
         torch.set_num_threads(threads)  # leave the process as it was (the CLI is also a library)
 

@@ -28,6 +28,7 @@ from mtl_fast.strategies import (
     UPGrad,
 )
 from mtl_fast.tools.data import TASKS, MultiDigit, TaskSpec, multi_digit
+from mtl_fast.tools.train import _distributed
 from mtl_fast.tools.train._metrics import delta_m
 from mtl_fast.tools.train._model import MultiDigitNet, task_error_sum, task_loss
 
@@ -227,6 +228,7 @@ def train(
     torch.manual_seed(config.seed)
     model = MultiDigitNet(tasks, hidden=config.hidden, features=config.features).to(device)
     strategy, opt = build_strategy(config, model)
+    strategy = _distributed.distributed(strategy)  # itself unless torchrun started W > 1 ranks
     train_split = splits["train"]
     targets = train_split.targets()
     gen = torch.Generator().manual_seed(config.seed)
@@ -261,6 +263,9 @@ def train(
         t0 = time.perf_counter()
         for b in bar if bar is not None else batches:
             idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
+            if not _distributed.every_share_nonempty(len(idx)):
+                continue  # a last batch smaller than the world: skipped on every rank
+            idx = _distributed.local_share(idx)
             x = train_split.images[idx]
             ys = [targets[i][idx] for i in task_index]
 
@@ -330,6 +335,7 @@ def train(
         "groups_trace": groups_trace,
         "diagnostics": diagnostics,
         "torch": torch.__version__,
+        "world_size": _distributed.world()[1],
         "device_name": _device_name(device),
     }
     if isinstance(strategy, SelectiveTaskGroupUpdates):
