@@ -23,7 +23,17 @@ from torch import nn
 
 T, B, STEPS, LR = 3, 12, 3, 1e-2
 
-COMBINE = ("ls", "mgda", "mgda-normalized", "upgrad", "dualproj", "mgda-ub")
+COMBINE = (
+    "ls",
+    "mgda",
+    "mgda-normalized",
+    "upgrad",
+    "dualproj",
+    "mgda-ub",
+    "pcgrad",
+    "cagrad",
+    "nashmtl",
+)
 SEQUENTIAL = ("pertask", "pertask-grouped", "stgu")
 # name: (strategy, options of the distributed form)
 SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -92,6 +102,12 @@ def single(name: str, model: Net, sharded: int = 0) -> tuple[Any, Any]:
         s = S.DualProj(shared, heads, **kw)
     elif name == "mgda-ub":
         s = S.MGDAUB(shared, heads, normalization="l2", tol=1e-12, **kw)
+    elif name == "pcgrad":  # random projection orders: the same seed draws the same on every rank
+        s = S.PCGrad(shared, heads, seed=3, **kw)
+    elif name == "cagrad":
+        s = S.CAGrad(shared, heads, c=0.5, **kw)
+    elif name == "nashmtl":  # stateful: α carries over from step to step
+        s = S.NashMTL(shared, heads, **kw)
     elif name == "pertask":
         return S.PerTaskUpdates(shared, heads, **seq), None
     elif name == "pertask-grouped":

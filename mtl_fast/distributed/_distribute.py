@@ -24,6 +24,7 @@ from mtl_fast.strategies import (
     MGDA,
     MGDAUB,
     DualConeStrategy,
+    GramAggregator,
     LinearScalarization,
     PerTaskUpdates,
     SelectiveTaskGroupUpdates,
@@ -114,7 +115,7 @@ def distribute(
             *args, weights=strategy.weights, comm=comm, module=module, broadcast=broadcast,
             **common,
         )  # fmt: skip
-    if isinstance(strategy, (MGDA, DualConeStrategy, LinearScalarization)):
+    if isinstance(strategy, (MGDA, DualConeStrategy, GramAggregator, LinearScalarization)):
         return DistributedGramStrategy(
             *args,
             weighting=weighting_of(strategy),

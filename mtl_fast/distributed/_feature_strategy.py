@@ -108,7 +108,7 @@ class DistributedMGDAUB(_DataParallel, MGDAUB):
             return self._refuse(glv, list(range(self.num_tasks)), "gradient")
         self._lap("backward")
         diag = self._diagnose(G, K, space="features") if self._diagnostics_due() else None
-        self._record(glv, w, c, diag)
+        self._record_step(glv, w, c, diag)
         return True
 
     def _diagnose(self, J: torch.Tensor, K: torch.Tensor | None = None, space: str = "") -> Any:

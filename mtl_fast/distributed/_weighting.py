@@ -12,7 +12,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mtl_fast.strategies import MGDA, MGDAUB, DualConeStrategy, LinearScalarization, Strategy
+from mtl_fast.strategies import (
+    MGDA,
+    MGDAUB,
+    DualConeStrategy,
+    GramAggregator,
+    LinearScalarization,
+    Strategy,
+)
 
 Weighting = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -44,7 +51,10 @@ def fixed(weights: Sequence[float] | torch.Tensor) -> Weighting:
 def weighting_of(strategy: Strategy) -> Weighting:
     """The weighting of a single-process combine-then-step strategy: :class:`MGDA` (its
     normalisation, ``apply_to``, solver options), :class:`DualConeStrategy` (UPGrad, DualProj:
-    their preference and solver options) or :class:`LinearScalarization` (its fixed weights).
+    their preference and solver options), a :class:`GramAggregator` (PCGrad, IMTL-G, CAGrad,
+    Nash-MTL, Aligned-MTL, ConFIG: their state, such as PCGrad's generator or Nash-MTL's α, evolves
+    identically on every rank, which sees the same K) or :class:`LinearScalarization` (its fixed
+    weights).
 
     Raises:
         TypeError: naming ``strategy`` for MGDA-UB (its Gram is over the features, see
@@ -52,13 +62,11 @@ def weighting_of(strategy: Strategy) -> Weighting:
     """
     if isinstance(strategy, MGDAUB):
         raise TypeError("strategy: MGDA-UB solves on the features' Gram; use DistributedMGDAUB")
-    if isinstance(strategy, MGDA):
+    if isinstance(strategy, (MGDA, DualConeStrategy, GramAggregator)):
         return strategy._decide
-    if isinstance(strategy, DualConeStrategy):
-        return from_weights(strategy._weights)
     if isinstance(strategy, LinearScalarization):
         return fixed(strategy.weights)
     raise TypeError(
         f"strategy: {type(strategy).__name__} has no Gram-space weighting "
-        "(MGDA, UPGrad, DualProj and LinearScalarization have)"
+        "(MGDA, UPGrad, DualProj, the Gram-space aggregators and LinearScalarization have)"
     )
