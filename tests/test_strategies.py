@@ -247,6 +247,17 @@ def test_ignore_mode_does_not_check():
         model.trunk.parameters(), model.heads.parameters(), num_tasks=T, on_nonfinite="ignore"
     )
     assert mgda.backward(losses)  # written as is: the caller opted out of the check
+    # Diagnostics too: NaN values instead of an error.
+    losses, _ = model.losses(x, y)
+    losses[0] = losses[0] * float("nan")
+    diag = MGDA(
+        model.trunk.parameters(),
+        model.heads.parameters(),
+        num_tasks=T,
+        on_nonfinite="ignore",
+        diagnostics_every=1,
+    )
+    assert diag.backward(losses) and diag.last.diagnostics is not None
     with pytest.raises(ValueError, match="on_nonfinite"):
         MGDA(model.trunk.parameters(), num_tasks=T, on_nonfinite="warn")
 

@@ -164,6 +164,9 @@ class Strategy:
             step=self.num_steps + 1,
             path_length=None if self.path is None else self.path.total,
             space=space,
+            # Checked already by the step's refusal (or on_nonfinite="ignore" asked for none):
+            # with "ignore", NaN gradients give NaN diagnostics instead of an error.
+            check_finite=False,
         )
 
     def _track_path(self) -> None:
