@@ -1,4 +1,5 @@
-"""The README's first two lines are the two set-up commands, and its Python examples run."""
+"""The README's first two bash blocks are the two set-up commands, and the Python examples of the
+README and of docs/training.md (the strategy examples moved there from the README) run."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+# Markdown files whose every ```python block must run as written.
+RUNNABLE = (README, ROOT / "docs" / "training.md")
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def python_blocks() -> list[tuple[str, str]]:
+    return [
+        (f"{path.relative_to(ROOT)} block {index}", code)
+        for path in RUNNABLE
+        for index, code in enumerate(
+            re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+        )
+    ]
 
 
 def test_readme_opens_with_the_two_commands() -> None:
@@ -20,7 +30,7 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert blocks[1].strip() == 'pip install -e ".[test]" && pytest'
 
 
-@pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_readme_python_example_runs(index: int) -> None:
-    code = python_blocks()[index]
-    exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "readme"})
+@pytest.mark.parametrize("name", list(dict(python_blocks())))
+def test_readme_python_example_runs(name: str) -> None:
+    code = dict(python_blocks())[name]
+    exec(compile(code, name, "exec"), {"__name__": "readme"})
