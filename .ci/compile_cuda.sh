@@ -6,7 +6,7 @@
 # lands in the default just-in-time build directory (one per torch/CUDA/Python version), where the
 # test suite finds it: tests/test_cuda_backend.py then checks the schemas and fake implementations.
 # Cost from scratch on 2 cores: ≈ 100 s of CPU, 70 s wall on a quiet machine, up to ≈ 200 s when
-# other jobs load it (README, "The CUDA C++ backend"); ninja rebuilds only what changed when the
+# other jobs load it (docs/cuda.md); ninja rebuilds only what changed when the
 # directory survives between runs.
 #
 # Set MTL_FAST_SKIP_CUDA_COMPILE=1 to skip (e.g. a machine without nvcc); CI must not.
