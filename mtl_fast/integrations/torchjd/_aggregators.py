@@ -32,7 +32,7 @@ its solver budget. The weights are not differentiable (TorchJD's are not either)
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -53,7 +53,6 @@ from mtl_fast.ops.aggregators import (
     pcgrad_weights,
 )
 from mtl_fast.ops.gram import gram
-from mtl_fast.strategies._base import base_arguments
 
 __all__ = [
     "AlignedMTLWeighting",
@@ -416,7 +415,11 @@ class NashMTL(WeightedAggregator, Stateful):  # type: ignore[misc]
         tol: float = NASH_TOL,
         backend: str | None = None,
     ) -> None:
-        super().__init__(NashMTLWeighting(**base_arguments(locals(), NashMTLWeighting)))
+        options: dict[str, Any] = {"max_iter": max_iter, "tol": tol, "backend": backend}
+        weighting = NashMTLWeighting(
+            n_tasks, max_norm, update_weights_every, optim_niter, **options
+        )
+        super().__init__(weighting)
 
     def reset(self) -> None:
         """Resets the internal state of the algorithm."""
