@@ -32,3 +32,22 @@ def batches(T: int, n: int, seed: int = 1, dtype: torch.dtype = torch.float32):
         )
         for _ in range(n)
     ]
+
+
+def one_batch(
+    T: int, dtype: torch.dtype = torch.float32
+) -> tuple[Tiny, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """A fresh :class:`Tiny`, the first batch (x, y) of :func:`batches`, and its T losses."""
+    model = Tiny(T, dtype=dtype)
+    x, y = batches(T, 1, dtype=dtype)[0]
+    return model, x, y, model.losses(x, y)[0]
+
+
+def manual_jacobian(model: Tiny, losses: list[torch.Tensor]) -> torch.Tensor:
+    """(T, P) the per-task gradients w.r.t. the trunk, one autograd call per task."""
+    params = list(model.trunk.parameters())
+    rows = []
+    for loss in losses:
+        gs = torch.autograd.grad(loss, params, retain_graph=True)
+        rows.append(torch.cat([g.reshape(-1) for g in gs]))
+    return torch.stack(rows)

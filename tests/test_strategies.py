@@ -7,18 +7,9 @@ import torch
 
 import mtl_fast
 from mtl_fast.strategies import MGDA, MGDAUB, LinearScalarization, normalizers, solve_weights
-from tests.strategy_models import Tiny, batches
+from tests.strategy_models import Tiny, batches, manual_jacobian, one_batch
 
 NORMS = ("none", "l2", "loss", "loss+")
-
-
-def manual_jacobian(model: Tiny, losses: list[torch.Tensor]) -> torch.Tensor:
-    params = list(model.trunk.parameters())
-    rows = []
-    for loss in losses:
-        gs = torch.autograd.grad(loss, params, retain_graph=True)
-        rows.append(torch.cat([g.reshape(-1) for g in gs]))
-    return torch.stack(rows)
 
 
 def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -36,9 +27,7 @@ def expected_divisors(K: torch.Tensor, lv: torch.Tensor, normalization: str) -> 
 @pytest.mark.parametrize("apply_to", ["raw", "normalized"])
 def test_mgda_weights_are_min_norm_of_the_gram_and_grads_match(normalization, apply_to):
     T = 3
-    model = Tiny(T, dtype=torch.float64)
-    (x, y) = batches(T, 1, dtype=torch.float64)[0]
-    losses, _ = model.losses(x, y)
+    model, _, _, losses = one_batch(T, torch.float64)
     J = manual_jacobian(model, losses)
     lv = torch.stack([loss.detach() for loss in losses])
     K = J @ J.T
@@ -122,9 +111,7 @@ def test_l2_normalisation_makes_mgda_invariant_to_loss_scale():
 @pytest.mark.parametrize("diagnostics_every", [0, 1])
 def test_linear_scalarisation_writes_the_weighted_sum_gradient(diagnostics_every):
     T = 3
-    model = Tiny(T, dtype=torch.float64)
-    (x, y) = batches(T, 1, dtype=torch.float64)[0]
-    losses, _ = model.losses(x, y)
+    model, _, _, losses = one_batch(T, torch.float64)
     weights = torch.tensor([0.5, 2.0, 1.0])
     total = sum(float(w) * loss for w, loss in zip(weights, losses))
     params = list(model.parameters())
@@ -144,9 +131,7 @@ def test_linear_scalarisation_writes_the_weighted_sum_gradient(diagnostics_every
 
 def test_mgda_diagnostics_come_from_the_gram_of_the_task_gradients():
     T = 3
-    model = Tiny(T, dtype=torch.float64)
-    (x, y) = batches(T, 1, dtype=torch.float64)[0]
-    losses, _ = model.losses(x, y)
+    model, x, y, losses = one_batch(T, torch.float64)
     J = manual_jacobian(model, losses)
     mgda = MGDA(
         model.trunk.parameters(), model.heads.parameters(), num_tasks=T, diagnostics_every=2
@@ -167,9 +152,7 @@ def test_mgda_diagnostics_come_from_the_gram_of_the_task_gradients():
 
 def test_nonfinite_loss_is_refused_and_clears_grads():
     T = 2
-    model = Tiny(T)
-    (x, y) = batches(T, 1)[0]
-    losses, _ = model.losses(x, y)
+    model, _, _, losses = one_batch(T)
     losses[1] = losses[1] * float("nan")
     mgda = MGDA(model.trunk.parameters(), model.heads.parameters(), num_tasks=T)
     with pytest.raises(mtl_fast.NonFiniteError) as info:
@@ -239,9 +222,7 @@ def test_mgda_trains_with_a_torch_optimizer():
 
 def test_ignore_mode_does_not_check():
     T = 2
-    model = Tiny(T)
-    (x, y) = batches(T, 1)[0]
-    losses, _ = model.losses(x, y)
+    model, x, y, losses = one_batch(T)
     losses[0] = losses[0] * float("nan")
     mgda = MGDA(
         model.trunk.parameters(), model.heads.parameters(), num_tasks=T, on_nonfinite="ignore"
@@ -265,9 +246,7 @@ def test_ignore_mode_does_not_check():
 @pytest.mark.parametrize("normalization", NORMS)
 def test_mgda_with_a_task_that_does_not_reach_the_trunk_stays_finite(normalization):
     T = 3
-    model = Tiny(T)
-    (x, y) = batches(T, 1)[0]
-    losses, _ = model.losses(x, y)
+    model, _, _, losses = one_batch(T)
     # Task 2 only trains a free parameter: its gradient w.r.t. the trunk is exactly zero.
     free = torch.nn.Parameter(torch.ones(1))
     losses[2] = (free - 3).pow(2).sum()
@@ -288,9 +267,7 @@ def test_batched_mgda_equals_sequential_and_hyperparameters_are_checked_at_const
     T = 3
     grads = []
     for batched in (False, True):
-        model = Tiny(T)
-        (x, y) = batches(T, 1)[0]
-        losses, _ = model.losses(x, y)
+        model, _, _, losses = one_batch(T)
         mgda = MGDA(
             model.trunk.parameters(), model.heads.parameters(), num_tasks=T, batched=batched
         )

@@ -20,18 +20,9 @@ from mtl_fast.strategies import (
     NashMTL,
     PCGrad,
 )
-from tests.strategy_models import Tiny, batches
+from tests.strategy_models import Tiny, batches, manual_jacobian, one_batch
 
 F64 = torch.float64
-
-
-def manual_jacobian(model: Tiny, losses: list[torch.Tensor]) -> torch.Tensor:
-    params = list(model.trunk.parameters())
-    rows = []
-    for loss in losses:
-        gs = torch.autograd.grad(loss, params, retain_graph=True)
-        rows.append(torch.cat([g.reshape(-1) for g in gs]))
-    return torch.stack(rows)
 
 
 # name → (strategy factory, expected coefficients from K)
@@ -58,9 +49,7 @@ CASES: dict[str, tuple[Callable[..., GramAggregator], Callable[[torch.Tensor], t
 def test_writes_the_gradients_of_the_weighted_losses(name: str) -> None:
     make, expected_c = CASES[name]
     T = 3
-    model = Tiny(T, dtype=F64)
-    x, y = batches(T, 1, dtype=F64)[0]
-    losses, _ = model.losses(x, y)
+    model, _, _, losses = one_batch(T, F64)
     J = manual_jacobian(model, losses)
     c = expected_c(J @ J.T)
     total = sum(ci * loss for ci, loss in zip(c, losses))

@@ -7,8 +7,7 @@ import torch
 
 import mtl_fast
 from mtl_fast.strategies import DualProj, LinearScalarization, UPGrad
-from tests.strategy_models import Tiny, batches
-from tests.test_strategies import manual_jacobian
+from tests.strategy_models import Tiny, batches, manual_jacobian, one_batch
 
 STRATEGIES = {
     "upgrad": (UPGrad, mtl_fast.upgrad_weights),
@@ -23,9 +22,7 @@ def test_weights_are_the_op_on_the_gram_and_grads_are_those_of_the_weighted_sum(
 ) -> None:
     cls, weights_of = STRATEGIES[name]
     T = 3
-    model = Tiny(T, dtype=torch.float64)
-    (x, y) = batches(T, 1, dtype=torch.float64)[0]
-    losses, _ = model.losses(x, y)
+    model, _, _, losses = one_batch(T, torch.float64)
     J = manual_jacobian(model, losses)
     pref = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64) if with_pref else None
     w_expected = weights_of(J @ J.T, pref=pref)
@@ -67,9 +64,7 @@ def test_without_conflict_upgrad_and_dualproj_are_the_mean() -> None:
 @pytest.mark.parametrize("cls", [UPGrad, DualProj])
 def test_nonfinite_loss_and_gradient_are_refused(cls: type) -> None:
     T = 2
-    model = Tiny(T)
-    (x, y) = batches(T, 1)[0]
-    losses, _ = model.losses(x, y)
+    model, x, y, losses = one_batch(T)
     losses[1] = losses[1] * float("nan")
     strategy = cls(model.trunk.parameters(), model.heads.parameters(), num_tasks=T)
     with pytest.raises(mtl_fast.NonFiniteError) as info:

@@ -8,30 +8,28 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from mtl_fast.distributed._comm import Communicator
 from mtl_fast.distributed._grads import all_reduce_grads, broadcast_parameters
 from mtl_fast.distributed._module import check_module
+from mtl_fast.distributed._over_ranks import OverRanks
 from mtl_fast.strategies import MGDAUB, LinearScalarization
 from mtl_fast.strategies._base import check_losses, loss_vector
 
 
-class _DataParallel:
+class _DataParallel(OverRanks):
     """What the two share: the communicator, the module, and averaging every ``.grad``."""
 
     comm: Communicator
     shared_params: list[torch.Tensor]
     task_params: list[torch.Tensor]
 
-    def _setup(
-        self, group: dist.ProcessGroup | None, comm: Communicator | None, module: Any, bc: bool
-    ) -> None:
-        self.comm = comm if comm is not None else Communicator(group)
+    def _distribute(self, comm: Communicator, module: Any, broadcast: bool) -> None:
+        self.comm = comm
         self.ddp = check_module(module)
         P = sum(p.numel() for p in self.shared_params)
         self.comm.check_same("num_tasks and the number of shared scalars", [self.num_tasks, P])  # type: ignore[attr-defined]
-        if bc:
+        if broadcast:
             broadcast_parameters(self.comm, [*self.shared_params, *self.task_params])
         self.comm.log.reset()
 
@@ -59,18 +57,6 @@ class DistributedMGDAUB(_DataParallel, MGDAUB):
     Same arguments as :class:`~mtl_fast.strategies.MGDAUB`, plus ``group``, ``comm``,
     ``module`` and ``broadcast`` as :class:`DistributedGramStrategy`.
     """
-
-    def __init__(
-        self,
-        *args: Any,
-        group: dist.ProcessGroup | None = None,
-        comm: Communicator | None = None,
-        module: torch.nn.Module | None = None,
-        broadcast: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._setup(group, comm, module, broadcast)
 
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         """Nothing: MGDA-UB's single trunk backward is DDP's ordinary synchronised one."""
@@ -127,18 +113,6 @@ class DistributedLinearScalarization(_DataParallel, LinearScalarization):
     diagnostics, which need the per-task gradients, are not taken. Same arguments as
     :class:`~mtl_fast.strategies.LinearScalarization`, plus those of
     :class:`DistributedMGDAUB`."""
-
-    def __init__(
-        self,
-        *args: Any,
-        group: dist.ProcessGroup | None = None,
-        comm: Communicator | None = None,
-        module: torch.nn.Module | None = None,
-        broadcast: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._setup(group, comm, module, broadcast)
 
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         """Nothing: the one backward pass is DDP's ordinary synchronised one."""

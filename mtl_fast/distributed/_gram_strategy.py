@@ -16,7 +16,7 @@ from mtl_fast.distributed._module import check_module, no_sync
 from mtl_fast.distributed._sharded_adam import ShardedAdam
 from mtl_fast.distributed._weighting import Weighting
 from mtl_fast.strategies import CombineStrategy
-from mtl_fast.strategies._base import check_losses, loss_vector
+from mtl_fast.strategies._base import base_arguments, check_losses, loss_vector
 
 EXCHANGES = ("reduce_scatter", "all_reduce", "local_gram")
 
@@ -87,13 +87,7 @@ class DistributedGramStrategy(CombineStrategy):
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-        )
+        super().__init__(**base_arguments(locals(), CombineStrategy))
         if not callable(weighting):
             raise TypeError(f"weighting must be callable (K, losses) -> (w, c), got {weighting!r}")
         if exchange not in EXCHANGES:

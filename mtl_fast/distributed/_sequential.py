@@ -9,11 +9,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from mtl_fast.distributed._comm import Communicator
 from mtl_fast.distributed._grads import all_reduce_grads, broadcast_parameters
 from mtl_fast.distributed._module import check_module, no_sync
+from mtl_fast.distributed._over_ranks import OverRanks
 from mtl_fast.optim.task_gradients import TaskGradients
 from mtl_fast.strategies import PerTaskUpdates, SelectiveTaskGroupUpdates
 from mtl_fast.strategies._base import loss_vector
@@ -79,7 +79,7 @@ def _rng_fingerprint(state: Any) -> float:
     return float(int.from_bytes(hashlib.sha256(repr(state).encode()).digest()[:6], "big"))
 
 
-class _DistributedSequential:
+class _DistributedSequential(OverRanks):
     """Turns a sequential strategy into its distributed form (installed by ``_distribute``)."""
 
     comm: Communicator
@@ -133,33 +133,9 @@ class DistributedPerTaskUpdates(_DistributedSequential, PerTaskUpdates):
     the replicated MultiAdam step. Same arguments, plus ``group``, ``comm``, ``module`` and
     ``broadcast`` as :class:`DistributedGramStrategy`."""
 
-    def __init__(
-        self,
-        *args: Any,
-        group: dist.ProcessGroup | None = None,
-        comm: Communicator | None = None,
-        module: torch.nn.Module | None = None,
-        broadcast: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._distribute(comm if comm is not None else Communicator(group), module, broadcast)
-
 
 class DistributedSelectiveTaskGroupUpdates(_DistributedSequential, SelectiveTaskGroupUpdates):
     """:class:`~mtl_fast.strategies.SelectiveTaskGroupUpdates` over the ranks: the losses every
     forward pass sees are the ranks' means, so the loss ratios, the affinity matrix and the
     groups clustered from it are identical on every rank; group order from the shared seed.
     Same arguments, plus those of :class:`DistributedPerTaskUpdates`."""
-
-    def __init__(
-        self,
-        *args: Any,
-        group: dist.ProcessGroup | None = None,
-        comm: Communicator | None = None,
-        module: torch.nn.Module | None = None,
-        broadcast: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._distribute(comm if comm is not None else Communicator(group), module, broadcast)

@@ -29,6 +29,7 @@ from mtl_fast.ops.aggregators import (
     pcgrad_order,
     pcgrad_weights,
 )
+from mtl_fast.strategies._base import base_arguments
 from mtl_fast.strategies._combine_base import CombineStrategy
 
 
@@ -53,16 +54,8 @@ class GramAggregator(CombineStrategy):
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-        )
-        self.backend = backend
-        self._arena_options(batched, chunk_size)
-        self._ops(backend)
+        super().__init__(**base_arguments(locals(), CombineStrategy))
+        self._backend_options(backend, batched, chunk_size)
 
     def coefficients(self, K: torch.Tensor) -> torch.Tensor:
         """c (T,) from the Gram K (T, T) of the step's shared gradients."""
@@ -118,16 +111,7 @@ class PCGrad(GramAggregator):
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            backend=backend,
-            batched=batched,
-            chunk_size=chunk_size,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-        )
+        super().__init__(**base_arguments(locals(), GramAggregator))
         self.generator = torch.Generator(device=self.shared_params[0].device)
         self.generator.manual_seed(seed)
 
@@ -209,16 +193,7 @@ class CAGrad(GramAggregator):
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            backend=backend,
-            batched=batched,
-            chunk_size=chunk_size,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-        )
+        super().__init__(**base_arguments(locals(), GramAggregator))
         # Validate once, here, rather than at the first step.
         cagrad_weights(
             torch.eye(1), c=c, norm_eps=norm_eps, rescale=rescale, max_iter=max_iter, tol=tol
@@ -287,16 +262,7 @@ class NashMTL(GramAggregator):
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            backend=backend,
-            batched=batched,
-            chunk_size=chunk_size,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-        )
+        super().__init__(**base_arguments(locals(), GramAggregator))
         if isinstance(update_weights_every, bool) or not (
             isinstance(update_weights_every, int) and update_weights_every >= 1
         ):
@@ -381,16 +347,7 @@ class AlignedMTL(GramAggregator):
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            backend=backend,
-            batched=batched,
-            chunk_size=chunk_size,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-        )
+        super().__init__(**base_arguments(locals(), GramAggregator))
         self.pref = _pref(pref, num_tasks, self.shared_params[0].device)
         aligned_mtl_weights(torch.eye(num_tasks), scale_mode=scale_mode)  # validate
         self.scale_mode: Literal["min", "median", "rmse"] = scale_mode
@@ -435,16 +392,7 @@ class ConFIG(GramAggregator):
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            backend=backend,
-            batched=batched,
-            chunk_size=chunk_size,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-        )
+        super().__init__(**base_arguments(locals(), GramAggregator))
         self.pref = _pref(pref, num_tasks, self.shared_params[0].device)
 
     def coefficients(self, K: torch.Tensor) -> torch.Tensor:

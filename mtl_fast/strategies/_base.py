@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,15 @@ def check_strategy_options(
     require_choice("on_nonfinite", on_nonfinite, _ON_NONFINITE)
     assert isinstance(num_tasks, int)
     return num_tasks
+
+
+def base_arguments(args: Mapping[str, Any], base: type, **given: Any) -> dict[str, Any]:
+    """The arguments of ``base.__init__`` by name, from a subclass constructor's ``locals()``
+    (plus ``given``): the subclass keeps its explicit signature and passes the options it shares
+    with ``base`` through unchanged, where ``base`` checks and keeps them."""
+    names = inspect.signature(base).parameters
+    forwarded = {name: args[name] for name in names if name in args}
+    return {**forwarded, **given}
 
 
 class Strategy:

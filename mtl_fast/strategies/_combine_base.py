@@ -48,12 +48,26 @@ class CombineStrategy(Strategy):
     # constructor arguments.
     batched: bool | None = False
     chunk_size: int | None = None
+    # The ops' backend (set by :meth:`_backend_options`).
+    backend: str | None
 
     def backward(
         self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
     ) -> bool:
         """Turn the T losses into ``.grad``; returns False if the step was refused (skip mode)."""
         raise NotImplementedError
+
+    def _backend_options(
+        self, backend: str | None, batched: bool | None, chunk_size: int | None
+    ) -> None:
+        """Keep the ops' ``backend``, check how the arena is filled, resolve gram and combine."""
+        self.backend = backend
+        self._arena_options(batched, chunk_size)
+        self._ops(self._dense_backend())
+
+    def _dense_backend(self) -> str | None:
+        """The backend of gram and combine: the strategy's own."""
+        return self.backend
 
     def _arena_options(self, batched: bool | None, chunk_size: int | None) -> None:
         """Check and keep how the arena is filled: one backward pass per task (False), one

@@ -8,7 +8,12 @@ from typing import Any
 import torch
 
 from mtl_fast._core.validate import nonfinite_rows
-from mtl_fast.strategies._base import check_losses, check_strategy_options, loss_vector
+from mtl_fast.strategies._base import (
+    base_arguments,
+    check_losses,
+    check_strategy_options,
+    loss_vector,
+)
 from mtl_fast.strategies._combine_base import CombineStrategy
 
 
@@ -66,13 +71,7 @@ class LinearScalarization(CombineStrategy):
     ) -> None:
         num_tasks = check_strategy_options(num_tasks, diagnostics_every, on_nonfinite)
         w = fixed_weights(weights, num_tasks)
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-        )
+        super().__init__(**base_arguments(locals(), CombineStrategy))
         self.weights = w.to(self.shared_params[0].device)
         self._ops(None)
 

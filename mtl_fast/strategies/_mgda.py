@@ -13,6 +13,7 @@ from mtl_fast._core.validate import (
     require_positive_int,
 )
 from mtl_fast.ops.min_norm import DEFAULT_MAX_ITER, DEFAULT_TOL, min_norm
+from mtl_fast.strategies._base import base_arguments
 from mtl_fast.strategies._combine_base import CombineStrategy
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -137,13 +138,7 @@ class MGDA(CombineStrategy):
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-        )
+        super().__init__(**base_arguments(locals(), CombineStrategy))
         require_choice("normalization", normalization, NORMALIZATIONS)
         require_choice("apply_to", apply_to, APPLY_TO)
         require_positive_int("max_iter", max_iter)
@@ -152,10 +147,8 @@ class MGDA(CombineStrategy):
         self.apply_to = apply_to
         self.max_iter = max_iter
         self.tol = float(tol)
-        self.backend = backend
-        self._arena_options(batched, chunk_size)
+        self._backend_options(backend, batched, chunk_size)
         device = self.shared_params[0].device
-        self._ops(backend)
         self._solve = (
             resolve("min_norm", backend, device, tasks=num_tasks) if num_tasks > 1 else None
         )

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from mtl_fast._core.validate import require_bool, require_positive_int
-from mtl_fast.strategies._base import check_strategy_options, loss_vector
+from mtl_fast.strategies._base import base_arguments, check_strategy_options, loss_vector
 from mtl_fast.strategies._sequential import Closure, SequentialStrategy, partition
 
 
@@ -86,19 +86,9 @@ class PerTaskUpdates(SequentialStrategy):
         require_bool("redraw", redraw)
         num_groups = -(-num_tasks // group_size)
         super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            num_states=num_tasks if redraw else num_groups,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            head_lr=head_lr,
-            seed=seed,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-            backend=backend,
+            **base_arguments(
+                locals(), SequentialStrategy, num_states=num_tasks if redraw else num_groups
+            )
         )
         self.group_size = group_size
         self.redraw = redraw

@@ -17,7 +17,7 @@ from mtl_fast._core.validate import (
 )
 from mtl_fast.optim.multi_adam import MultiAdam
 from mtl_fast.optim.task_gradients import TaskGradients
-from mtl_fast.strategies._base import Strategy, check_losses, raise_or_skip
+from mtl_fast.strategies._base import Strategy, base_arguments, check_losses, raise_or_skip
 
 Closure = Callable[[], Sequence[torch.Tensor]]
 
@@ -62,13 +62,7 @@ class SequentialStrategy(Strategy):
         on_nonfinite: str,
         backend: str | None,
     ) -> None:
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-        )
+        super().__init__(**base_arguments(locals(), Strategy))
         # Every argument is judged before MultiAdam re-points the parameters at its buffer.
         require_seed("seed", seed)
         device = self.shared_params[0].device

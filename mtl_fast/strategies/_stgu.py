@@ -16,7 +16,7 @@ from mtl_fast._core.validate import (
     require_real,
     require_seed,
 )
-from mtl_fast.strategies._base import check_strategy_options, loss_vector
+from mtl_fast.strategies._base import base_arguments, check_strategy_options, loss_vector
 from mtl_fast.strategies._sequential import Closure, SequentialStrategy
 
 CREDITING = ("corrected", "reference")
@@ -214,21 +214,7 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
         require_positive_int("warmup", warmup, 0)
         require_choice("crediting", crediting, CREDITING)
         check_clustering(damping, ap_max_iter, seed)
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            num_states=num_tasks,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            head_lr=head_lr,
-            seed=seed,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-            backend=backend,
-        )
+        super().__init__(**base_arguments(locals(), SequentialStrategy, num_states=num_tasks))
         self.beta = beta
         self.warmup = warmup
         self.crediting = crediting

@@ -20,6 +20,7 @@ from mtl_fast.ops.dual_cone import (
     refuse_nonfinite_weights,
 )
 from mtl_fast.ops.dual_cone_weights import upgrad_weights
+from mtl_fast.strategies._base import base_arguments
 from mtl_fast.strategies._combine_base import CombineStrategy
 
 # Backends that implement gram and combine; any other (a solver-only one) leaves them to "auto".
@@ -57,13 +58,7 @@ class DualConeStrategy(CombineStrategy):
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
-        super().__init__(
-            shared_params,
-            task_params,
-            num_tasks,
-            diagnostics_every=diagnostics_every,
-            on_nonfinite=on_nonfinite,
-        )
+        super().__init__(**base_arguments(locals(), CombineStrategy))
         if pref is not None:
             pref = require_tensor("pref", pref)
             require_float("pref", pref)
@@ -79,9 +74,7 @@ class DualConeStrategy(CombineStrategy):
         self.reg_eps = reg_eps
         self.max_iter = max_iter
         self.tol = tol
-        self.backend = backend
-        self._arena_options(batched, chunk_size)
-        self._ops(self._dense_backend())
+        self._backend_options(backend, batched, chunk_size)
         # The solver's backend too: an explicit one that cannot run raises now, not at step 1.
         resolve("dual_cone", backend, self.shared_params[0].device, tasks=num_tasks)
 
@@ -101,6 +94,7 @@ class DualConeStrategy(CombineStrategy):
         }
 
     def _dense_backend(self) -> str | None:
+        """Gram and combination on the solver's backend where it has them, else "auto"."""
         return self.backend if self.backend in _DENSE_BACKENDS else None
 
     def backward(

@@ -32,7 +32,7 @@ its solver budget. The weights are not differentiable (TorchJD's are not either)
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -383,9 +383,13 @@ class NashMTLWeighting(Weighting, Stateful):  # type: ignore[misc]
             return weights.to(matrix.dtype)
 
     def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self._options()})"
+
+    def _options(self) -> str:
+        """TorchJD's constructor arguments, as its ``__repr__`` shows them."""
         return (
-            f"{self.__class__.__name__}(n_tasks={self.n_tasks}, max_norm={self.max_norm}, "
-            f"update_weights_every={self.update_weights_every}, optim_niter={self.optim_niter})"
+            f"n_tasks={self.n_tasks}, max_norm={self.max_norm}, "
+            f"update_weights_every={self.update_weights_every}, optim_niter={self.optim_niter}"
         )
 
 
@@ -411,17 +415,11 @@ class NashMTL(WeightedAggregator, Stateful):  # type: ignore[misc]
         tol: float = NASH_TOL,
         backend: str | None = None,
     ) -> None:
-        super().__init__(
-            NashMTLWeighting(
-                n_tasks,
-                max_norm,
-                update_weights_every,
-                optim_niter,
-                max_iter=max_iter,
-                tol=tol,
-                backend=backend,
-            )
+        options: dict[str, Any] = {"max_iter": max_iter, "tol": tol, "backend": backend}
+        weighting = NashMTLWeighting(
+            n_tasks, max_norm, update_weights_every, optim_niter, **options
         )
+        super().__init__(weighting)
 
     def reset(self) -> None:
         """Resets the internal state of the algorithm."""
@@ -433,8 +431,4 @@ class NashMTL(WeightedAggregator, Stateful):  # type: ignore[misc]
         return weighting
 
     def __repr__(self) -> str:
-        w = self._nash()
-        return (
-            f"{self.__class__.__name__}(n_tasks={w.n_tasks}, max_norm={w.max_norm}, "
-            f"update_weights_every={w.update_weights_every}, optim_niter={w.optim_niter})"
-        )
+        return f"{self.__class__.__name__}({self._nash()._options()})"

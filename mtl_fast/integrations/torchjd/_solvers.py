@@ -43,6 +43,8 @@ needed by these classes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torchjd.aggregation import DualProj as _DualProj
 from torchjd.aggregation import DualProjWeighting as _DualProjWeighting
@@ -154,7 +156,45 @@ def _ours(projector: DualConeProjector | None) -> DualConeProjector:
     return Projector() if projector is None else projector
 
 
-class UPGradWeighting(_UPGradWeighting):
+class _ProjectorDefault:
+    """TorchJD's constructor ``(pref_vector=None, projector=None)`` with :class:`Projector` in
+    place of TorchJD's default projector; also when ``projector`` is later set to None."""
+
+    def __init__(
+        self, pref_vector: torch.Tensor | None = None, projector: DualConeProjector | None = None
+    ) -> None:
+        super().__init__(pref_vector, projector=_ours(projector))  # type: ignore[call-arg]
+
+
+class _WeightingProjector(_ProjectorDefault):
+    """A weighting's ``projector``, kept on the weighting itself."""
+
+    _projector: DualConeProjector
+
+    @property
+    def projector(self) -> DualConeProjector:
+        return self._projector
+
+    @projector.setter
+    def projector(self, value: DualConeProjector | None) -> None:
+        self._projector = _ours(value)
+
+
+class _AggregatorProjector(_ProjectorDefault):
+    """An aggregator's ``projector``: that of its Gramian weighting."""
+
+    gramian_weighting: Any
+
+    @property
+    def projector(self) -> DualConeProjector:
+        return self.gramian_weighting.projector  # type: ignore[no-any-return]
+
+    @projector.setter
+    def projector(self, value: DualConeProjector | None) -> None:
+        self.gramian_weighting.projector = _ours(value)
+
+
+class UPGradWeighting(_WeightingProjector, _UPGradWeighting):
     """TorchJD's ``UPGradWeighting`` (same arguments and semantics) whose default projector is
     :class:`Projector`: w = Σ_i v_i, v_i the projection weights of p_i e_i.
 
@@ -165,21 +205,8 @@ class UPGradWeighting(_UPGradWeighting):
         tensor([1.4990, 0.6111])
     """
 
-    def __init__(
-        self, pref_vector: torch.Tensor | None = None, projector: DualConeProjector | None = None
-    ) -> None:
-        super().__init__(pref_vector, projector=_ours(projector))
 
-    @property
-    def projector(self) -> DualConeProjector:
-        return self._projector
-
-    @projector.setter
-    def projector(self, value: DualConeProjector | None) -> None:
-        self._projector = _ours(value)
-
-
-class DualProjWeighting(_DualProjWeighting):
+class DualProjWeighting(_WeightingProjector, _DualProjWeighting):
     """TorchJD's ``DualProjWeighting`` (same arguments and semantics) whose default projector is
     :class:`Projector`: w = the projection weights of the preference vector.
 
@@ -190,21 +217,8 @@ class DualProjWeighting(_DualProjWeighting):
         tensor([0.9990, 0.5000])
     """
 
-    def __init__(
-        self, pref_vector: torch.Tensor | None = None, projector: DualConeProjector | None = None
-    ) -> None:
-        super().__init__(pref_vector, projector=_ours(projector))
 
-    @property
-    def projector(self) -> DualConeProjector:
-        return self._projector
-
-    @projector.setter
-    def projector(self, value: DualConeProjector | None) -> None:
-        self._projector = _ours(value)
-
-
-class UPGrad(_UPGrad):
+class UPGrad(_AggregatorProjector, _UPGrad):
     """TorchJD's ``UPGrad`` aggregator (same arguments) whose default projector is
     :class:`Projector`.
 
@@ -215,36 +229,10 @@ class UPGrad(_UPGrad):
         tensor([0.2929, 1.9004, 1.9004])
     """
 
-    def __init__(
-        self, pref_vector: torch.Tensor | None = None, projector: DualConeProjector | None = None
-    ) -> None:
-        super().__init__(pref_vector, projector=_ours(projector))
 
-    @property
-    def projector(self) -> DualConeProjector:
-        return self.gramian_weighting.projector
-
-    @projector.setter
-    def projector(self, value: DualConeProjector | None) -> None:
-        self.gramian_weighting.projector = _ours(value)
-
-
-class DualProj(_DualProj):
+class DualProj(_AggregatorProjector, _DualProj):
     """TorchJD's ``DualProj`` aggregator (same arguments) whose default projector is
     :class:`Projector`."""
-
-    def __init__(
-        self, pref_vector: torch.Tensor | None = None, projector: DualConeProjector | None = None
-    ) -> None:
-        super().__init__(pref_vector, projector=_ours(projector))
-
-    @property
-    def projector(self) -> DualConeProjector:
-        return self.gramian_weighting.projector
-
-    @projector.setter
-    def projector(self, value: DualConeProjector | None) -> None:
-        self.gramian_weighting.projector = _ours(value)
 
 
 def _positive_float(name: str, value: object) -> float:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 import mtl_fast
-from mtl_fast.tools.bench._ops import OpCase, op_backends, synthetic_gradients
+from mtl_fast.tools.bench._ops import OpCase, op_backends, speedup_rows, synthetic_gradients
 from mtl_fast.tools.bench._report import Report, Row
 from mtl_fast.tools.bench._timing import synchronize
 
@@ -196,20 +196,4 @@ def run_interleaved(case: OpCase, report: Report, *, warmup: int = 2) -> None:
             times[name] = med
         if case.problems is not None:
             row("problems_per_s", "1/s", case.problems / med)
-    base = times.get(case.baseline)
-    if base is not None:
-        for name, t in times.items():
-            if name != case.baseline and t > 0:
-                report.rows.append(
-                    Row(
-                        "op",
-                        case.op,
-                        name,
-                        dict(case.shape),
-                        dname,
-                        "speedup_vs_baseline",
-                        f"× ({case.baseline} time / this time, "
-                        + ("thread CPU time)" if on_cpu else "wall time)"),
-                        base / t,
-                    )
-                )
+    speedup_rows(report, case, dname, times, ", thread CPU time" if on_cpu else ", wall time")

@@ -62,6 +62,30 @@ class OpCase:
     clock: str = "wall"
 
 
+def speedup_rows(
+    report: Report, case: OpCase, dname: str, times: dict[str, float], clock: str = ""
+) -> None:
+    """Each provider's "speedup_vs_baseline" row (the baseline's time over its own, measured on
+    ``clock`` when named), when the baseline was timed."""
+    base = times.get(case.baseline)
+    if base is None:
+        return
+    for name, t in times.items():
+        if name != case.baseline and t > 0:
+            report.rows.append(
+                Row(
+                    "op",
+                    case.op,
+                    name,
+                    dict(case.shape),
+                    dname,
+                    "speedup_vs_baseline",
+                    f"× ({case.baseline} time / this time{clock})",
+                    base / t,
+                )
+            )
+
+
 def op_backends(op: str, device: torch.device) -> tuple[list[str], dict[str, str]]:
     """Backends that can run ``op`` on ``device``, and the reason for each one that cannot."""
     ok: list[str] = []
@@ -340,22 +364,7 @@ def run_case(
                 row("bandwidth_vs_copy", "fraction", bw / copy_bw)
             if spec_bw:
                 row("bandwidth_vs_spec", "fraction", bw / spec_bw)
-    base = times.get(case.baseline)
-    if base is not None:
-        for name, med in times.items():
-            if name != case.baseline:
-                report.rows.append(
-                    Row(
-                        "op",
-                        case.op,
-                        name,
-                        dict(case.shape),
-                        dname,
-                        "speedup_vs_baseline",
-                        f"× ({case.baseline} time / this time)",
-                        base / med,
-                    )
-                )
+    speedup_rows(report, case, dname, times)
     report.rows.extend(case.extra_rows)
 
 

@@ -483,26 +483,24 @@ def torchjd_reason() -> str | None:
     return None
 
 
-def _rss_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
+    """A size in the process's ``/proc`` status ("VmRSS", "VmHWM"), in bytes; None off Linux."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def _rss_bytes() -> int | None:
+    return _status_bytes("VmRSS")
 
 
 def _hwm_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return _status_bytes("VmHWM")
 
 
 class PeakMemory:
@@ -734,43 +732,70 @@ def _mgda_combination(J: torch.Tensor, backend: str) -> torch.Tensor:
     return mtl_fast.combine(J, w, backend=backend)
 
 
-def combination_case(J: torch.Tensor, shape: dict[str, Any], device: torch.device) -> OpCase:
-    """MGDA's gradient combination on real trunk gradients: ``combine(J, min_norm(gram(J)))``
-    per backend, against ``torch.mm(J, J.T)`` + ``w @ J`` (the floor any implementation pays on
-    the same framework) and, when installed, TorchJD's MGDA and UPGrad aggregators."""
+def _combination_case(
+    name: str,
+    op: str,
+    step: Callable[[torch.Tensor, str], torch.Tensor],
+    J: torch.Tensor,
+    shape: dict[str, Any],
+    device: torch.device,
+    baseline: str,
+) -> OpCase:
+    """A gradient combination on real trunk gradients: ``step(J, backend)`` per backend of
+    ``op``, the case's other providers left to the caller."""
     T, P = J.shape
-    names, skipped = op_backends("gram", device)
+    names, skipped = op_backends(op, device)
     case = OpCase(
-        "mgda_combination",
+        name,
         {"trunk": shape["trunk"], "T": T, "P": P},
         J.dtype,
         device,
         # Two reads of J (gram, combine) and one write of d: what the unfused sequence moves.
         2 * J.numel() * J.element_size() + P * J.element_size(),
-        "torch.mm + w @ J",
+        baseline,
     )
     case.skipped = skipped
-    for name in names:
-        case.providers[name] = partial(_mgda_combination, J, name)
-    w = torch.full((T,), 1.0 / T, dtype=J.dtype, device=device)
+    for backend in names:
+        case.providers[backend] = partial(step, J, backend)
+    return case
+
+
+def _torchjd_peers(case: OpCase, J: torch.Tensor, aggregators: tuple[str, ...]) -> bool:
+    """TorchJD's ``aggregators`` (default arguments) on J, as providers "torchjd <name>";
+    False, with the reason in ``case.skipped``, when TorchJD is not installed."""
+    reason = torchjd_reason()
+    if reason is not None:
+        case.skipped["torchjd"] = reason
+        return False
+    import torchjd.aggregation
+
+    for name in aggregators:
+        label = f"torchjd {name}"
+        try:
+            peer = getattr(torchjd.aggregation, name)()
+        except ImportError as exc:  # an optional solver of TorchJD's is missing
+            case.skipped[label] = f"ImportError: {exc}"
+        else:
+            case.providers[label] = partial(peer, J)
+    return True
+
+
+def combination_case(J: torch.Tensor, shape: dict[str, Any], device: torch.device) -> OpCase:
+    """MGDA's gradient combination on real trunk gradients: ``combine(J, min_norm(gram(J)))``
+    per backend, against ``torch.mm(J, J.T)`` + ``w @ J`` (the floor any implementation pays on
+    the same framework) and, when installed, TorchJD's MGDA and UPGrad aggregators."""
+    floor_name = "torch.mm + w @ J"
+    case = _combination_case(
+        "mgda_combination", "gram", _mgda_combination, J, shape, device, floor_name
+    )
+    w = torch.full((J.shape[0],), 1.0 / J.shape[0], dtype=J.dtype, device=device)
 
     def floor() -> torch.Tensor:
         torch.mm(J, J.T)
         return w @ J
 
-    case.providers["torch.mm + w @ J"] = floor
-    if torchjd_reason() is None:
-        from torchjd.aggregation import MGDA, UPGrad
-
-        for label, make in (("torchjd MGDA", MGDA), ("torchjd UPGrad", UPGrad)):
-            try:
-                peer = make()
-            except ImportError as exc:  # an optional solver of TorchJD's is missing
-                case.skipped[label] = f"ImportError: {exc}"
-            else:
-                case.providers[label] = partial(peer, J)
-    else:
-        case.skipped["torchjd"] = torchjd_reason() or ""
+    case.providers[floor_name] = floor
+    _torchjd_peers(case, J, ("MGDA", "UPGrad"))
     return case
 
 
@@ -784,25 +809,9 @@ def upgrad_combination_case(J: torch.Tensor, shape: dict[str, Any], device: torc
     """UPGrad's gradient combination on real trunk gradients, ``combine(J, upgrad_weights(
     gram(J)))`` per backend of the solve ("cpu" solves; its Gram and combination run on "auto"),
     against TorchJD's ``UPGrad()`` aggregator on the same J (when installed)."""
-    T, P = J.shape
-    names, skipped = op_backends("dual_cone", device)
-    case = OpCase(
-        "upgrad_combination",
-        {"trunk": shape["trunk"], "T": T, "P": P},
-        J.dtype,
-        device,
-        2 * J.numel() * J.element_size() + P * J.element_size(),
-        "torchjd UPGrad",
+    case = _combination_case(
+        "upgrad_combination", "dual_cone", _upgrad_combination, J, shape, device, "torchjd UPGrad"
     )
-    case.skipped = skipped
-    for name in names:
-        case.providers[name] = partial(_upgrad_combination, J, name)
-    if torchjd_reason() is None:
-        from torchjd.aggregation import UPGrad as TorchJDUPGrad
-
-        upgrad = TorchJDUPGrad()
-        case.providers["torchjd UPGrad"] = lambda: upgrad(J)
-    else:
-        case.skipped["torchjd"] = torchjd_reason() or ""
+    if not _torchjd_peers(case, J, ("UPGrad",)):
         case.baseline = ""
     return case

@@ -1,0 +1,34 @@
+"""The constructor the distributed forms of the single-process strategies share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mtl_fast.distributed._comm import Communicator
+
+
+class OverRanks:
+    """A single-process strategy's constructor (``*args``, ``**kwargs``, passed on unchanged),
+    plus ``group`` (the process group), ``comm`` (a :class:`Communicator`, which ``group`` is
+    then ignored for), ``module`` (the model, if wrapped in DistributedDataParallel) and
+    ``broadcast`` (copy rank 0's parameters to every rank), handed to :meth:`_distribute` once
+    the strategy is built."""
+
+    def __init__(
+        self,
+        *args: Any,
+        group: dist.ProcessGroup | None = None,
+        comm: Communicator | None = None,
+        module: torch.nn.Module | None = None,
+        broadcast: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._distribute(comm if comm is not None else Communicator(group), module, broadcast)
+
+    def _distribute(self, comm: Communicator, module: Any, broadcast: bool) -> None:
+        """Join the ranks: keep ``comm``, check that they agree, broadcast the parameters."""
+        raise NotImplementedError
