@@ -20,7 +20,7 @@ def check_lr(
     """A finite lr ≥ 0: a number, or a 0-d float tensor on ``device`` (for CUDA graphs).
 
     A tensor's value is read (one host sync on a GPU) only when ``read_value`` or on the CPU,
-    where reading it is free.
+    where reading it is free, and never inside ``torch.compile``.
     """
     if not isinstance(lr, torch.Tensor):
         return require_real(name, lr, low=0.0)
@@ -29,7 +29,9 @@ def check_lr(
         raise ValueError(f"{name} must be a number or a 0-d tensor, got shape {tuple(lr.shape)}")
     if lr.device != device:
         raise ValueError(f"{name} is on {lr.device} but the parameters are on {device}")
-    if read_value or lr.device.type == "cpu":
+    # Not inside torch.compile: reading the value there is a graph break (an error with
+    # fullgraph=True). The type, shape and device checks above still apply.
+    if (read_value or lr.device.type == "cpu") and not torch.compiler.is_compiling():
         value = float(lr)
         if not (value >= 0 and value != float("inf")):
             raise ValueError(f"{name} must be a finite number ≥ 0, got tensor({value})")
