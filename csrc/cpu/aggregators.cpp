@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <new>
 #include <numeric>
@@ -48,6 +49,10 @@ struct Scratch {
     double* p = d.data() + used;
     used += n;
     return p;
+  }
+  // Points each of `out` at its own next n doubles, in order.
+  void take_each(size_t n, std::initializer_list<double**> out) {
+    for (double** p : out) *p = take(n);
   }
   size_t used = 0;
 };
@@ -336,12 +341,8 @@ void config_one(const S* K, const double* pref, S* out, int T, double rtol, Scra
   sc.used = 0;
   double* Kn = read_scaled(K, T, sc);
   double* A = sc.take(static_cast<size_t>(T) * T);
-  double* norms = sc.take(T);
-  double* dinv = sc.take(T);
-  double* coords = sc.take(T);
-  double* y = sc.take(T);
-  double* a = sc.take(T);
-  double* Ka = sc.take(T);
+  double *norms, *dinv, *coords, *y, *a, *Ka;
+  sc.take_each(T, {&norms, &dinv, &coords, &y, &a, &Ka});
   for (int i = 0; i < T; ++i) {
     norms[i] = std::sqrt(std::max(Kn[i * T + i], 0.0));
     dinv[i] = norms[i] > 0 ? 1.0 / norms[i] : 0.0;
@@ -649,19 +650,9 @@ void cagrad_one(const S* K, S* out, int T, double cc, double norm_eps, int resca
   }
   const double phi = cc * std::sqrt(std::max(total, 0.0)) / T;
   CagradSolver solver{T, Kn, b, dn, phi};
-  solver.w = sc.take(T);
-  solver.g = sc.take(T);
-  solver.grad = sc.take(T);
-  solver.X1 = sc.take(T);
-  solver.X2 = sc.take(T);
-  solver.G1 = sc.take(T);
-  solver.G2 = sc.take(T);
-  solver.w0 = sc.take(T);
-  solver.w1 = sc.take(T);
-  solver.Kw0 = sc.take(T);
-  solver.Kw1 = sc.take(T);
-  solver.y = sc.take(T);
-  solver.wk = sc.take(T);
+  sc.take_each(T, {&solver.w, &solver.g, &solver.grad, &solver.X1, &solver.X2, &solver.G1,
+                   &solver.G2, &solver.w0, &solver.w1, &solver.Kw0, &solver.Kw1, &solver.y,
+                   &solver.wk});
   solver.M = M;
   solver.R = R;
   solver.act = sc.i.data();
@@ -694,14 +685,9 @@ void nash_one(const S* K, const double* prev, S* weights, S* alpha_out, int T, d
               int64_t max_iter, double tol, Scratch& sc) {
   sc.used = 0;
   const size_t TT = static_cast<size_t>(T) * T;
-  double* Kd = sc.take(TT);
-  double* Kn = sc.take(TT);
-  double* H = sc.take(TT);
-  double* a = sc.take(T);
-  double* grad = sc.take(T);
-  double* step = sc.take(T);
-  double* moved = sc.take(T);
-  double* Ka = sc.take(T);
+  double *Kd, *Kn, *H, *a, *grad, *step, *moved, *Ka;
+  sc.take_each(TT, {&Kd, &Kn, &H});
+  sc.take_each(T, {&a, &grad, &step, &moved, &Ka});
   read_sym(K, T, Kd);
   const double scale = max_diag(Kd, T);
   for (size_t k = 0; k < TT; ++k) Kn[k] = Kd[k] / scale;
