@@ -10,8 +10,9 @@ Backends that cannot run on the device are skipped with their reason.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -82,3 +83,24 @@ def bench_provider(benchmark: Any, case: OpCase, provider: str, *, slow: bool = 
             benchmark.extra_info["problems_per_s"] = case.problems / median
         else:
             benchmark.extra_info["bandwidth_GBps"] = case.bytes_moved / median / 1e9
+
+
+def dense_suite(
+    op: str,
+    build: Callable[[int, int, Any, torch.device], OpCase],
+    baseline: str,
+    Ts: Sequence[int],
+) -> Callable[..., None]:
+    """The benchmark of a (T, P) op over ``GRID``'s dtypes, ``Ts`` and Ps: each backend and the
+    ``baseline`` provider, on the case ``build(T, P, dtype, DEVICE)``."""
+    shapes = list(itertools.product(GRID.dtypes, Ts, GRID.Ps))
+
+    @pytest.mark.parametrize("provider", [*PROVIDERS, baseline])
+    @pytest.mark.parametrize(
+        ("dtype", "T", "P"), shapes, ids=lambda x: str(x).replace("torch.", "")
+    )
+    def suite(benchmark: Any, dtype: Any, T: int, P: int, provider: str) -> None:
+        case = cached_case((op, dtype, T, P), lambda: build(T, P, dtype, DEVICE))
+        bench_provider(benchmark, case, provider)
+
+    return suite

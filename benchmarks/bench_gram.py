@@ -2,19 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-from typing import Any
-
-import pytest
-from bench_common import DEVICE, GRID, PROVIDERS, bench_provider, cached_case
+from bench_common import GRID, dense_suite
 
 from mtl_fast.tools.bench import gram_case
 
-SHAPES = list(itertools.product(GRID.dtypes, GRID.Ts, GRID.Ps))
-
-
-@pytest.mark.parametrize("provider", [*PROVIDERS, "torch.mm"])
-@pytest.mark.parametrize(("dtype", "T", "P"), SHAPES, ids=lambda x: str(x).replace("torch.", ""))
-def test_gram(benchmark: Any, dtype: Any, T: int, P: int, provider: str) -> None:
-    case = cached_case(("gram", dtype, T, P), lambda: gram_case(T, P, dtype, DEVICE))
-    bench_provider(benchmark, case, provider)
+test_gram = dense_suite("gram", gram_case, "torch.mm", GRID.Ts)

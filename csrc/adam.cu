@@ -22,6 +22,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <optional>
 #include <type_traits>
 
@@ -48,6 +49,18 @@ int blocks_for(int64_t P) {
   return static_cast<int>(std::max<int64_t>(1, std::min(ceil_div(P, kThreads), kMaxBlocks)));
 }
 
+// param: a contiguous 1-D CUDA tensor; every other tensor contiguous and on its device.
+void check_param_and(const at::Tensor& param, std::initializer_list<const at::Tensor*> others) {
+  CHECK_DEVICE(param);
+  for (const at::Tensor* x : others) {
+    TORCH_CHECK(x->device() == param.device(), "every tensor must be on param's device ",
+                param.device(), ", got one on ", x->device());
+    TORCH_CHECK(x->is_contiguous(), "every tensor argument must be contiguous");
+  }
+  CHECK_CONTIGUOUS(param);
+  CHECK_DIM(param, 1);
+}
+
 void check_hyper(double lr, double beta1, double beta2, double eps, double weight_decay) {
   TORCH_CHECK(lr >= 0, "lr must be ≥ 0, got ", lr);
   TORCH_CHECK(beta1 >= 0 && beta1 < 1, "beta1 must be in [0, 1), got ", beta1);
@@ -67,14 +80,8 @@ void multi_adam(const at::Tensor& param, const at::Tensor& grads, const at::Tens
                 const at::Tensor& tasks, const at::Tensor& weights,
                 const std::optional<at::Tensor>& lr_tensor, double lr, double beta1, double beta2,
                 double eps, double weight_decay) {
-  CHECK_DEVICE(param);
-  for (const at::Tensor* x : {&grads, &grad_rows, &exp_avg, &exp_avg_sq, &step, &tasks, &weights}) {
-    TORCH_CHECK(x->device() == param.device(), "every tensor must be on param's device ",
-                param.device(), ", got one on ", x->device());
-    TORCH_CHECK(x->is_contiguous(), "every tensor argument must be contiguous");
-  }
-  CHECK_CONTIGUOUS(param);
-  CHECK_DIM(param, 1);
+  check_param_and(param,
+                  {&grads, &grad_rows, &exp_avg, &exp_avg_sq, &step, &tasks, &weights});
   CHECK_DIM(grads, 2);
   CHECK_DIM(exp_avg, 2);
   check_hyper(lr, beta1, beta2, eps, weight_decay);
@@ -147,14 +154,7 @@ void combine_adam(const at::Tensor& param, const at::Tensor& J, const at::Tensor
                   const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq, const at::Tensor& step,
                   const std::optional<at::Tensor>& lr_tensor, double lr, double beta1,
                   double beta2, double eps, double weight_decay) {
-  CHECK_DEVICE(param);
-  for (const at::Tensor* x : {&J, &w, &exp_avg, &exp_avg_sq, &step}) {
-    TORCH_CHECK(x->device() == param.device(), "every tensor must be on param's device ",
-                param.device(), ", got one on ", x->device());
-    TORCH_CHECK(x->is_contiguous(), "every tensor argument must be contiguous");
-  }
-  CHECK_CONTIGUOUS(param);
-  CHECK_DIM(param, 1);
+  check_param_and(param, {&J, &w, &exp_avg, &exp_avg_sq, &step});
   CHECK_DIM(J, 2);
   check_hyper(lr, beta1, beta2, eps, weight_decay);
   const int64_t P = param.size(0), T = J.size(0);

@@ -190,6 +190,27 @@ def _lr(lr: float | torch.Tensor) -> tuple[torch.Tensor | None, float]:
     return None, float(lr)
 
 
+def _adam_call(
+    name: str, tensors: tuple[torch.Tensor, ...], n: int, P: int, hyper: AdamHyper
+) -> None:
+    """Calls the Adam entry point ``name`` on the tensors, (n, P) and the hyperparameters."""
+    fn = _fn(
+        "adam_host", name, [_vp] * len(tensors) + [_i64, _i64, _vp, _dbl, _dbl, _dbl, _dbl, _dbl]
+    )
+    lr_tensor, lr_value = _lr(hyper.lr)
+    fn(
+        *(_ptr(x) for x in tensors),
+        n,
+        P,
+        _ptr(lr_tensor),
+        lr_value,
+        float(hyper.beta1),
+        float(hyper.beta2),
+        float(hyper.eps),
+        float(hyper.weight_decay),
+    )
+
+
 def multi_adam(
     state: AdamState,
     grads: torch.Tensor,
@@ -214,22 +235,12 @@ def multi_adam(
     suffix = _SUFFIX[param.dtype]
     if param.dtype in (torch.float16, torch.bfloat16) and grads.dtype == torch.float32:
         suffix += "_f32grads"
-    fn = _fn(
-        "adam_host",
+    _adam_call(
         f"mtl_fast_multi_adam_emulated_{suffix}",
-        [_vp] * 8 + [_i64, _i64, _vp, _dbl, _dbl, _dbl, _dbl, _dbl],
-    )
-    lr_tensor, lr_value = _lr(hyper.lr)
-    fn(
-        *(_ptr(x) for x in (param, grads, grad_rows, m, v, state.step, tasks, weights)),
+        (param, grads, grad_rows, m, v, state.step, tasks, weights),
         tasks.shape[0],
         param.numel(),
-        _ptr(lr_tensor),
-        lr_value,
-        float(hyper.beta1),
-        float(hyper.beta2),
-        float(hyper.eps),
-        float(hyper.weight_decay),
+        hyper,
     )
 
 
@@ -242,21 +253,11 @@ def combine_adam(state: AdamState, J: torch.Tensor, w: torch.Tensor, hyper: Adam
     J, w = J.contiguous(), w.contiguous()
     T, P = J.shape
     assert w.dtype == param.dtype == state.exp_avg.dtype, (w.dtype, param.dtype)
-    fn = _fn(
-        "adam_host",
-        f"mtl_fast_combine_adam_emulated_{_SUFFIX[J.dtype]}",
-        [_vp] * 6 + [_i64, _i64, _vp, _dbl, _dbl, _dbl, _dbl, _dbl],
-    )
     m, v = state.exp_avg.view(-1), state.exp_avg_sq.view(-1)
-    lr_tensor, lr_value = _lr(hyper.lr)
-    fn(
-        *(_ptr(x) for x in (param, J, w, m, v, state.step)),
+    _adam_call(
+        f"mtl_fast_combine_adam_emulated_{_SUFFIX[J.dtype]}",
+        (param, J, w, m, v, state.step),
         T,
         P,
-        _ptr(lr_tensor),
-        lr_value,
-        float(hyper.beta1),
-        float(hyper.beta2),
-        float(hyper.eps),
-        float(hyper.weight_decay),
+        hyper,
     )

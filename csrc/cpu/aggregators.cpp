@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <new>
 #include <numeric>
@@ -48,6 +49,10 @@ struct Scratch {
     double* p = d.data() + used;
     used += n;
     return p;
+  }
+  // Points each of `out` at its own next n doubles, in order.
+  void take_each(size_t n, std::initializer_list<double**> out) {
+    for (double** p : out) *p = take(n);
   }
   size_t used = 0;
 };
@@ -215,6 +220,29 @@ void to_basis(const double* V, const double* x, double* coords, int T) {
 // out = V y
 void from_basis(const double* V, const double* y, double* out, int T) { matvec(V, y, out, T); }
 
+// K[b] symmetrised and divided by its largest diagonal entry, in the next T×T of the scratch.
+template <typename S>
+double* read_scaled(const S* K, int T, Scratch& sc) {
+  const size_t TT = static_cast<size_t>(T) * T;
+  double* A = sc.take(TT);
+  read_sym(K, T, A);
+  const double m = max_diag(A, T);
+  for (size_t k = 0; k < TT; ++k) A[k] /= m;
+  return A;
+}
+
+// The eigenvectors V (T×T) and ascending eigenvalues lam (T) of A (destroyed), in the scratch.
+struct Eigen {
+  double* V;
+  double* lam;
+};
+
+Eigen eigen(double* A, int T, Scratch& sc) {
+  const Eigen e{sc.take(static_cast<size_t>(T) * T), sc.take(T)};
+  eigh(A, e.V, e.lam, sc.i.data(), sc.take(4 * static_cast<size_t>(T)), T);
+  return e;
+}
+
 // ---------------------------------------------------------------------------------------------
 // PCGrad
 // ---------------------------------------------------------------------------------------------
@@ -248,19 +276,11 @@ void pcgrad_one(const S* K, const int64_t* order, S* out, int T, Scratch& sc) {
 template <typename S>
 void imtlg_one(const S* K, S* out, int T, double rtol, Scratch& sc) {
   sc.used = 0;
-  const size_t TT = static_cast<size_t>(T) * T;
-  double* A = sc.take(TT);
-  double* V = sc.take(TT);
-  double* lam = sc.take(T);
+  double* A = read_scaled(K, T, sc);
   double* x = sc.take(T);
   double* y = sc.take(T);
-  double* work = sc.take(4 * static_cast<size_t>(T));
-  int* idx = sc.i.data();
-  read_sym(K, T, A);
-  const double m = max_diag(A, T);
-  for (size_t k = 0; k < TT; ++k) A[k] /= m;
   for (int i = 0; i < T; ++i) x[i] = std::sqrt(std::max(A[i * T + i], 0.0));
-  eigh(A, V, lam, idx, work, T);
+  const auto [V, lam] = eigen(A, T, sc);
   double top = 0.0;
   for (int i = 0; i < T; ++i) top = std::max(top, std::fabs(lam[i]));
   to_basis(V, x, y, T);
@@ -279,18 +299,10 @@ template <typename S>
 void aligned_mtl_one(const S* K, const double* pref, S* out, int T, int mode, double rtol,
                      Scratch& sc) {
   sc.used = 0;
-  const size_t TT = static_cast<size_t>(T) * T;
-  double* A = sc.take(TT);
-  double* V = sc.take(TT);
-  double* lam = sc.take(T);
+  double* A = read_scaled(K, T, sc);
   double* y = sc.take(T);
   double* c = sc.take(T);
-  double* work = sc.take(4 * static_cast<size_t>(T));
-  int* idx = sc.i.data();
-  read_sym(K, T, A);
-  const double m = max_diag(A, T);
-  for (size_t k = 0; k < TT; ++k) A[k] /= m;
-  eigh(A, V, lam, idx, work, T);  // ascending
+  const auto [V, lam] = eigen(A, T, sc);  // ascending
   const double cut = rtol * lam[T - 1];
   int rank = 0;
   double kept_sum = 0.0;
@@ -327,22 +339,10 @@ void aligned_mtl_one(const S* K, const double* pref, S* out, int T, int mode, do
 template <typename S>
 void config_one(const S* K, const double* pref, S* out, int T, double rtol, Scratch& sc) {
   sc.used = 0;
-  const size_t TT = static_cast<size_t>(T) * T;
-  double* Kn = sc.take(TT);
-  double* A = sc.take(TT);
-  double* V = sc.take(TT);
-  double* lam = sc.take(T);
-  double* norms = sc.take(T);
-  double* dinv = sc.take(T);
-  double* coords = sc.take(T);
-  double* y = sc.take(T);
-  double* a = sc.take(T);
-  double* Ka = sc.take(T);
-  double* work = sc.take(4 * static_cast<size_t>(T));
-  int* idx = sc.i.data();
-  read_sym(K, T, Kn);
-  const double m = max_diag(Kn, T);
-  for (size_t k = 0; k < TT; ++k) Kn[k] /= m;
+  double* Kn = read_scaled(K, T, sc);
+  double* A = sc.take(static_cast<size_t>(T) * T);
+  double *norms, *dinv, *coords, *y, *a, *Ka;
+  sc.take_each(T, {&norms, &dinv, &coords, &y, &a, &Ka});
   for (int i = 0; i < T; ++i) {
     norms[i] = std::sqrt(std::max(Kn[i * T + i], 0.0));
     dinv[i] = norms[i] > 0 ? 1.0 / norms[i] : 0.0;
@@ -350,7 +350,7 @@ void config_one(const S* K, const double* pref, S* out, int T, double rtol, Scra
   for (int i = 0; i < T; ++i) {
     for (int j = 0; j < T; ++j) A[i * T + j] = dinv[i] * Kn[i * T + j] * dinv[j];
   }
-  eigh(A, V, lam, idx, work, T);
+  const auto [V, lam] = eigen(A, T, sc);
   double top = 0.0;
   for (int i = 0; i < T; ++i) top = std::max(top, std::fabs(lam[i]));
   to_basis(V, pref, coords, T);
@@ -650,19 +650,9 @@ void cagrad_one(const S* K, S* out, int T, double cc, double norm_eps, int resca
   }
   const double phi = cc * std::sqrt(std::max(total, 0.0)) / T;
   CagradSolver solver{T, Kn, b, dn, phi};
-  solver.w = sc.take(T);
-  solver.g = sc.take(T);
-  solver.grad = sc.take(T);
-  solver.X1 = sc.take(T);
-  solver.X2 = sc.take(T);
-  solver.G1 = sc.take(T);
-  solver.G2 = sc.take(T);
-  solver.w0 = sc.take(T);
-  solver.w1 = sc.take(T);
-  solver.Kw0 = sc.take(T);
-  solver.Kw1 = sc.take(T);
-  solver.y = sc.take(T);
-  solver.wk = sc.take(T);
+  sc.take_each(T, {&solver.w, &solver.g, &solver.grad, &solver.X1, &solver.X2, &solver.G1,
+                   &solver.G2, &solver.w0, &solver.w1, &solver.Kw0, &solver.Kw1, &solver.y,
+                   &solver.wk});
   solver.M = M;
   solver.R = R;
   solver.act = sc.i.data();
@@ -695,14 +685,9 @@ void nash_one(const S* K, const double* prev, S* weights, S* alpha_out, int T, d
               int64_t max_iter, double tol, Scratch& sc) {
   sc.used = 0;
   const size_t TT = static_cast<size_t>(T) * T;
-  double* Kd = sc.take(TT);
-  double* Kn = sc.take(TT);
-  double* H = sc.take(TT);
-  double* a = sc.take(T);
-  double* grad = sc.take(T);
-  double* step = sc.take(T);
-  double* moved = sc.take(T);
-  double* Ka = sc.take(T);
+  double *Kd, *Kn, *H, *a, *grad, *step, *moved, *Ka;
+  sc.take_each(TT, {&Kd, &Kn, &H});
+  sc.take_each(T, {&a, &grad, &step, &moved, &Ka});
   read_sym(K, T, Kd);
   const double scale = max_diag(Kd, T);
   for (size_t k = 0; k < TT; ++k) Kn[k] = Kd[k] / scale;

@@ -121,25 +121,15 @@ MTL_INLINE void combine_range(const In* J, const In* w, int64_t T, int64_t ld, i
   }
 }
 
-using GramFn32 = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, double*);
-using GramFn64 = void (*)(const double*, int64_t, int64_t, int64_t, int64_t, double*);
-using CombFn32 = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*);
-using CombFn64 = void (*)(const double*, const double*, int64_t, int64_t, int64_t, int64_t,
-                          double*);
+// The portable kernels: 8 fp32 or 4 fp64 lanes.
+template <typename S>
+void gram_base(const S* J, int64_t T, int64_t ld, int64_t p0, int64_t p1, double* Kd) {
+  gram_range<32 / sizeof(S), S, S>(J, T, ld, p0, p1, Kd);
+}
 
-void gram32_base(const float* J, int64_t T, int64_t ld, int64_t p0, int64_t p1, double* Kd) {
-  gram_range<8, float, float>(J, T, ld, p0, p1, Kd);
-}
-void gram64_base(const double* J, int64_t T, int64_t ld, int64_t p0, int64_t p1, double* Kd) {
-  gram_range<4, double, double>(J, T, ld, p0, p1, Kd);
-}
-void comb32_base(const float* J, const float* w, int64_t T, int64_t ld, int64_t p0, int64_t p1,
-                 float* d) {
-  combine_range<8, float>(J, w, T, ld, p0, p1, d);
-}
-void comb64_base(const double* J, const double* w, int64_t T, int64_t ld, int64_t p0, int64_t p1,
-                 double* d) {
-  combine_range<4, double>(J, w, T, ld, p0, p1, d);
+template <typename S>
+void comb_base(const S* J, const S* w, int64_t T, int64_t ld, int64_t p0, int64_t p1, S* d) {
+  combine_range<32 / sizeof(S), S>(J, w, T, ld, p0, p1, d);
 }
 
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
@@ -150,63 +140,63 @@ void comb64_base(const double* J, const double* w, int64_t T, int64_t ld, int64_
 
 // The lane arrays above are not turned into SIMD reliably (measured: scalar speed, 200 ms for
 // T = 10, P = 11.2 M), hence explicit AVX2 for the x86-64 path: 8 fp32 or 4 fp64 lanes, an
-// MI × MJ tile of accumulators in registers.
-template <int MI, int MJ>
-MTL_AVX2 inline void tile32_avx2(const float* J, int64_t ld, int64_t T, int64_t i0, int64_t j0,
-                                 int64_t c0, int64_t n, double* Kd) {
-  const float* x[MI];
-  const float* y[MJ];
-  for (int a = 0; a < MI; ++a) x[a] = J + (i0 + a) * ld + c0;
-  for (int b = 0; b < MJ; ++b) y[b] = J + (j0 + b) * ld + c0;
-  __m256 acc[MI][MJ];
-  for (int a = 0; a < MI; ++a)
-    for (int b = 0; b < MJ; ++b) acc[a][b] = _mm256_setzero_ps();
-  int64_t p = 0;
-  for (; p + 8 <= n; p += 8) {
-    __m256 xv[MI];
-    for (int a = 0; a < MI; ++a) xv[a] = _mm256_loadu_ps(x[a] + p);
-    for (int b = 0; b < MJ; ++b) {
-      const __m256 yv = _mm256_loadu_ps(y[b] + p);
-      for (int a = 0; a < MI; ++a) acc[a][b] = _mm256_fmadd_ps(xv[a], yv, acc[a][b]);
-    }
-  }
-  for (int a = 0; a < MI; ++a) {
-    for (int b = 0; b < MJ; ++b) {
-      alignas(32) float lanes[8];
-      _mm256_store_ps(lanes, acc[a][b]);
-      double s = 0.0;
-      for (int l = 0; l < 8; ++l) s += static_cast<double>(lanes[l]);
-      for (int64_t q = p; q < n; ++q) s += static_cast<double>(x[a][q]) * y[b][q];
-      Kd[(i0 + a) * T + (j0 + b)] += s;
-    }
-  }
+// MI × MJ tile of accumulators in registers. The overloads below pick the intrinsic per element
+// type, so that one template serves fp32 and fp64.
+MTL_AVX2 inline __m256 vzero(const float*) { return _mm256_setzero_ps(); }
+MTL_AVX2 inline __m256d vzero(const double*) { return _mm256_setzero_pd(); }
+MTL_AVX2 inline __m256 vset1(float x) { return _mm256_set1_ps(x); }
+MTL_AVX2 inline __m256d vset1(double x) { return _mm256_set1_pd(x); }
+MTL_AVX2 inline __m256 vload(const float* p) { return _mm256_load_ps(p); }
+MTL_AVX2 inline __m256d vload(const double* p) { return _mm256_load_pd(p); }
+MTL_AVX2 inline __m256 vloadu(const float* p) { return _mm256_loadu_ps(p); }
+MTL_AVX2 inline __m256d vloadu(const double* p) { return _mm256_loadu_pd(p); }
+MTL_AVX2 inline void vstore(float* p, __m256 v) { _mm256_store_ps(p, v); }
+MTL_AVX2 inline void vstore(double* p, __m256d v) { _mm256_store_pd(p, v); }
+MTL_AVX2 inline void vstoreu(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+MTL_AVX2 inline void vstoreu(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
+MTL_AVX2 inline __m256 vfma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+MTL_AVX2 inline __m256d vfma(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
+
+// The sum of the lanes in fp64: in order for fp32, pairwise for fp64.
+MTL_AVX2 inline double vsum(__m256 v) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, v);
+  double s = 0.0;
+  for (int l = 0; l < 8; ++l) s += static_cast<double>(lanes[l]);
+  return s;
 }
 
-template <int MI, int MJ>
-MTL_AVX2 inline void tile64_avx2(const double* J, int64_t ld, int64_t T, int64_t i0, int64_t j0,
-                                 int64_t c0, int64_t n, double* Kd) {
-  const double* x[MI];
-  const double* y[MJ];
+MTL_AVX2 inline double vsum(__m256d v) {
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, v);
+  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+}
+
+template <typename S, int MI, int MJ>
+MTL_AVX2 inline void tile_avx2(const S* J, int64_t ld, int64_t T, int64_t i0, int64_t j0,
+                               int64_t c0, int64_t n, double* Kd) {
+  using V = decltype(vzero(J));
+  constexpr int64_t kLanes = 32 / sizeof(S);
+  const S* x[MI];
+  const S* y[MJ];
   for (int a = 0; a < MI; ++a) x[a] = J + (i0 + a) * ld + c0;
   for (int b = 0; b < MJ; ++b) y[b] = J + (j0 + b) * ld + c0;
-  __m256d acc[MI][MJ];
+  V acc[MI][MJ];
   for (int a = 0; a < MI; ++a)
-    for (int b = 0; b < MJ; ++b) acc[a][b] = _mm256_setzero_pd();
+    for (int b = 0; b < MJ; ++b) acc[a][b] = vzero(J);
   int64_t p = 0;
-  for (; p + 4 <= n; p += 4) {
-    __m256d xv[MI];
-    for (int a = 0; a < MI; ++a) xv[a] = _mm256_loadu_pd(x[a] + p);
+  for (; p + kLanes <= n; p += kLanes) {
+    V xv[MI];
+    for (int a = 0; a < MI; ++a) xv[a] = vloadu(x[a] + p);
     for (int b = 0; b < MJ; ++b) {
-      const __m256d yv = _mm256_loadu_pd(y[b] + p);
-      for (int a = 0; a < MI; ++a) acc[a][b] = _mm256_fmadd_pd(xv[a], yv, acc[a][b]);
+      const V yv = vloadu(y[b] + p);
+      for (int a = 0; a < MI; ++a) acc[a][b] = vfma(xv[a], yv, acc[a][b]);
     }
   }
   for (int a = 0; a < MI; ++a) {
     for (int b = 0; b < MJ; ++b) {
-      alignas(32) double lanes[4];
-      _mm256_store_pd(lanes, acc[a][b]);
-      double s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-      for (int64_t q = p; q < n; ++q) s += x[a][q] * y[b][q];
+      double s = vsum(acc[a][b]);
+      for (int64_t q = p; q < n; ++q) s += static_cast<double>(x[a][q]) * y[b][q];
       Kd[(i0 + a) * T + (j0 + b)] += s;
     }
   }
@@ -217,80 +207,52 @@ MTL_AVX2 inline void tile64_avx2(const double* J, int64_t ld, int64_t T, int64_t
 // upper triangle, diagonal tiles whole) are computed; the caller mirrors. Measured on one thread
 // (T = 10, P = 11.2 M fp32, loaded machine): 2 × 4 tiles 53-57 ms; 4 × 3 tiles 50 ms against
 // 45 ms for J.sum() in the same run, i.e. about the time of one read of J.
-#define MTL_TILE_CASES(TILE)                                                             \
-  switch (mi * 4 + mj) {                                                                 \
-    case 4 * 4 + 3: TILE<4, 3>(J, ld, T, i0, j0, c0, n, Kd); break;                      \
-    case 4 * 4 + 2: TILE<4, 2>(J, ld, T, i0, j0, c0, n, Kd); break;                      \
-    case 4 * 4 + 1: TILE<4, 1>(J, ld, T, i0, j0, c0, n, Kd); break;                      \
-    case 3 * 4 + 3: TILE<3, 3>(J, ld, T, i0, j0, c0, n, Kd); break;                      \
-    case 3 * 4 + 2: TILE<3, 2>(J, ld, T, i0, j0, c0, n, Kd); break;                      \
-    case 3 * 4 + 1: TILE<3, 1>(J, ld, T, i0, j0, c0, n, Kd); break;                      \
-    case 2 * 4 + 3: TILE<2, 3>(J, ld, T, i0, j0, c0, n, Kd); break;                      \
-    case 2 * 4 + 2: TILE<2, 2>(J, ld, T, i0, j0, c0, n, Kd); break;                      \
-    case 2 * 4 + 1: TILE<2, 1>(J, ld, T, i0, j0, c0, n, Kd); break;                      \
-    case 1 * 4 + 3: TILE<1, 3>(J, ld, T, i0, j0, c0, n, Kd); break;                      \
-    case 1 * 4 + 2: TILE<1, 2>(J, ld, T, i0, j0, c0, n, Kd); break;                      \
-    default: TILE<1, 1>(J, ld, T, i0, j0, c0, n, Kd); break;                             \
-  }
-
-#define MTL_GRAM_AVX2(NAME, IN, TILE)                                                     \
-  MTL_AVX2 void NAME(const IN* J, int64_t T, int64_t ld, int64_t p0, int64_t p1,         \
-                     double* Kd) {                                                        \
-    for (int64_t c0 = p0; c0 < p1; c0 += kBlock) {                                        \
-      const int64_t n = std::min(kBlock, p1 - c0);                                        \
-      for (int64_t i0 = 0; i0 < T; i0 += 4) {                                             \
-        const int64_t mi = std::min<int64_t>(4, T - i0);                                  \
-        for (int64_t j0 = i0; j0 < T; j0 += 3) {                                          \
-          const int64_t mj = std::min<int64_t>(3, T - j0);                                \
-          MTL_TILE_CASES(TILE)                                                            \
-        }                                                                                 \
-      }                                                                                   \
-    }                                                                                     \
-  }
-
-MTL_GRAM_AVX2(gram32_avx2, float, tile32_avx2)
-MTL_GRAM_AVX2(gram64_avx2, double, tile64_avx2)
-
-MTL_AVX2 void comb32_avx2(const float* J, const float* w, int64_t T, int64_t ld, int64_t p0,
-                          int64_t p1, float* d) {
-  alignas(32) float buf[kBlock];
+template <typename S>
+MTL_AVX2 void gram_avx2(const S* J, int64_t T, int64_t ld, int64_t p0, int64_t p1, double* Kd) {
   for (int64_t c0 = p0; c0 < p1; c0 += kBlock) {
     const int64_t n = std::min(kBlock, p1 - c0);
-    const int64_t nv = n / 8 * 8;
-    for (int64_t p = 0; p < nv; p += 8) _mm256_store_ps(buf + p, _mm256_setzero_ps());
-    for (int64_t p = nv; p < n; ++p) buf[p] = 0.0f;
-    for (int64_t t = 0; t < T; ++t) {
-      const __m256 wt = _mm256_set1_ps(w[t]);
-      const float* row = J + t * ld + c0;
-      for (int64_t p = 0; p < nv; p += 8) {
-        _mm256_store_ps(buf + p,
-                        _mm256_fmadd_ps(wt, _mm256_loadu_ps(row + p), _mm256_load_ps(buf + p)));
+    for (int64_t i0 = 0; i0 < T; i0 += 4) {
+      const int64_t mi = std::min<int64_t>(4, T - i0);
+      for (int64_t j0 = i0; j0 < T; j0 += 3) {
+        const int64_t mj = std::min<int64_t>(3, T - j0);
+        switch (mi * 4 + mj) {
+          case 4 * 4 + 3: tile_avx2<S, 4, 3>(J, ld, T, i0, j0, c0, n, Kd); break;
+          case 4 * 4 + 2: tile_avx2<S, 4, 2>(J, ld, T, i0, j0, c0, n, Kd); break;
+          case 4 * 4 + 1: tile_avx2<S, 4, 1>(J, ld, T, i0, j0, c0, n, Kd); break;
+          case 3 * 4 + 3: tile_avx2<S, 3, 3>(J, ld, T, i0, j0, c0, n, Kd); break;
+          case 3 * 4 + 2: tile_avx2<S, 3, 2>(J, ld, T, i0, j0, c0, n, Kd); break;
+          case 3 * 4 + 1: tile_avx2<S, 3, 1>(J, ld, T, i0, j0, c0, n, Kd); break;
+          case 2 * 4 + 3: tile_avx2<S, 2, 3>(J, ld, T, i0, j0, c0, n, Kd); break;
+          case 2 * 4 + 2: tile_avx2<S, 2, 2>(J, ld, T, i0, j0, c0, n, Kd); break;
+          case 2 * 4 + 1: tile_avx2<S, 2, 1>(J, ld, T, i0, j0, c0, n, Kd); break;
+          case 1 * 4 + 3: tile_avx2<S, 1, 3>(J, ld, T, i0, j0, c0, n, Kd); break;
+          case 1 * 4 + 2: tile_avx2<S, 1, 2>(J, ld, T, i0, j0, c0, n, Kd); break;
+          default: tile_avx2<S, 1, 1>(J, ld, T, i0, j0, c0, n, Kd); break;
+        }
       }
-      for (int64_t p = nv; p < n; ++p) buf[p] += w[t] * row[p];
     }
-    for (int64_t p = 0; p < nv; p += 8) _mm256_storeu_ps(d + c0 + p, _mm256_load_ps(buf + p));
-    for (int64_t p = nv; p < n; ++p) d[c0 + p] = buf[p];
   }
 }
 
-MTL_AVX2 void comb64_avx2(const double* J, const double* w, int64_t T, int64_t ld, int64_t p0,
-                          int64_t p1, double* d) {
-  alignas(32) double buf[kBlock];
+template <typename S>
+MTL_AVX2 void comb_avx2(const S* J, const S* w, int64_t T, int64_t ld, int64_t p0, int64_t p1,
+                        S* d) {
+  constexpr int64_t kLanes = 32 / sizeof(S);
+  alignas(32) S buf[kBlock];
   for (int64_t c0 = p0; c0 < p1; c0 += kBlock) {
     const int64_t n = std::min(kBlock, p1 - c0);
-    const int64_t nv = n / 4 * 4;
-    for (int64_t p = 0; p < nv; p += 4) _mm256_store_pd(buf + p, _mm256_setzero_pd());
-    for (int64_t p = nv; p < n; ++p) buf[p] = 0.0;
+    const int64_t nv = n / kLanes * kLanes;
+    for (int64_t p = 0; p < nv; p += kLanes) vstore(buf + p, vzero(J));
+    for (int64_t p = nv; p < n; ++p) buf[p] = S(0);
     for (int64_t t = 0; t < T; ++t) {
-      const __m256d wt = _mm256_set1_pd(w[t]);
-      const double* row = J + t * ld + c0;
-      for (int64_t p = 0; p < nv; p += 4) {
-        _mm256_store_pd(buf + p,
-                        _mm256_fmadd_pd(wt, _mm256_loadu_pd(row + p), _mm256_load_pd(buf + p)));
+      const auto wt = vset1(w[t]);
+      const S* row = J + t * ld + c0;
+      for (int64_t p = 0; p < nv; p += kLanes) {
+        vstore(buf + p, vfma(wt, vloadu(row + p), vload(buf + p)));
       }
       for (int64_t p = nv; p < n; ++p) buf[p] += w[t] * row[p];
     }
-    for (int64_t p = 0; p < nv; p += 4) _mm256_storeu_pd(d + c0 + p, _mm256_load_pd(buf + p));
+    for (int64_t p = 0; p < nv; p += kLanes) vstoreu(d + c0 + p, vload(buf + p));
     for (int64_t p = nv; p < n; ++p) d[c0 + p] = buf[p];
   }
 }
@@ -299,6 +261,10 @@ bool has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;
 }
+// The AVX2 kernel where the processor has it, else the portable one.
+#define MTL_PICK(NAME, S) (has_avx2() ? NAME##_avx2<S> : NAME##_base<S>)
+#else
+#define MTL_PICK(NAME, S) NAME##_base<S>
 #endif
 
 // Column ranges of at least kMinPerThread columns per thread, block-aligned.
@@ -372,38 +338,22 @@ int mtl_dense_abi_version(void) { return MTL_DENSE_ABI_VERSION; }
 
 int mtl_gram_f32(const float* J, int64_t batch, int64_t T, int64_t P, int64_t ld, float* K,
                  int64_t threads) {
-  GramFn32 fn = gram32_base;
-#ifdef MTL_HAVE_AVX2
-  if (has_avx2()) fn = gram32_avx2;
-#endif
-  return gram_impl(J, batch, T, P, ld, K, threads, fn);
+  return gram_impl(J, batch, T, P, ld, K, threads, MTL_PICK(gram, float));
 }
 
 int mtl_gram_f64(const double* J, int64_t batch, int64_t T, int64_t P, int64_t ld, double* K,
                  int64_t threads) {
-  GramFn64 fn = gram64_base;
-#ifdef MTL_HAVE_AVX2
-  if (has_avx2()) fn = gram64_avx2;
-#endif
-  return gram_impl(J, batch, T, P, ld, K, threads, fn);
+  return gram_impl(J, batch, T, P, ld, K, threads, MTL_PICK(gram, double));
 }
 
 int mtl_combine_f32(const float* J, const float* w, int64_t batch, int64_t T, int64_t P,
                     int64_t ld, float* d, int64_t threads) {
-  CombFn32 fn = comb32_base;
-#ifdef MTL_HAVE_AVX2
-  if (has_avx2()) fn = comb32_avx2;
-#endif
-  return combine_impl(J, w, batch, T, P, ld, d, threads, fn);
+  return combine_impl(J, w, batch, T, P, ld, d, threads, MTL_PICK(comb, float));
 }
 
 int mtl_combine_f64(const double* J, const double* w, int64_t batch, int64_t T, int64_t P,
                     int64_t ld, double* d, int64_t threads) {
-  CombFn64 fn = comb64_base;
-#ifdef MTL_HAVE_AVX2
-  if (has_avx2()) fn = comb64_avx2;
-#endif
-  return combine_impl(J, w, batch, T, P, ld, d, threads, fn);
+  return combine_impl(J, w, batch, T, P, ld, d, threads, MTL_PICK(comb, double));
 }
 
 }  // extern "C"

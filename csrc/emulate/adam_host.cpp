@@ -57,154 +57,66 @@ void combine_adam(T* param, const j_t* J, const T* w, T* exp_avg, T* exp_avg_sq,
 
 }  // namespace
 
-extern "C" {
+// The C entry points: one per dtype combination, the pointers of the 16-/32-/64-bit element
+// tensors as void* (ctypes passes them as such).
 
 // Shapes as mtl_fast.reference.multi_adam; lr_ptr may be null (then lr is used).
-int mtl_fast_multi_adam_emulated_f32(float* param, const float* grads, const int64_t* grad_rows,
-                                     float* exp_avg, float* exp_avg_sq, float* step,
-                                     const int64_t* tasks, const double* weights, int64_t S,
-                                     int64_t P, const double* lr_ptr, double lr, double beta1,
-                                     double beta2, double eps, double weight_decay) {
-  multi_adam<float>(param, grads, grad_rows, exp_avg, exp_avg_sq, step, tasks, weights, S, P,
-                    lr_ptr, lr, beta1, beta2, eps, weight_decay);
-  return 0;
-}
-
-int mtl_fast_multi_adam_emulated_f64(double* param, const double* grads, const int64_t* grad_rows,
-                                     double* exp_avg, double* exp_avg_sq, float* step,
-                                     const int64_t* tasks, const double* weights, int64_t S,
-                                     int64_t P, const double* lr_ptr, double lr, double beta1,
-                                     double beta2, double eps, double weight_decay) {
-  multi_adam<double>(param, grads, grad_rows, exp_avg, exp_avg_sq, step, tasks, weights, S, P,
-                     lr_ptr, lr, beta1, beta2, eps, weight_decay);
-  return 0;
-}
+#define MTL_MULTI_ADAM_ENTRY(SUFFIX, PARAM, GRAD, STATE)                                       \
+  int mtl_fast_multi_adam_emulated_##SUFFIX(                                                   \
+      void* param, const void* grads, const int64_t* grad_rows, STATE* exp_avg,                \
+      STATE* exp_avg_sq, float* step, const int64_t* tasks, const double* weights, int64_t S,  \
+      int64_t P, const double* lr_ptr, double lr, double beta1, double beta2, double eps,      \
+      double weight_decay) {                                                                   \
+    multi_adam<PARAM, GRAD, STATE>(static_cast<PARAM*>(param), static_cast<const GRAD*>(grads), \
+                                   grad_rows, exp_avg, exp_avg_sq, step, tasks, weights, S, P,  \
+                                   lr_ptr, lr, beta1, beta2, eps, weight_decay);                \
+    return 0;                                                                                  \
+  }
 
 // param, exp_avg, exp_avg_sq (P,), J (T, P), w (T,), step (1,).
-int mtl_fast_combine_adam_emulated_f32(float* param, const float* J, const float* w,
-                                       float* exp_avg, float* exp_avg_sq, float* step, int64_t T,
-                                       int64_t P, const double* lr_ptr, double lr, double beta1,
-                                       double beta2, double eps, double weight_decay) {
-  combine_adam<float>(param, J, w, exp_avg, exp_avg_sq, step, T, P, lr_ptr, lr, beta1, beta2, eps,
-                      weight_decay);
-  return 0;
-}
+#define MTL_COMBINE_ADAM_ENTRY(SUFFIX, T, J_T)                                                   \
+  int mtl_fast_combine_adam_emulated_##SUFFIX(                                                 \
+      T* param, const void* J, const T* w, T* exp_avg, T* exp_avg_sq, float* step, int64_t Tn, \
+      int64_t P, const double* lr_ptr, double lr, double beta1, double beta2, double eps,      \
+      double weight_decay) {                                                                   \
+    combine_adam<T, J_T>(param, static_cast<const J_T*>(J), w, exp_avg, exp_avg_sq, step, Tn, \
+                         P, lr_ptr, lr, beta1, beta2, eps, weight_decay);                      \
+    return 0;                                                                                  \
+  }
 
+// J (B, T, P), w (B, T) -> d (B, P) in J's dtype.
+#define MTL_COMBINE_ENTRY(SUFFIX, E, W)                                                          \
+  int mtl_fast_combine_emulated_##SUFFIX(const void* J, const W* w, void* d, int64_t B,       \
+                                         int64_t T, int64_t P) {                              \
+    warp_emulator::run_grid({kBlocks, static_cast<unsigned>(B), 1}, kEmuThreads, [&] {         \
+      mtl_fast::combine_detail::combine_kernel<E, W>(static_cast<const E*>(J), w,              \
+                                                     static_cast<E*>(d), T, P);                \
+    });                                                                                        \
+    return 0;                                                                                  \
+  }
+
+extern "C" {
+
+MTL_MULTI_ADAM_ENTRY(f32, float, float, float)
+MTL_MULTI_ADAM_ENTRY(f64, double, double, double)
 // bf16 / fp16 parameters and gradients with fp32 moments (MultiAdam's low-precision layout).
-int mtl_fast_multi_adam_emulated_bf16(void* param, const void* grads, const int64_t* grad_rows,
-                                      float* exp_avg, float* exp_avg_sq, float* step,
-                                      const int64_t* tasks, const double* weights, int64_t S,
-                                      int64_t P, const double* lr_ptr, double lr, double beta1,
-                                      double beta2, double eps, double weight_decay) {
-  multi_adam<c10::BFloat16, c10::BFloat16, float>(
-      static_cast<c10::BFloat16*>(param), static_cast<const c10::BFloat16*>(grads), grad_rows,
-      exp_avg, exp_avg_sq, step, tasks, weights, S, P, lr_ptr, lr, beta1, beta2, eps,
-      weight_decay);
-  return 0;
-}
-
-int mtl_fast_multi_adam_emulated_f16(void* param, const void* grads, const int64_t* grad_rows,
-                                     float* exp_avg, float* exp_avg_sq, float* step,
-                                     const int64_t* tasks, const double* weights, int64_t S,
-                                     int64_t P, const double* lr_ptr, double lr, double beta1,
-                                     double beta2, double eps, double weight_decay) {
-  multi_adam<c10::Half, c10::Half, float>(
-      static_cast<c10::Half*>(param), static_cast<const c10::Half*>(grads), grad_rows, exp_avg,
-      exp_avg_sq, step, tasks, weights, S, P, lr_ptr, lr, beta1, beta2, eps, weight_decay);
-  return 0;
-}
-
-// fp64 parameters, moments, J and w.
-int mtl_fast_combine_adam_emulated_f64(double* param, const double* J, const double* w,
-                                       double* exp_avg, double* exp_avg_sq, float* step, int64_t T,
-                                       int64_t P, const double* lr_ptr, double lr, double beta1,
-                                       double beta2, double eps, double weight_decay) {
-  combine_adam<double>(param, J, w, exp_avg, exp_avg_sq, step, T, P, lr_ptr, lr, beta1, beta2,
-                       eps, weight_decay);
-  return 0;
-}
-
-// fp32 parameters and moments, fp16 J.
-int mtl_fast_combine_adam_emulated_f16(float* param, const void* J, const float* w,
-                                       float* exp_avg, float* exp_avg_sq, float* step, int64_t T,
-                                       int64_t P, const double* lr_ptr, double lr, double beta1,
-                                       double beta2, double eps, double weight_decay) {
-  combine_adam<float, c10::Half>(param, static_cast<const c10::Half*>(J), w, exp_avg, exp_avg_sq,
-                                 step, T, P, lr_ptr, lr, beta1, beta2, eps, weight_decay);
-  return 0;
-}
-
+MTL_MULTI_ADAM_ENTRY(bf16, c10::BFloat16, c10::BFloat16, float)
+MTL_MULTI_ADAM_ENTRY(f16, c10::Half, c10::Half, float)
 // bf16 / fp16 parameters with fp32 gradients and moments.
-int mtl_fast_multi_adam_emulated_bf16_f32grads(void* param, const float* grads,
-                                               const int64_t* grad_rows, float* exp_avg,
-                                               float* exp_avg_sq, float* step,
-                                               const int64_t* tasks, const double* weights,
-                                               int64_t S, int64_t P, const double* lr_ptr,
-                                               double lr, double beta1, double beta2, double eps,
-                                               double weight_decay) {
-  multi_adam<c10::BFloat16, float, float>(static_cast<c10::BFloat16*>(param), grads, grad_rows,
-                                          exp_avg, exp_avg_sq, step, tasks, weights, S, P, lr_ptr,
-                                          lr, beta1, beta2, eps, weight_decay);
-  return 0;
-}
+MTL_MULTI_ADAM_ENTRY(bf16_f32grads, c10::BFloat16, float, float)
+MTL_MULTI_ADAM_ENTRY(f16_f32grads, c10::Half, float, float)
 
-int mtl_fast_multi_adam_emulated_f16_f32grads(void* param, const float* grads,
-                                              const int64_t* grad_rows, float* exp_avg,
-                                              float* exp_avg_sq, float* step, const int64_t* tasks,
-                                              const double* weights, int64_t S, int64_t P,
-                                              const double* lr_ptr, double lr, double beta1,
-                                              double beta2, double eps, double weight_decay) {
-  multi_adam<c10::Half, float, float>(static_cast<c10::Half*>(param), grads, grad_rows, exp_avg,
-                                      exp_avg_sq, step, tasks, weights, S, P, lr_ptr, lr, beta1,
-                                      beta2, eps, weight_decay);
-  return 0;
-}
+MTL_COMBINE_ADAM_ENTRY(f32, float, float)
+// fp64 parameters, moments, J and w.
+MTL_COMBINE_ADAM_ENTRY(f64, double, double)
+// fp32 parameters and moments, fp16 / bf16 J.
+MTL_COMBINE_ADAM_ENTRY(f16, float, c10::Half)
+MTL_COMBINE_ADAM_ENTRY(bf16, float, c10::BFloat16)
 
-// fp32 parameters and moments, bf16 J.
-int mtl_fast_combine_adam_emulated_bf16(float* param, const void* J, const float* w,
-                                        float* exp_avg, float* exp_avg_sq, float* step, int64_t T,
-                                        int64_t P, const double* lr_ptr, double lr, double beta1,
-                                        double beta2, double eps, double weight_decay) {
-  combine_adam<float, c10::BFloat16>(param, static_cast<const c10::BFloat16*>(J), w, exp_avg,
-                                     exp_avg_sq, step, T, P, lr_ptr, lr, beta1, beta2, eps,
-                                     weight_decay);
-  return 0;
-}
-
-// J (B, T, P) fp16 / bf16, w (B, T) fp32 -> d (B, P) in J's dtype.
-int mtl_fast_combine_emulated_bf16(const void* J, const float* w, void* d, int64_t B, int64_t T,
-                                   int64_t P) {
-  warp_emulator::run_grid({kBlocks, static_cast<unsigned>(B), 1}, kEmuThreads, [&] {
-    mtl_fast::combine_detail::combine_kernel<c10::BFloat16, float>(
-        static_cast<const c10::BFloat16*>(J), w, static_cast<c10::BFloat16*>(d), T, P);
-  });
-  return 0;
-}
-
-int mtl_fast_combine_emulated_f16(const void* J, const float* w, void* d, int64_t B, int64_t T,
-                                  int64_t P) {
-  warp_emulator::run_grid({kBlocks, static_cast<unsigned>(B), 1}, kEmuThreads, [&] {
-    mtl_fast::combine_detail::combine_kernel<c10::Half, float>(
-        static_cast<const c10::Half*>(J), w, static_cast<c10::Half*>(d), T, P);
-  });
-  return 0;
-}
-
-// J (B, T, P), w (B, T) -> d (B, P).
-int mtl_fast_combine_emulated_f32(const float* J, const float* w, float* d, int64_t B, int64_t T,
-                                  int64_t P) {
-  warp_emulator::run_grid({kBlocks, static_cast<unsigned>(B), 1}, kEmuThreads, [&] {
-    mtl_fast::combine_detail::combine_kernel<float, float>(J, w, d, T, P);
-  });
-  return 0;
-}
-
-int mtl_fast_combine_emulated_f64(const double* J, const double* w, double* d, int64_t B,
-                                  int64_t T, int64_t P) {
-  warp_emulator::run_grid({kBlocks, static_cast<unsigned>(B), 1}, kEmuThreads, [&] {
-    mtl_fast::combine_detail::combine_kernel<double, double>(J, w, d, T, P);
-  });
-  return 0;
-}
+// fp16 / bf16 J with fp32 w; fp32 and fp64 throughout.
+MTL_COMBINE_ENTRY(bf16, c10::BFloat16, float)
+MTL_COMBINE_ENTRY(f16, c10::Half, float)
+MTL_COMBINE_ENTRY(f32, float, float)
+MTL_COMBINE_ENTRY(f64, double, double)
 
 }  // extern "C"

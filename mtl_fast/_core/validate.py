@@ -46,6 +46,19 @@ def require_min_dim(name: str, x: torch.Tensor, n: int, shape: str) -> None:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
 
 
+def require_gram(name: str, G: object) -> torch.Tensor:
+    """A float (..., T, T) tensor with T ≥ 1; errors name the argument."""
+    G = require_tensor(name, G)
+    require_float(name, G)
+    require_min_dim(name, G, 2, "(..., T, T)")
+    T = G.shape[-1]
+    if G.shape[-2] != T:
+        raise ValueError(f"{name} must have shape (..., T, T), got {tuple(G.shape)}")
+    if T == 0:
+        raise ValueError(f"{name} must have at least one task (T ≥ 1)")
+    return G
+
+
 def require_same_device(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
     if x.device != ref.device:
         raise ValueError(f"{name} is on {x.device} but {ref_name} is on {ref.device}")

@@ -46,10 +46,8 @@ from mtl_fast._core.validate import (
     NonFiniteError,
     all_finite,
     nonfinite_rows,
-    require_float,
-    require_min_dim,
+    require_gram,
     require_positive_int,
-    require_tensor,
     should_check,
 )
 
@@ -103,14 +101,8 @@ def _check_gram(K: object, check_finite: bool | None) -> tuple[Tensor, tuple[int
     :class:`NonFiniteError` naming the tasks whose row of K holds NaN/Inf, and ValueError for a
     negative diagonal entry (K_ii = ‖g_i‖² ≥ 0 for a Gram matrix).
     """
-    K = require_tensor("K", K)
-    require_float("K", K)
-    require_min_dim("K", K, 2, "(..., T, T)")
+    K = require_gram("K", K)
     T = K.shape[-1]
-    if K.shape[-2] != T:
-        raise ValueError(f"K must have shape (..., T, T), got {tuple(K.shape)}")
-    if T == 0:
-        raise ValueError("K must have at least one task (T ≥ 1)")
     check = should_check(check_finite, K.device)
     if check and K.numel() > 0:
         diag = K.diagonal(dim1=-2, dim2=-1)

@@ -24,6 +24,7 @@ from mtl_fast._core.validate import (
     refuse_nonfinite_weights,
     require_bool,
     require_float,
+    require_gram,
     require_min_dim,
     require_nonneg_float,
     require_optional_bool,
@@ -37,19 +38,6 @@ DEFAULT_MAX_ITER = 64  # factorisations per row; at most 41 measured over ~200k 
 DEFAULT_TOL = 1e-10
 DEFAULT_NORM_EPS = 1e-4  # TorchJD's QuadprogProjector defaults
 DEFAULT_REG_EPS = 1e-4
-
-
-def check_gram(name: str, G: object) -> torch.Tensor:
-    """A float (..., T, T) tensor with T ≥ 1; errors name the argument."""
-    G = require_tensor(name, G)
-    require_float(name, G)
-    require_min_dim(name, G, 2, "(..., T, T)")
-    T = G.shape[-1]
-    if G.shape[-2] != T:
-        raise ValueError(f"{name} must have shape (..., T, T), got {tuple(G.shape)}")
-    if T == 0:
-        raise ValueError(f"{name} must have at least one task (T ≥ 1)")
-    return G
 
 
 def check_options(norm_eps: object, reg_eps: object, max_iter: object, tol: object) -> None:
@@ -229,7 +217,7 @@ def dual_cone_projection(
         tensor([[1.0000, 0.2222],
                 [1.9980, 1.0000]])
     """
-    G = check_gram("G", G)
+    G = require_gram("G", G)
     T = G.shape[-1]
     U = require_tensor("U", U)
     require_float("U", U)
@@ -303,7 +291,7 @@ def kkt_residual(
         >>> bool((kkt_residual(torch.eye(2), G, W) < 1e-12).all())
         True
     """
-    G = check_gram("G", G)
+    G = require_gram("G", G)
     require_nonneg_float("norm_eps", norm_eps)
     require_nonneg_float("reg_eps", reg_eps)
     for name, x in (("U", U), ("W", W)):

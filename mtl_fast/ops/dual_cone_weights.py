@@ -14,6 +14,7 @@ from mtl_fast._core.validate import (
     refuse_nonfinite_gram,
     refuse_nonfinite_weights,
     require_float,
+    require_gram,
     require_min_dim,
     require_same_device,
     require_tensor,
@@ -24,7 +25,6 @@ from mtl_fast.ops.dual_cone import (
     DEFAULT_NORM_EPS,
     DEFAULT_REG_EPS,
     DEFAULT_TOL,
-    check_gram,
     check_options,
     project,
 )
@@ -62,7 +62,7 @@ def _checked(
     check_finite: bool | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(K, p) after the checks every projection weighting makes; errors name the argument."""
-    K = check_gram("K", K)
+    K = require_gram("K", K)
     check_options(norm_eps, reg_eps, max_iter, tol)
     check = should_check(check_finite, K.device)
     p = _preference(pref, K, check)

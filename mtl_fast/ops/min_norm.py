@@ -7,12 +7,10 @@ import torch
 from mtl_fast._core.dispatch import resolve
 from mtl_fast._core.validate import (
     refuse_nonfinite_gram,
-    require_float,
-    require_min_dim,
+    require_gram,
     require_nonneg_float,
     require_optional_bool,
     require_positive_int,
-    require_tensor,
     should_check,
 )
 
@@ -63,14 +61,8 @@ def min_norm(
         >>> mtl_fast.min_norm(K)
         tensor([0.5000, 0.5000])
     """
-    K = require_tensor("K", K)
-    require_float("K", K)
-    require_min_dim("K", K, 2, "(..., T, T)")
+    K = require_gram("K", K)
     T = K.shape[-1]
-    if K.shape[-2] != T:
-        raise ValueError(f"K must have shape (..., T, T), got {tuple(K.shape)}")
-    if T == 0:
-        raise ValueError("K must have at least one task (T ≥ 1)")
     require_positive_int("max_iter", max_iter)
     require_nonneg_float("tol", tol)
     require_optional_bool("sync_free", sync_free)

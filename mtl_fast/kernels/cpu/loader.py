@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.machinery
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from mtl_fast.kernels.cpu.settings import LIBRARY_STEM
@@ -41,74 +41,95 @@ def library_path() -> Path | None:
     return None
 
 
-@functools.cache
-def library() -> tuple[_Solver, _Solver] | str:
-    """(fp64 solver, fp32 solver) with their C signatures set, or why they cannot be loaded."""
+def _load(
+    version_symbol: str,
+    expected: int,
+    argtypes: Mapping[str, Sequence[type]],
+    restype: type,
+    *,
+    missing: str,
+    unloadable: str,
+    mismatch: str,
+) -> dict[str, _Kernel] | str:
+    """The functions ``mtl_<name>`` of the library for each name of ``argtypes``, with their C
+    signatures set, once ``version_symbol`` returns ``expected``; else why not, from the
+    templates (fields ``path``, ``exc``, ``found``, ``expected`` and ``hint``)."""
     path = library_path()
     if path is None:
-        return f"the compiled CPU solver is not built ({_BUILD_HINT})"
+        return missing.format(hint=_BUILD_HINT)
     try:
         lib = ctypes.CDLL(str(path))
-        version = lib.mtl_min_norm_abi_version
-        f64, f32 = lib.mtl_min_norm_f64, lib.mtl_min_norm_f32
+        version = getattr(lib, version_symbol)
+        fns = {name: getattr(lib, f"mtl_{name}") for name in argtypes}
     except (OSError, AttributeError) as exc:
-        return f"the compiled CPU solver at {path} cannot be loaded: {exc} ({_BUILD_HINT})"
+        return unloadable.format(path=path, exc=exc, hint=_BUILD_HINT)
     version.restype = ctypes.c_int
     version.argtypes = []
     found = int(version())
-    if found != ABI_VERSION:
-        return (
-            f"the compiled CPU solver at {path} has ABI version {found}, this package expects "
-            f"{ABI_VERSION}: it is left over from another version; rebuild it ({_BUILD_HINT})"
-        )
-    vp, i64 = ctypes.c_void_p, ctypes.c_int64
-    for fn in (f64, f32):
-        fn.argtypes = [vp, vp, i64, i64, i64, ctypes.c_double]  # K, w, batch, T, max_iter, tol
-        fn.restype = ctypes.c_int
-    return f64, f32
+    if found != expected:
+        return mismatch.format(path=path, found=found, expected=expected, hint=_BUILD_HINT)
+    for name, fn in fns.items():
+        fn.argtypes = argtypes[name]
+        fn.restype = restype
+    return fns
+
+
+_NOT_BUILT = "the compiled CPU solver is not built ({hint})"
+_vp, _i64, _f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+
+
+@functools.cache
+def library() -> tuple[_Solver, _Solver] | str:
+    """(fp64 solver, fp32 solver) with their C signatures set, or why they cannot be loaded."""
+    solver = [_vp, _vp, _i64, _i64, _i64, _f64]  # K, w, batch, T, max_iter, tol
+    fns = _load(
+        "mtl_min_norm_abi_version",
+        ABI_VERSION,
+        {"min_norm_f64": solver, "min_norm_f32": solver},
+        ctypes.c_int,
+        missing=_NOT_BUILT,
+        unloadable="the compiled CPU solver at {path} cannot be loaded: {exc} ({hint})",
+        mismatch=(
+            "the compiled CPU solver at {path} has ABI version {found}, this package expects "
+            "{expected}: it is left over from another version; rebuild it ({hint})"
+        ),
+    )
+    if isinstance(fns, str):
+        return fns
+    return fns["min_norm_f64"], fns["min_norm_f32"]
+
+
+_AGGREGATOR_ARGTYPES: dict[str, list[type]] = {
+    "pcgrad": [_vp, _vp, _vp, _i64, _i64],  # K, order, c, batch, T
+    "imtlg": [_vp, _vp, _i64, _i64, _f64],  # K, c, batch, T, rtol
+    # K, c, batch, T, c, norm_eps, rescale, max_iter, tol
+    "cagrad": [_vp, _vp, _i64, _i64, _f64, _f64, _i64, _i64, _f64],
+    # K, prev, weights, alpha, batch, T, max_norm, max_iter, tol
+    "nash_mtl": [_vp, _vp, _vp, _vp, _i64, _i64, _f64, _i64, _f64],
+    "aligned_mtl": [_vp, _vp, _vp, _i64, _i64, _i64, _f64],  # K, pref, c, batch, T, mode, rtol
+    "config": [_vp, _vp, _vp, _i64, _i64, _f64],  # K, pref, c, batch, T, rtol
+}
 
 
 @functools.cache
 def aggregator_library() -> dict[str, Callable[..., int]] | str:
     """The aggregator functions of csrc/cpu/aggregators.h by name (``"pcgrad_f64"``, ...) with
     their C signatures set, or why they cannot be loaded."""
-    path = library_path()
-    if path is None:
-        return f"the compiled CPU library is not built ({_BUILD_HINT})"
-    vp, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    signatures: dict[str, list[type]] = {
-        "pcgrad": [vp, vp, vp, i64, i64],  # K, order, c, batch, T
-        "imtlg": [vp, vp, i64, i64, f64],  # K, c, batch, T, rtol
-        # K, c, batch, T, c, norm_eps, rescale, max_iter, tol
-        "cagrad": [vp, vp, i64, i64, f64, f64, i64, i64, f64],
-        # K, prev, weights, alpha, batch, T, max_norm, max_iter, tol
-        "nash_mtl": [vp, vp, vp, vp, i64, i64, f64, i64, f64],
-        "aligned_mtl": [vp, vp, vp, i64, i64, i64, f64],  # K, pref, c, batch, T, mode, rtol
-        "config": [vp, vp, vp, i64, i64, f64],  # K, pref, c, batch, T, rtol
-    }
-    try:
-        lib = ctypes.CDLL(str(path))
-        version = lib.mtl_aggregators_abi_version
-        fns = {
-            f"{op}_{t}": getattr(lib, f"mtl_{op}_{t}") for op in signatures for t in ("f64", "f32")
-        }
-    except (OSError, AttributeError) as exc:
-        return (
-            f"the compiled CPU library at {path} has no aggregators or cannot be loaded: {exc} "
-            f"({_BUILD_HINT})"
-        )
-    version.restype = ctypes.c_int
-    version.argtypes = []
-    found = int(version())
-    if found != AGGREGATORS_ABI_VERSION:
-        return (
-            f"the aggregators of the compiled CPU library at {path} have ABI version {found}, "
-            f"this package expects {AGGREGATORS_ABI_VERSION}: rebuild it ({_BUILD_HINT})"
-        )
-    for name, fn in fns.items():
-        fn.argtypes = signatures[name.rsplit("_", 1)[0]]
-        fn.restype = ctypes.c_int
-    return fns
+    return _load(
+        "mtl_aggregators_abi_version",
+        AGGREGATORS_ABI_VERSION,
+        {f"{op}_{t}": a for op, a in _AGGREGATOR_ARGTYPES.items() for t in ("f64", "f32")},
+        ctypes.c_int,
+        missing="the compiled CPU library is not built ({hint})",
+        unloadable=(
+            "the compiled CPU library at {path} has no aggregators or cannot be loaded: {exc} "
+            "({hint})"
+        ),
+        mismatch=(
+            "the aggregators of the compiled CPU library at {path} have ABI version {found}, "
+            "this package expects {expected}: rebuild it ({hint})"
+        ),
+    )
 
 
 @functools.cache
@@ -119,63 +140,42 @@ def dense_kernels() -> dict[str, _Kernel] | str:
     loaded = library()
     if isinstance(loaded, str):
         return loaded
-    path = library_path()
-    try:
-        lib = ctypes.CDLL(str(path))
-        version = lib.mtl_dense_abi_version
-        fns = {name: getattr(lib, f"mtl_{name}") for name in _DENSE_NAMES}
-    except (OSError, AttributeError) as exc:
-        return (
-            f"the compiled CPU library at {path} has no Gram/combine kernels: {exc} ({_BUILD_HINT})"
-        )
-    version.restype = ctypes.c_int
-    version.argtypes = []
-    found = int(version())
-    if found != DENSE_ABI_VERSION:
-        return (
-            f"the compiled CPU library at {path} has dense ABI version {found}, this package "
-            f"expects {DENSE_ABI_VERSION}; rebuild it ({_BUILD_HINT})"
-        )
-    vp, i64 = ctypes.c_void_p, ctypes.c_int64
-    for name, fn in fns.items():
-        if name.startswith("gram"):
-            fn.argtypes = [vp, i64, i64, i64, i64, vp, i64]  # J, batch, T, P, ld, K, threads
-        else:
-            fn.argtypes = [vp, vp, i64, i64, i64, i64, vp, i64]  # J, w, batch, T, P, ld, d, thr.
-        fn.restype = ctypes.c_int
-    return fns
-
-
-_DENSE_NAMES = ("gram_f32", "gram_f64", "combine_f32", "combine_f64")
+    gram = [_vp, _i64, _i64, _i64, _i64, _vp, _i64]  # J, batch, T, P, ld, K, threads
+    combine = [_vp, _vp, _i64, _i64, _i64, _i64, _vp, _i64]  # J, w, batch, T, P, ld, d, threads
+    return _load(
+        "mtl_dense_abi_version",
+        DENSE_ABI_VERSION,
+        {"gram_f32": gram, "gram_f64": gram, "combine_f32": combine, "combine_f64": combine},
+        ctypes.c_int,
+        missing=_NOT_BUILT,
+        unloadable="the compiled CPU library at {path} has no Gram/combine kernels: {exc} ({hint})",
+        mismatch=(
+            "the compiled CPU library at {path} has dense ABI version {found}, this package "
+            "expects {expected}; rebuild it ({hint})"
+        ),
+    )
 
 
 @functools.cache
 def dual_cone_library() -> DualConeSolver | str:
     """The fp64 dual-cone solver of the same library with its C signature set, or why it cannot
     be loaded (a library built before the solver existed is refused by its missing symbol)."""
-    path = library_path()
-    if path is None:
-        return f"the compiled CPU solver is not built ({_BUILD_HINT})"
-    try:
-        lib = ctypes.CDLL(str(path))
-        version = lib.mtl_dual_cone_abi_version
-        solve = lib.mtl_dual_cone_f64
-    except (OSError, AttributeError) as exc:
-        return (
-            f"the compiled CPU dual-cone solver at {path} cannot be loaded: {exc} "
-            f"(it is left over from another version; rebuild it: {_BUILD_HINT})"
-        )
-    version.restype = ctypes.c_int
-    version.argtypes = []
-    found = int(version())
-    if found != DUAL_CONE_ABI_VERSION:
-        return (
-            f"the compiled CPU dual-cone solver at {path} has ABI version {found}, this package "
-            f"expects {DUAL_CONE_ABI_VERSION}: it is left over from another version; rebuild it "
-            f"({_BUILD_HINT})"
-        )
-    vp, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    solve.argtypes = [vp, vp, vp, i64, i64, i64, f64, f64, i64, f64, vp]
-    solve.restype = i64
-    solver: DualConeSolver = solve
+    fns = _load(
+        "mtl_dual_cone_abi_version",
+        DUAL_CONE_ABI_VERSION,
+        {"dual_cone_f64": [_vp, _vp, _vp, _i64, _i64, _i64, _f64, _f64, _i64, _f64, _vp]},
+        ctypes.c_int64,
+        missing=_NOT_BUILT,
+        unloadable=(
+            "the compiled CPU dual-cone solver at {path} cannot be loaded: {exc} "
+            "(it is left over from another version; rebuild it: {hint})"
+        ),
+        mismatch=(
+            "the compiled CPU dual-cone solver at {path} has ABI version {found}, this package "
+            "expects {expected}: it is left over from another version; rebuild it ({hint})"
+        ),
+    )
+    if isinstance(fns, str):
+        return fns
+    solver: DualConeSolver = fns["dual_cone_f64"]
     return solver
