@@ -130,7 +130,7 @@ def default_config(device: torch.device, quick: bool) -> BenchConfig:
         Ps=(2**16, 2**18, 2**20, 2**22),
         Ts=(2, 8, 32),
         adam_Ts=(2, 8),
-        solver=((1, 8), (1024, 2), (1024, 8), (64, 40)),
+        solver=((1, 8), (1, 10), (1, 64), (1024, 2), (1024, 8), (64, 40)),
         loop_problems=None,
         dtypes=(torch.float32,),
         # T ∈ {2, 10, 40, 128}: one problem and a batch (TorchJD loops: 4 Grams take it ~2 s
