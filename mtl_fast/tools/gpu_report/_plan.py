@@ -68,8 +68,16 @@ class TestSelection:
 # ahead-of-time sm_90 compile of every Triton variant, which a GPU run does not need).
 TESTS: dict[str, TestSelection] = {
     # tests/ops/test_<op>.py are parametrized over backends; the parameter ids name the backend.
+    # tests/test_cuda_graph.py: the whole MGDA training step captured in one CUDA graph.
     "tests-triton": TestSelection(
-        gpu=("tests/ops", "-k", "triton", "-m", "gpu or not slow"),
+        gpu=(
+            "tests/ops",
+            "tests/test_cuda_graph.py",
+            "-k",
+            "triton or test_cuda_graph",
+            "-m",
+            "gpu or not slow",
+        ),
         dry_run=("tests/ops/test_combine.py", "-k", "test_combine_strided and triton"),
     ),
     "tests-cuda": TestSelection(
