@@ -61,13 +61,6 @@ class GramAggregator(CombineStrategy):
         """c (T,) from the Gram K (T, T) of the step's shared gradients."""
         raise NotImplementedError
 
-    def backward(
-        self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
-    ) -> bool:
-        """Write the method's gradients. ``features`` is ignored (accepted for symmetry)."""
-        del features
-        return self._gram_step(losses, self._decide)
-
     def _decide(self, K: torch.Tensor, lv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.coefficients(K)
         return c, c

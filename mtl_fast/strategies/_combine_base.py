@@ -54,7 +54,17 @@ class CombineStrategy(Strategy):
     def backward(
         self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
     ) -> bool:
-        """Turn the T losses into ``.grad``; returns False if the step was refused (skip mode)."""
+        """Turn the T losses into ``.grad``; returns False if the step was refused (skip mode).
+
+        The Gram-space methods (MGDA, UPGrad, DualProj, the aggregators) run
+        :meth:`_gram_step` with their :meth:`_decide`; ``features`` is ignored there (MGDA-UB
+        and linear scalarisation have their own step)."""
+        del features
+        return self._gram_step(losses, self._decide)
+
+    def _decide(self, K: torch.Tensor, lv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w, c) from the Gram K (T, T) and the losses (T,): the weights the method reports
+        and the coefficients of Σ_t c_t L_t it applies."""
         raise NotImplementedError
 
     def _backend_options(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 
@@ -173,10 +173,3 @@ class MGDA(CombineStrategy):
             tol=self.tol,
             backend=self.backend,
         )
-
-    def backward(
-        self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
-    ) -> bool:
-        """Write MGDA's gradients. ``features`` is ignored (see :class:`MGDAUB`)."""
-        del features
-        return self._gram_step(losses, self._decide)

@@ -4,7 +4,7 @@ of the task gradients, combined then stepped by the user's optimizer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -96,13 +96,6 @@ class DualConeStrategy(CombineStrategy):
     def _dense_backend(self) -> str | None:
         """Gram and combination on the solver's backend where it has them, else "auto"."""
         return self.backend if self.backend in _DENSE_BACKENDS else None
-
-    def backward(
-        self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
-    ) -> bool:
-        """Write the method's gradients (see the class docstring). ``features`` is ignored."""
-        del features
-        return self._gram_step(losses, self._decide)
 
     def _decide(self, K: torch.Tensor, lv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = self._weights(K)
