@@ -110,6 +110,20 @@ def qp_oracle(U: torch.Tensor, G: torch.Tensor, **eps: float) -> torch.Tensor:
     )
 
 
+def _has_quadprog() -> bool:
+    try:
+        import quadprog  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# How close the oracle itself gets: quadprog to rounding; scipy's BVLS on the Cholesky factor
+# stops with KKT residuals up to 4.1e-8 on the "scaled" Grams at T = 128 (measured; the solvers
+# under test reach 7.6e-11 there), so without quadprog the comparison allows 1e-7.
+ORACLE_TOL = 1e-8 if _has_quadprog() else 1e-7
+
+
 def assert_kkt(U: torch.Tensor, G: torch.Tensor, W: torch.Tensor, tol: float, **eps: float) -> None:
     """The KKT conditions above, scale-free (see kkt_residual), and W ≥ U exactly."""
     assert torch.isfinite(W).all(), "non-finite weights"
@@ -143,8 +157,8 @@ def test_matches_qp_oracle_and_kkt(backend: str, T: int) -> None:
         assert W.dtype == torch.float64 and W.shape == U.shape
         assert_kkt(U, G, W, tol=1e-9)
         W_qp = qp_oracle(U, G)
-        # Both are exact up to rounding and the stopping tolerance (1e-10 relative).
-        assert rel_err(W, W_qp) <= 1e-8, f"{name}: {rel_err(W, W_qp):.1e}"
+        # Both are exact up to rounding and the stopping tolerances (see ORACLE_TOL).
+        assert rel_err(W, W_qp) <= ORACLE_TOL, f"{name}: {rel_err(W, W_qp):.1e}"
         Gn = normalized_gram(G, 1e-4, 1e-4)
         f = torch.einsum("ri,ij,rj->r", W, Gn, W)
         f_qp = torch.einsum("ri,ij,rj->r", W_qp, Gn, W_qp)
