@@ -36,7 +36,7 @@ quiet_pip() {
 
 start=$(date +%s)
 python3 -m venv "$venv"
-quiet_pip install -q "torch==$TORCH_VERSION" "triton==$TRITON_VERSION" pytest numpy
+quiet_pip install -q "torch==$TORCH_VERSION" "triton==$TRITON_VERSION" pytest numpy scipy
 # No install of the package: it runs from the checkout (pytest puts the root on sys.path), so
 # this job builds nothing in the tree that the main environment builds in at the same time.
 installed=$(date +%s)
