@@ -71,6 +71,7 @@ class DistributedMGDAUB(_DataParallel, MGDAUB):
             raise TypeError("features must be the trunk's output tensor Z (MGDA-UB needs it)")
         if not features.requires_grad:
             raise ValueError("features does not require grad: pass the trunk's output Z")
+        self._check_trainable()
         self._track_path()
         lv = loss_vector(losses)
         G = self._feature_gradients(losses, features)
@@ -124,6 +125,7 @@ class DistributedLinearScalarization(_DataParallel, LinearScalarization):
         """Write the ranks' mean gradient of Σ_t w_t L_t. ``features`` is ignored."""
         del features
         losses = check_losses(losses, self.num_tasks)
+        self._check_trainable()
         self._track_path()
         glv = self._mean_losses(loss_vector(losses))
         bad = self._bad_tasks(glv, None)

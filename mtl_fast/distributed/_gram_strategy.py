@@ -188,6 +188,7 @@ class DistributedGramStrategy(CombineStrategy):
         ``features`` is ignored."""
         del features
         losses = check_losses(losses, self.num_tasks)
+        self._check_trainable()
         self._track_path()
         lv = loss_vector(losses)
         arena = self._fill_arena(losses, self.batched, self.chunk_size)
@@ -209,18 +210,12 @@ class DistributedGramStrategy(CombineStrategy):
             diag = gradient_diagnostics(
                 K, None, step=self.num_steps + 1, path_length=self.path_length
             )
-        self.num_steps += 1
-        self.last.step = self.num_steps
-        self.last.losses = glv
-        self.last.weights = w
-        self.last.loss_scales = c
-        self.last.diagnostics = diag
-        self.last.skipped = []
+        self._record_step(glv, w, c, diag)
         return True
 
     def _backward_heads_averaged(self, losses: Sequence[torch.Tensor], c: torch.Tensor) -> None:
         """Heads' ``.grad`` += the ranks' mean of ∇ Σ_t c_t L_t (one all-reduce)."""
-        heads = self._heads_requiring_grad
+        heads = self.task_params
         if not heads:
             return
         cl = c.to(losses[0].dtype)

@@ -73,11 +73,7 @@ class CombineStrategy(Strategy):
         """Keep the ops' ``backend``, check how the arena is filled, resolve gram and combine."""
         self.backend = backend
         self._arena_options(batched, chunk_size)
-        self._ops(self._dense_backend())
-
-    def _dense_backend(self) -> str | None:
-        """The backend of gram and combine: the strategy's own."""
-        return self.backend
+        self._ops(backend)
 
     def _arena_options(self, batched: bool | None, chunk_size: int | None) -> None:
         """Check and keep how the arena is filled: one backward pass per task (False), one
@@ -200,21 +196,14 @@ class CombineStrategy(Strategy):
     def _backward_heads(self, losses: Sequence[torch.Tensor], scales: torch.Tensor) -> None:
         """Task-specific ``.grad`` += ∇ Σ_t c_t L_t: one backward pass from the T losses with
         c_t as their incoming gradients, restricted to the heads (no pass through the trunk, no
-        graph built for the sum)."""
-        heads = self._heads_requiring_grad
+        graph built for the sum). Every head requires grad: a frozen one is refused (see
+        :meth:`~mtl_fast.strategies.Strategy._check_trainable`)."""
+        heads = self.task_params
         if not heads:
             return
         c = scales.to(losses[0].dtype)
         grads = [ct.reshape(loss.shape) for ct, loss in zip(c.unbind(), losses)]
         torch.autograd.backward(list(losses), grad_tensors=grads, inputs=heads)
-
-    @property
-    def _heads_requiring_grad(self) -> list[torch.Tensor]:
-        heads: list[torch.Tensor] | None = getattr(self, "_heads_cache", None)
-        if heads is None:
-            heads = [p for p in self.task_params if p.requires_grad]
-            self._heads_cache = heads
-        return heads
 
     def _accumulate_shared(self, arena: TaskGradients, d: torch.Tensor) -> None:
         """Shared ``.grad`` += the flat direction d (P,), as autograd would accumulate."""

@@ -23,9 +23,6 @@ from mtl_fast.ops.dual_cone_weights import upgrad_weights
 from mtl_fast.strategies._base import base_arguments
 from mtl_fast.strategies._combine_base import CombineStrategy
 
-# Backends that implement gram and combine; any other (a solver-only one) leaves them to "auto".
-_DENSE_BACKENDS = (None, "auto", "reference", "cpu", "triton", "cuda")
-
 
 class DualConeStrategy(CombineStrategy):
     """Base of the strategies whose weights come from projections onto the dual cone
@@ -92,10 +89,6 @@ class DualConeStrategy(CombineStrategy):
             "backend": self.backend,
             "check_finite": False,  # K was checked (or "ignore" asked for no check)
         }
-
-    def _dense_backend(self) -> str | None:
-        """Gram and combination on the solver's backend where it has them, else "auto"."""
-        return self.backend if self.backend in _DENSE_BACKENDS else None
 
     def _decide(self, K: torch.Tensor, lv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = self._weights(K)
