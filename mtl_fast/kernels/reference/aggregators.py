@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from mtl_fast._core.contracts import ALIGNED_MTL_SCALE_MODES
+from mtl_fast.kernels.reference.min_norm import away_step_limit, move_within_simplex, vertex_step
 
 # IMTL-G: the weights are zero when |Σv| falls below this (TorchJD's constant, applied here to
 # K / max_i K_ii so that the rule does not depend on the scale of K).
@@ -329,17 +330,10 @@ def _cagrad_solve(
         b_d = sign * (b_v - bw)
         A = sign * (g_v - q)
         C = d_v - 2 * g_v + q
-        w_a = w[rows, a]
-        gamma_max = torch.where(use_fw, one, w_a / torch.where(w_a < 1, 1 - w_a, one))
+        gamma_max = away_step_limit(w, rows, a, use_fw)
         gamma = _cagrad_step_size(b_d, A, C, q + eps2, phi, gamma_max)
         gamma = torch.where(done, zero, gamma)
-        coef = torch.where(use_fw, 1 - gamma, 1 + gamma)
-        w = coef[:, None] * w
-        w[rows, v] += torch.where(use_fw, gamma, -gamma)
-        drop = ~use_fw & (gamma >= gamma_max) & (gamma > 0)
-        w[rows, v] = torch.where(drop, zero, w[rows, v])
-        w = w.clamp_min(0)
-        w = w / w.sum(dim=-1, keepdim=True)
+        w = vertex_step(w, rows, v, use_fw, gamma, gamma_max)
 
         # Face correction toward the stationary point of the face's affine hull.
         active = w > 0
@@ -366,16 +360,7 @@ def _cagrad_solve(
         y = w0 + w1 / torch.where(ok, lam, one)[:, None]
         ok = ok & torch.isfinite(y).all(dim=-1)
         y = torch.where(ok[:, None], y, w)
-        shrink = active & (y < 0)
-        ratio = torch.where(shrink, w / torch.where(shrink, w - y, one), inf)
-        r_min, blocker = ratio.min(dim=-1)
-        step = torch.clamp(r_min, max=1.0)
-        moved = w + step[:, None] * (y - w)
-        moved[rows, blocker] = torch.where(r_min <= 1, zero, moved[rows, blocker])
-        moved = moved.clamp_min(0)
-        moved_sum = moved.sum(dim=-1, keepdim=True)
-        ok = ok & (moved_sum.squeeze(-1) > 0)
-        moved = moved / torch.where(ok[:, None], moved_sum, one)
+        moved, ok = move_within_simplex(w, y, active, ok, rows)
         cut = torch.where(active, y.clamp_min(0), zero)
         cut_sum = cut.sum(dim=-1, keepdim=True)
         cut = cut / torch.where(cut_sum > 0, cut_sum, one)

@@ -89,20 +89,11 @@ def min_norm(K: torch.Tensor, /, *, max_iter: int, tol: float, sync_free: bool) 
         use_fw = gap_fw >= gap_aw
         num = torch.where(use_fw, gap_fw, gap_aw).clamp_min(0)  # −dᵀKw ≥ 0
         den = torch.where(use_fw, dn[rows, s] - 2 * g_s + f, f - 2 * g_a + dn[rows, a])
-        w_a = w[rows, a]
-        # An away step from a vertex (w_a = 1) has zero gap and is never taken.
-        gamma_max = torch.where(use_fw, one, w_a / torch.where(w_a < 1, 1 - w_a, one))
+        gamma_max = away_step_limit(w, rows, a, use_fw)
         gamma = torch.where(den > 0, num / torch.where(den > 0, den, one), gamma_max)
         gamma = torch.minimum(gamma, gamma_max)
         gamma = torch.where(done | (num <= 0), zero, gamma)
-        v = torch.where(use_fw, s, a)
-        coef = torch.where(use_fw, 1 - gamma, 1 + gamma)
-        w = coef[:, None] * w
-        w[rows, v] += torch.where(use_fw, gamma, -gamma)
-        drop = ~use_fw & (gamma >= gamma_max) & (gamma > 0)
-        w[rows, v] = torch.where(drop, zero, w[rows, v])
-        w = w.clamp_min(0)
-        w = w / w.sum(dim=-1, keepdim=True)
+        w = vertex_step(w, rows, torch.where(use_fw, s, a), use_fw, gamma, gamma_max)
 
         # Face correction toward the affine min-norm point of the support.
         active = w > 0
@@ -114,16 +105,7 @@ def min_norm(K: torch.Tensor, /, *, max_iter: int, tol: float, sync_free: bool) 
         total = z.sum(dim=-1)
         ok = torch.isfinite(total) & (total > 0) & torch.isfinite(z).all(dim=-1) & ~done
         y = z / torch.where(ok, total, one)[:, None]
-        shrink = active & (y < 0)
-        ratio = torch.where(shrink, w / torch.where(shrink, w - y, one), inf)
-        r_min, blocker = ratio.min(dim=-1)
-        step = torch.clamp(r_min, max=1.0)
-        moved = w + step[:, None] * (y - w)
-        moved[rows, blocker] = torch.where(r_min <= 1, zero, moved[rows, blocker])
-        moved = moved.clamp_min(0)
-        moved_sum = moved.sum(dim=-1, keepdim=True)
-        ok = ok & (moved_sum.squeeze(-1) > 0)
-        moved = moved / torch.where(ok[:, None], moved_sum, one)
+        moved, ok = move_within_simplex(w, y, active, ok, rows)
         g_w, f_w = objective(w)
         g_moved, f_moved = objective(moved)
         accept = ok & (f_moved <= f_w)
@@ -132,3 +114,51 @@ def min_norm(K: torch.Tensor, /, *, max_iter: int, tol: float, sync_free: bool) 
         g = torch.where(accept[:, None], g_moved, g_w)
         f = torch.where(accept, f_moved, f_w)
     return w.to(out_dtype)
+
+
+def away_step_limit(
+    w: torch.Tensor, rows: torch.Tensor, a: torch.Tensor, use_fw: torch.Tensor
+) -> torch.Tensor:
+    """The largest step of an away-step Frank-Wolfe move: 1 toward a vertex, w_a / (1 − w_a)
+    away from vertex a. An away step from a vertex (w_a = 1) has zero gap and is never taken."""
+    one = torch.ones((), dtype=w.dtype, device=w.device)
+    w_a = w[rows, a]
+    return torch.where(use_fw, one, w_a / torch.where(w_a < 1, 1 - w_a, one))
+
+
+def vertex_step(
+    w: torch.Tensor,
+    rows: torch.Tensor,
+    v: torch.Tensor,
+    use_fw: torch.Tensor,
+    gamma: torch.Tensor,
+    gamma_max: torch.Tensor,
+) -> torch.Tensor:
+    """(B, T) w moved by γ toward vertex v (Frank-Wolfe) or away from it; a full away step
+    drops v from the support. Stays on the simplex (clamped and renormalised)."""
+    coef = torch.where(use_fw, 1 - gamma, 1 + gamma)
+    w = coef[:, None] * w
+    w[rows, v] += torch.where(use_fw, gamma, -gamma)
+    drop = ~use_fw & (gamma >= gamma_max) & (gamma > 0)
+    w[rows, v] = torch.where(drop, torch.zeros_like(gamma), w[rows, v])
+    w = w.clamp_min(0)
+    return w / w.sum(dim=-1, keepdim=True)
+
+
+def move_within_simplex(
+    w: torch.Tensor, y: torch.Tensor, active: torch.Tensor, ok: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) w moved toward the face point y as far as the simplex allows (the first support
+    entry to reach 0 leaves it), and ``ok`` cleared where the result has no mass."""
+    one = torch.ones((), dtype=w.dtype, device=w.device)
+    inf = torch.full((), float("inf"), dtype=w.dtype, device=w.device)
+    shrink = active & (y < 0)
+    ratio = torch.where(shrink, w / torch.where(shrink, w - y, one), inf)
+    r_min, blocker = ratio.min(dim=-1)
+    step = torch.clamp(r_min, max=1.0)
+    moved = w + step[:, None] * (y - w)
+    moved[rows, blocker] = torch.where(r_min <= 1, torch.zeros_like(r_min), moved[rows, blocker])
+    moved = moved.clamp_min(0)
+    moved_sum = moved.sum(dim=-1, keepdim=True)
+    ok = ok & (moved_sum.squeeze(-1) > 0)
+    return moved / torch.where(ok[:, None], moved_sum, one), ok
