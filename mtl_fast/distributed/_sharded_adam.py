@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 
+from mtl_fast._core.adam_checks import check_hyper
 from mtl_fast._core.flat import check_params, offsets
 from mtl_fast._core.precision import accumulation_dtype
+from mtl_fast._core.validate import require_positive_int
 from mtl_fast.distributed._comm import Communicator
 from mtl_fast.distributed._layout import ShardLayout
 from mtl_fast.ops.combine_adam import combine_adam
@@ -59,10 +61,9 @@ class ShardedAdam:
         backend: str | None = None,
     ) -> None:
         self.params = check_params(params)
-        if isinstance(num_states, bool) or not isinstance(num_states, int) or num_states < 1:
-            raise ValueError(f"num_states must be an int ≥ 1, got {num_states!r}")
-        if not lr >= 0:
-            raise ValueError(f"lr must be ≥ 0, got {lr!r}")
+        require_positive_int("num_states", num_states, 1)
+        # The Adam(W) rules of MultiAdam and combine_adam, checked before anything is allocated.
+        check_hyper(lr, betas, eps, weight_decay, self.params[0].device)
         self.comm = comm
         self.layout = ShardLayout(offsets(self.params)[-1], comm.world)
         self.flat = flatten_padded(self.params, self.layout)

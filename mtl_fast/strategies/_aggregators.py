@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from mtl_fast._core.validate import require_positive_int
 from mtl_fast.ops.aggregators import (
     CAGRAD_MAX_ITER,
     CAGRAD_NORM_EPS,
@@ -256,12 +257,7 @@ class NashMTL(GramAggregator):
         on_nonfinite: str = "raise",
     ) -> None:
         super().__init__(**base_arguments(locals(), GramAggregator))
-        if isinstance(update_weights_every, bool) or not (
-            isinstance(update_weights_every, int) and update_weights_every >= 1
-        ):
-            raise ValueError(
-                f"update_weights_every must be an int ≥ 1, got {update_weights_every!r}"
-            )
+        require_positive_int("update_weights_every", update_weights_every, 1)
         nash_mtl_step(torch.eye(1), max_norm=max_norm, max_iter=max_iter, tol=tol)  # validate
         self.max_norm = max_norm
         self.update_weights_every = update_weights_every

@@ -39,6 +39,7 @@ from torch import Tensor
 from torchjd import Stateful
 from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator, Weighting
 
+from mtl_fast._core.validate import require_positive_int
 from mtl_fast.ops.aggregators import (
     CAGRAD_MAX_ITER,
     CAGRAD_TOL,
@@ -339,13 +340,9 @@ class NashMTLWeighting(Weighting, Stateful):  # type: ignore[misc]
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("n_tasks", n_tasks),
-            ("update_weights_every", update_weights_every),
-            ("optim_niter", optim_niter),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int ≥ 1, got {value!r}")
+        require_positive_int("n_tasks", n_tasks, 1)
+        require_positive_int("update_weights_every", update_weights_every, 1)
+        require_positive_int("optim_niter", optim_niter, 1)
         nash_mtl_step(torch.eye(1), max_norm=max_norm, max_iter=max_iter, tol=tol)  # validate
         self.n_tasks = n_tasks
         self.max_norm = max_norm
