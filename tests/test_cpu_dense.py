@@ -9,7 +9,7 @@ import torch
 import mtl_fast
 from mtl_fast._core import dispatch as _dispatch
 from mtl_fast.kernels import cpu
-from mtl_fast.kernels.cpu import loader
+from mtl_fast.kernels.cpu import dense, loader
 from mtl_fast.kernels.reference import combine as ref_combine
 from mtl_fast.kernels.reference import gram as ref_gram
 
@@ -19,22 +19,56 @@ needs_kernels = pytest.mark.skipif(
 )
 
 
+def _isas() -> tuple[str, ...]:
+    return () if isinstance(loader.dense_kernels(), str) else dense.available_isas()
+
+
 @needs_kernels
+@pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     ("B", "T", "P"),
-    [(1, 1, 1), (1, 2, 7), (2, 3, 513), (1, 10, 5003), (3, 13, 1031), (1, 41, 2050)],
+    [
+        (1, 1, 1),
+        (1, 2, 7),
+        (2, 3, 513),
+        (1, 6, 53),
+        (1, 10, 5003),
+        (3, 13, 1031),
+        (2, 24, 4113),
+        (1, 41, 2050),
+    ],
 )
-def test_gram_and_combine_match_the_reference(dtype: torch.dtype, B: int, T: int, P: int) -> None:
+def test_gram_and_combine_match_the_reference(
+    isa: str, dtype: torch.dtype, B: int, T: int, P: int
+) -> None:
+    """Every instruction set the processor has (the portable kernels included): edge tiles of
+    every size, partial blocks and partial vectors."""
     gen = torch.Generator().manual_seed(B * 100 + T)
     J = torch.randn(B, T, P, generator=gen, dtype=dtype)
     w = torch.rand(B, T, generator=gen, dtype=dtype)
-    K = cpu.gram(J)
+    with dense.use_isa(isa):
+        assert dense.isa() == isa
+        K = cpu.gram(J)
+        d = cpu.combine(J, w)
     assert K.dtype == dtype and K.shape == (B, T, T)
     assert torch.equal(K, K.mT)  # exactly symmetric
     tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-10}
     torch.testing.assert_close(K, ref_gram(J.double()).to(dtype), **tol)
-    torch.testing.assert_close(cpu.combine(J, w), ref_combine(J, w), **tol)
+    torch.testing.assert_close(d, ref_combine(J, w), **tol)
+
+
+@needs_kernels
+def test_use_isa_refuses_what_the_processor_lacks_and_restores() -> None:
+    best = dense.isa()
+    assert best == dense.available_isas()[-1] and dense.available_isas()[0] == "portable"
+    with pytest.raises(ValueError, match="isa must be one of"):
+        with dense.use_isa("sse9"):
+            pass
+    with pytest.raises(RuntimeError):
+        with dense.use_isa("portable"):
+            raise RuntimeError
+    assert dense.isa() == best
 
 
 @needs_kernels

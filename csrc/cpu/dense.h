@@ -11,16 +11,23 @@ extern "C" {
 #endif
 
 // Bumped whenever a signature or the meaning of an argument changes.
-#define MTL_DENSE_ABI_VERSION 1
+#define MTL_DENSE_ABI_VERSION 2
 
 #define MTL_DENSE_OK 0
 #define MTL_DENSE_BAD_ARGUMENT 1  // batch < 0, T < 1, P < 0, ld < P, threads < 1, a null pointer
 
 int mtl_dense_abi_version(void);
 
+// The instruction set the kernels use: 0 portable C++, 1 AVX2+FMA, 2 AVX-512 (the Gram; the
+// combination stays AVX2). The best the processor has unless set lower: mtl_dense_set_isa(isa)
+// picks the highest it has that is ≤ isa (isa < 0: the best again) and returns it. Process-wide,
+// for tests and measurements.
+int mtl_dense_isa(void);
+int mtl_dense_set_isa(int isa);
+
 // K[b] = J[b] J[b]ᵀ for b < batch. J: (batch, T, P) with rows ld elements apart (ld ≥ P) and
 // batches T·ld apart; K: (batch, T, T) row-major output, exactly symmetric. fp32 input: products
-// summed in fp32 within blocks of 512 columns, the blocks summed in fp64; fp64 input: fp64
+// summed in fp32 within blocks of 512 to 2048 columns, the blocks summed in fp64; fp64 input: fp64
 // throughout. threads ≥ 1 splits P (used when a problem is large enough to pay for it).
 int mtl_gram_f32(const float* J, int64_t batch, int64_t T, int64_t P, int64_t ld, float* K,
                  int64_t threads);

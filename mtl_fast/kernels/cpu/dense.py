@@ -3,11 +3,14 @@ registered ops behind :mod:`~mtl_fast.kernels.cpu.gram` and :mod:`~mtl_fast.kern
 
 Measured on one thread of a loaded 2-core AMD EPYC (medians; T = 10, P = 11.2 M fp32, 447 MB):
 the Gram takes 53-57 ms here against 300-540 ms for ``torch.mm(J, J.T)`` (MKL packs panels for a
-10 × 10 output) and 19-34 ms for merely reading J once; T = 40, P = 5.6 M: 380 ms against
-620-650 ms. fp16/bf16 input goes to the reference (the kernels take fp32 and fp64).
-"""
+10 × 10 output) and 19-34 ms for merely reading J once; T = 40, P = 11.2 M: 305-335 ms with the
+AVX-512 kernel, 450-460 ms with AVX2 (see docs/strategies.md). fp16/bf16 input goes to the
+reference (the kernels take fp32 and fp64)."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -21,6 +24,41 @@ def _kernels() -> dict:
     if isinstance(loaded, str):
         raise RuntimeError(f"backend='cpu' cannot run gram/combine: {loaded}")
     return loaded
+
+
+# The kernels' instruction sets, in the order of the C ABI (csrc/cpu/dense.h): the portable C++,
+# AVX2+FMA, AVX-512 (the Gram; the combination uses AVX2 there).
+ISAS = ("portable", "avx2", "avx512")
+
+
+def isa() -> str:
+    """The instruction set the Gram and combination kernels use: the best the processor has
+    unless :func:`use_isa` set a lower one."""
+    return ISAS[_kernels()["dense_isa"]()]
+
+
+def available_isas() -> tuple[str, ...]:
+    """Every instruction set the kernels can use on this processor, portable first."""
+    fns = _kernels()
+    current = fns["dense_isa"]()
+    best = fns["dense_set_isa"](-1)
+    fns["dense_set_isa"](current)
+    return ISAS[: best + 1]
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[None]:
+    """Run the kernels with the instruction set ``name`` (one of :data:`ISAS` that
+    :func:`available_isas` lists) inside the block, process-wide: for tests and measurements."""
+    if name not in available_isas():
+        raise ValueError(f"isa must be one of {available_isas()} on this processor, got {name!r}")
+    fns = _kernels()
+    previous = fns["dense_isa"]()
+    fns["dense_set_isa"](ISAS.index(name))
+    try:
+        yield
+    finally:
+        fns["dense_set_isa"](previous)
 
 
 def _rows(J: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ ABI_VERSION = 1
 # Must equal MTL_AGGREGATORS_ABI_VERSION in csrc/cpu/aggregators.h.
 AGGREGATORS_ABI_VERSION = 1
 # Must equal MTL_DENSE_ABI_VERSION in csrc/cpu/dense.h.
-DENSE_ABI_VERSION = 1
+DENSE_ABI_VERSION = 2
 # Must equal MTL_DUAL_CONE_ABI_VERSION in csrc/cpu/dual_cone.h.
 DUAL_CONE_ABI_VERSION = 1
 
@@ -135,8 +135,9 @@ def aggregator_library() -> dict[str, Callable[..., int]] | str:
 @functools.cache
 def dense_kernels() -> dict[str, _Kernel] | str:
     """The Gram and combination kernels of csrc/cpu/dense.cpp (``gram_f32``, ``gram_f64``,
-    ``combine_f32``, ``combine_f64``) with their C signatures set, or why they cannot be loaded
-    (a library built before they existed lacks them)."""
+    ``combine_f32``, ``combine_f64``, and ``dense_isa``/``dense_set_isa``, the instruction set
+    they use) with their C signatures set, or why they cannot be loaded (a library built before
+    they existed lacks them)."""
     loaded = library()
     if isinstance(loaded, str):
         return loaded
@@ -145,7 +146,14 @@ def dense_kernels() -> dict[str, _Kernel] | str:
     return _load(
         "mtl_dense_abi_version",
         DENSE_ABI_VERSION,
-        {"gram_f32": gram, "gram_f64": gram, "combine_f32": combine, "combine_f64": combine},
+        {
+            "gram_f32": gram,
+            "gram_f64": gram,
+            "combine_f32": combine,
+            "combine_f64": combine,
+            "dense_isa": [],
+            "dense_set_isa": [ctypes.c_int],
+        },
         ctypes.c_int,
         missing=_NOT_BUILT,
         unloadable="the compiled CPU library at {path} has no Gram/combine kernels: {exc} ({hint})",
