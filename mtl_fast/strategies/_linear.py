@@ -99,19 +99,10 @@ class LinearScalarization(CombineStrategy):
             self._backward_heads(losses, self.weights)
             self._accumulate_shared(arena, d)
         else:
-            wl = self.weights.to(losses[0].dtype)
-            grads = [wt.reshape(loss.shape) for wt, loss in zip(wl.unbind(), losses)]
-            torch.autograd.backward(list(losses), grad_tensors=grads)
-            if not self._shared_grads_finite():
+            if not self._backward_all(losses, self.weights):
                 return self._refuse(lv, list(range(self.num_tasks)), "gradient")
             self._track_path()
-        self.num_steps += 1
-        self.last.step = self.num_steps
-        self.last.losses = lv
-        self.last.weights = self.weights
-        self.last.loss_scales = self.weights
-        self.last.diagnostics = diag
-        self.last.skipped = []
+        self._record_step(lv, self.weights, self.weights, diag)
         return True
 
     def state_dict(self) -> dict[str, Any]:
