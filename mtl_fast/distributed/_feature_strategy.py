@@ -100,19 +100,10 @@ class DistributedLinearScalarization(_DataParallel, LinearScalarization):
         """Nothing: the one backward pass is DDP's ordinary synchronised one."""
         return contextlib.nullcontext()
 
-    def backward(
-        self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
-    ) -> bool:
-        """Write the ranks' mean gradient of Σ_t w_t L_t. ``features`` is ignored."""
-        del features
-        losses = check_losses(losses, self.num_tasks)
-        self._check_trainable()
-        self._track_path()
-        glv = self._mean_losses(loss_vector(losses))
-        bad = self._bad_tasks(glv, None)
-        if bad is not None:
-            return self._refuse(glv, *bad)
-        if not self._backward_all(losses, self.weights):
-            return self._refuse(glv, list(range(self.num_tasks)), "gradient")
-        self._record_step(glv, self.weights, self.weights, None)
-        return True
+    def _loss_values(self, losses: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The mean over the ranks (a NaN/Inf loss on any rank refuses the step on all)."""
+        return self._mean_losses(loss_vector(losses))
+
+    def _diagnostics_due(self) -> bool:
+        """Never: the diagnostics need the per-task gradients."""
+        return False

@@ -28,15 +28,7 @@ class MGDAUB(MGDA):
     kept across steps; the final pass backpropagates the T losses with c_t as their incoming
     gradients (no graph is built for the sum).
 
-    Example:
-        >>> import torch
-        >>> from mtl_fast.strategies import MGDAUB
-        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
-        ...     torch.nn.Linear(8, 1) for _ in range(2))
-        >>> ub = MGDAUB(trunk.parameters(), heads.parameters(), num_tasks=2)
-        >>> z = trunk(torch.randn(16, 4))
-        >>> ub.backward([h(z).pow(2).mean() for h in heads], features=z)
-        True
+    Example: see :class:`~mtl_fast.strategies.MGDA`.
     """
 
     space = "features"

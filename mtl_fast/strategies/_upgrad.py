@@ -34,6 +34,20 @@ class DualConeStrategy(CombineStrategy):
     the heads only): the gradients of Σ_t w_t L_t, c = w (``last.weights`` and
     ``last.loss_scales`` are both w). TorchJD's ``mtl_backward`` gives each head its own
     unweighted ∇L_t instead; the shared update is the same.
+
+    Example (:class:`~mtl_fast.strategies.UPGrad` and :class:`~mtl_fast.strategies.DualProj`
+    are used alike):
+        >>> import torch
+        >>> from mtl_fast.strategies import DualProj, UPGrad
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
+        ...     torch.nn.Linear(8, 1) for _ in range(2))
+        >>> for method in (UPGrad, DualProj):
+        ...     strategy = method(trunk.parameters(), heads.parameters(), num_tasks=2)
+        ...     z = trunk(torch.randn(16, 4))
+        ...     done = strategy.backward([h(z).pow(2).mean() for h in heads])
+        ...     print(type(strategy).__name__, done, strategy.last.weights.shape)
+        UPGrad True torch.Size([2])
+        DualProj True torch.Size([2])
     """
 
     space = "parameters"
@@ -113,17 +127,7 @@ class UPGrad(DualConeStrategy):
             (``backend`` also to the Gram and the combination).
         batched, chunk_size: how the arena is filled, as in :class:`~mtl_fast.strategies.MGDA`.
 
-    Example:
-        >>> import torch
-        >>> from mtl_fast.strategies import UPGrad
-        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
-        ...     torch.nn.Linear(8, 1) for _ in range(2))
-        >>> upgrad = UPGrad(trunk.parameters(), heads.parameters(), num_tasks=2)
-        >>> z = trunk(torch.randn(16, 4))
-        >>> upgrad.backward([h(z).pow(2).mean() for h in heads])
-        True
-        >>> upgrad.last.weights.shape
-        torch.Size([2])
+    Example: see :class:`DualConeStrategy`.
     """
 
     def _weights(self, K: torch.Tensor) -> torch.Tensor:
