@@ -35,8 +35,7 @@ class DualConeStrategy(CombineStrategy):
     ``last.loss_scales`` are both w). TorchJD's ``mtl_backward`` gives each head its own
     unweighted ∇L_t instead; the shared update is the same.
 
-    Example (:class:`~mtl_fast.strategies.UPGrad` and :class:`~mtl_fast.strategies.DualProj`
-    are used alike):
+    Example (UPGrad and DualProj, used alike):
         >>> import torch
         >>> from mtl_fast.strategies import DualProj, UPGrad
         >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
