@@ -19,7 +19,7 @@ class DualProj(DualConeStrategy):
     :class:`~mtl_fast.strategies.DualConeStrategy`. Same arguments as
     :class:`~mtl_fast.strategies.UPGrad`.
 
-    Example: see :class:`~mtl_fast.strategies.DualConeStrategy`.
+    Example: see :class:`~mtl_fast.strategies.UPGrad`.
     """
 
     def _weights(self, K: torch.Tensor) -> torch.Tensor:

@@ -34,19 +34,6 @@ class DualConeStrategy(CombineStrategy):
     the heads only): the gradients of Σ_t w_t L_t, c = w (``last.weights`` and
     ``last.loss_scales`` are both w). TorchJD's ``mtl_backward`` gives each head its own
     unweighted ∇L_t instead; the shared update is the same.
-
-    Example (UPGrad and DualProj, used alike):
-        >>> import torch
-        >>> from mtl_fast.strategies import DualProj, UPGrad
-        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
-        ...     torch.nn.Linear(8, 1) for _ in range(2))
-        >>> for method in (UPGrad, DualProj):
-        ...     strategy = method(trunk.parameters(), heads.parameters(), num_tasks=2)
-        ...     z = trunk(torch.randn(16, 4))
-        ...     done = strategy.backward([h(z).pow(2).mean() for h in heads])
-        ...     print(type(strategy).__name__, done, strategy.last.weights.shape)
-        UPGrad True torch.Size([2])
-        DualProj True torch.Size([2])
     """
 
     space = "parameters"
@@ -126,7 +113,18 @@ class UPGrad(DualConeStrategy):
             (``backend`` also to the Gram and the combination).
         batched, chunk_size: how the arena is filled, as in :class:`~mtl_fast.strategies.MGDA`.
 
-    Example: see :class:`DualConeStrategy`.
+    Example (:class:`~mtl_fast.strategies.DualProj` is used alike):
+        >>> import torch
+        >>> from mtl_fast.strategies import DualProj, UPGrad
+        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
+        ...     torch.nn.Linear(8, 1) for _ in range(2))
+        >>> for method in (UPGrad, DualProj):
+        ...     strategy = method(trunk.parameters(), heads.parameters(), num_tasks=2)
+        ...     z = trunk(torch.randn(16, 4))
+        ...     done = strategy.backward([h(z).pow(2).mean() for h in heads])
+        ...     print(type(strategy).__name__, done, strategy.last.weights.shape)
+        UPGrad True torch.Size([2])
+        DualProj True torch.Size([2])
     """
 
     def _weights(self, K: torch.Tensor) -> torch.Tensor:
