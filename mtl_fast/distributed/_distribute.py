@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.distributed as dist
 
@@ -23,6 +21,7 @@ from mtl_fast.distributed._weighting import weighting_of
 from mtl_fast.strategies import (
     MGDA,
     MGDAUB,
+    CombineStrategy,
     DualConeStrategy,
     GramAggregator,
     LinearScalarization,
@@ -30,6 +29,7 @@ from mtl_fast.strategies import (
     SelectiveTaskGroupUpdates,
     Strategy,
 )
+from mtl_fast.strategies._base import base_arguments
 
 _SEQUENTIAL: dict[type, type] = {
     PerTaskUpdates: DistributedPerTaskUpdates,
@@ -88,36 +88,24 @@ def distribute(
         strategy.__class__ = seq
         strategy._distribute(comm, module, broadcast)  # type: ignore[attr-defined]
         return strategy
-    common: dict[str, Any] = {
-        "diagnostics_every": strategy.diagnostics_every,
-        "on_nonfinite": strategy.on_nonfinite,
-    }
-    args = (strategy.shared_params, strategy.task_params, strategy.num_tasks)
+    # The strategy's constructor arguments, read back from its attributes of the same names.
+    options = vars(strategy)
     if isinstance(strategy, MGDAUB):
         if gram_only:
             raise ValueError("exchange and optimizer apply to the Gram-space methods only")
-        ub = DistributedMGDAUB(
-            *args,
-            normalization=strategy.normalization,
-            apply_to=strategy.apply_to,
-            max_iter=strategy.max_iter,
-            tol=strategy.tol,
-            backend=strategy.backend,
-            batched=strategy.batched,
+        return DistributedMGDAUB(
+            **base_arguments(options, MGDAUB), comm=comm, module=module, broadcast=broadcast
+        )
+    if isinstance(strategy, LinearScalarization) and not gram_only:
+        return DistributedLinearScalarization(
+            **base_arguments(options, LinearScalarization),
             comm=comm,
             module=module,
             broadcast=broadcast,
-            **common,
         )
-        return ub
-    if isinstance(strategy, LinearScalarization) and not gram_only:
-        return DistributedLinearScalarization(
-            *args, weights=strategy.weights, comm=comm, module=module, broadcast=broadcast,
-            **common,
-        )  # fmt: skip
     if isinstance(strategy, (MGDA, DualConeStrategy, GramAggregator, LinearScalarization)):
         return DistributedGramStrategy(
-            *args,
+            **base_arguments(options, CombineStrategy),
             weighting=weighting_of(strategy),
             comm=comm,
             module=module,
@@ -127,6 +115,5 @@ def distribute(
             batched=getattr(strategy, "batched", False),
             chunk_size=getattr(strategy, "chunk_size", None),
             backend=getattr(strategy, "backend", None),
-            **common,
         )
     raise TypeError(f"strategy: no distributed form of {type(strategy).__name__}")

@@ -67,12 +67,8 @@ class DistributedMGDAUB(_DataParallel, MGDAUB):
     ) -> bool:
         """Write MGDA-UB's gradients, averaged over the ranks (see the class docstring)."""
         losses = check_losses(losses, self.num_tasks)
-        if not isinstance(features, torch.Tensor):
-            raise TypeError("features must be the trunk's output tensor Z (MGDA-UB needs it)")
-        if not features.requires_grad:
-            raise ValueError("features does not require grad: pass the trunk's output Z")
+        features = self._check_features(features)
         self._check_trainable()
-        self._track_path()
         lv = loss_vector(losses)
         G = self._feature_gradients(losses, features)
         self._lap("backward")
@@ -80,23 +76,8 @@ class DistributedMGDAUB(_DataParallel, MGDAUB):
         buf = torch.cat([self._gram(G).double().reshape(-1) / W**2, lv.double() / W])
         buf = self.comm.all_reduce(buf.to(self.comm.device)).to(G.device)
         K = buf[: T * T].view(T, T).to(G.dtype)
-        glv = buf[T * T :].to(lv.dtype)
-        bad = self._bad_tasks(glv, K)
-        if bad is not None:
-            what = "feature gradient" if bad[1] == "gradient" else bad[1]
-            return self._refuse(glv, bad[0], what)
-        w, c = self._decide(K, glv)
-        self._lap("combination")
-        cl = c.to(losses[0].dtype)
-        grads = [ct.reshape(loss.shape) for ct, loss in zip(cl.unbind(), losses)]
-        torch.autograd.backward(list(losses), grad_tensors=grads)
-        self._average_grads()
-        if not self._shared_grads_finite():  # averaged: every rank sees the same values
-            return self._refuse(glv, list(range(self.num_tasks)), "gradient")
-        self._lap("backward")
-        diag = self._diagnose(G, K, space="features") if self._diagnostics_due() else None
-        self._record_step(glv, w, c, diag)
-        return True
+        # The gradients are averaged before the finiteness check: every rank sees the same values.
+        return self._feature_step(losses, buf[T * T :].to(lv.dtype), G, K)
 
     def _diagnose(self, J: torch.Tensor, K: torch.Tensor | None = None, space: str = "") -> Any:
         from mtl_fast.diagnostics import gradient_diagnostics
@@ -119,29 +100,10 @@ class DistributedLinearScalarization(_DataParallel, LinearScalarization):
         """Nothing: the one backward pass is DDP's ordinary synchronised one."""
         return contextlib.nullcontext()
 
-    def backward(
-        self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None
-    ) -> bool:
-        """Write the ranks' mean gradient of Σ_t w_t L_t. ``features`` is ignored."""
-        del features
-        losses = check_losses(losses, self.num_tasks)
-        self._check_trainable()
-        self._track_path()
-        glv = self._mean_losses(loss_vector(losses))
-        bad = self._bad_tasks(glv, None)
-        if bad is not None:
-            return self._refuse(glv, *bad)
-        wl = self.weights.to(losses[0].dtype)
-        grads = [wt.reshape(loss.shape) for wt, loss in zip(wl.unbind(), losses)]
-        torch.autograd.backward(list(losses), grad_tensors=grads)
-        self._average_grads()
-        if not self._shared_grads_finite():
-            return self._refuse(glv, list(range(self.num_tasks)), "gradient")
-        self.num_steps += 1
-        self.last.step = self.num_steps
-        self.last.losses = glv
-        self.last.weights = self.weights
-        self.last.loss_scales = self.weights
-        self.last.diagnostics = None
-        self.last.skipped = []
-        return True
+    def _loss_values(self, losses: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The mean over the ranks (a NaN/Inf loss on any rank refuses the step on all)."""
+        return self._mean_losses(loss_vector(losses))
+
+    def _diagnostics_due(self) -> bool:
+        """Never: the diagnostics need the per-task gradients."""
+        return False

@@ -17,6 +17,7 @@ from mtl_fast.distributed._sharded_adam import ShardedAdam
 from mtl_fast.distributed._weighting import Weighting
 from mtl_fast.strategies import CombineStrategy
 from mtl_fast.strategies._base import base_arguments, check_losses, loss_vector
+from mtl_fast.strategies._combine_base import loss_grads
 
 EXCHANGES = ("reduce_scatter", "all_reduce", "local_gram")
 
@@ -218,8 +219,7 @@ class DistributedGramStrategy(CombineStrategy):
         heads = self.task_params
         if not heads:
             return
-        cl = c.to(losses[0].dtype)
-        outs = [ct.reshape(loss.shape) for ct, loss in zip(cl.unbind(), losses)]
+        outs = loss_grads(losses, c)
         grads = torch.autograd.grad(
             list(losses), heads, grad_outputs=outs, allow_unused=True, materialize_grads=True
         )

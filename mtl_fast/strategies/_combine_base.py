@@ -17,6 +17,14 @@ from mtl_fast._core.validate import (
 from mtl_fast.optim.task_gradients import TaskGradients
 from mtl_fast.strategies._base import Strategy, check_losses, loss_vector, raise_or_skip
 
+
+def loss_grads(losses: Sequence[torch.Tensor], scales: torch.Tensor) -> list[torch.Tensor]:
+    """The incoming gradients c_t of the T losses (each shaped as its loss, in the losses'
+    dtype) for a backward pass of Σ_t c_t L_t that builds no graph for the sum."""
+    c = scales.to(losses[0].dtype)
+    return [ct.reshape(loss.shape) for ct, loss in zip(c.unbind(), losses)]
+
+
 # K (T, T) and the losses (T,) -> (w, c): the weights the method reports and the coefficients
 # of Σ_t c_t L_t it applies (the same tensor for most methods).
 Decide = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -201,9 +209,19 @@ class CombineStrategy(Strategy):
         heads = self.task_params
         if not heads:
             return
-        c = scales.to(losses[0].dtype)
-        grads = [ct.reshape(loss.shape) for ct, loss in zip(c.unbind(), losses)]
-        torch.autograd.backward(list(losses), grad_tensors=grads, inputs=heads)
+        torch.autograd.backward(list(losses), grad_tensors=loss_grads(losses, scales), inputs=heads)
+
+    def _backward_all(self, losses: Sequence[torch.Tensor], scales: torch.Tensor) -> bool:
+        """Every ``.grad`` += ∇ Σ_t c_t L_t (one backward pass from the T losses with c_t as their
+        incoming gradients, through the trunk and the heads), :meth:`_average_grads`, then
+        whether every shared ``.grad`` is finite."""
+        torch.autograd.backward(list(losses), grad_tensors=loss_grads(losses, scales))
+        self._average_grads()
+        return self._shared_grads_finite()
+
+    def _average_grads(self) -> None:
+        """Nothing on one process; the data-parallel forms average every ``.grad`` over the
+        ranks here."""
 
     def _accumulate_shared(self, arena: TaskGradients, d: torch.Tensor) -> None:
         """Shared ``.grad`` += the flat direction d (P,), as autograd would accumulate."""

@@ -19,15 +19,7 @@ class DualProj(DualConeStrategy):
     :class:`~mtl_fast.strategies.DualConeStrategy`. Same arguments as
     :class:`~mtl_fast.strategies.UPGrad`.
 
-    Example:
-        >>> import torch
-        >>> from mtl_fast.strategies import DualProj
-        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
-        ...     torch.nn.Linear(8, 1) for _ in range(2))
-        >>> dualproj = DualProj(trunk.parameters(), heads.parameters(), num_tasks=2)
-        >>> z = trunk(torch.randn(16, 4))
-        >>> dualproj.backward([h(z).pow(2).mean() for h in heads])
-        True
+    Example: see :class:`~mtl_fast.strategies.UPGrad`.
     """
 
     def _weights(self, K: torch.Tensor) -> torch.Tensor:

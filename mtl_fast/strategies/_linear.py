@@ -51,12 +51,13 @@ class LinearScalarization(CombineStrategy):
         >>> from mtl_fast.strategies import LinearScalarization
         >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
         ...     torch.nn.Linear(8, 1) for _ in range(2))
-        >>> ls = LinearScalarization(trunk.parameters(), heads.parameters(), num_tasks=2)
+        >>> ls = LinearScalarization(
+        ...     trunk.parameters(), heads.parameters(), num_tasks=2, weights=[1.0, 0.5])
         >>> z = trunk(torch.randn(16, 4))
         >>> ls.backward([h(z).pow(2).mean() for h in heads])
         True
-        >>> trunk.weight.grad.shape
-        torch.Size([8, 4])
+        >>> ls.last.loss_scales
+        tensor([1.0000, 0.5000])
     """
 
     def __init__(
@@ -82,7 +83,7 @@ class LinearScalarization(CombineStrategy):
         del features
         losses = check_losses(losses, self.num_tasks)
         self._check_trainable()
-        lv = loss_vector(losses)
+        lv = self._loss_values(losses)
         bad = self._bad_tasks(lv, None)
         if bad is not None:
             return self._refuse(lv, *bad)
@@ -99,20 +100,15 @@ class LinearScalarization(CombineStrategy):
             self._backward_heads(losses, self.weights)
             self._accumulate_shared(arena, d)
         else:
-            wl = self.weights.to(losses[0].dtype)
-            grads = [wt.reshape(loss.shape) for wt, loss in zip(wl.unbind(), losses)]
-            torch.autograd.backward(list(losses), grad_tensors=grads)
-            if not self._shared_grads_finite():
+            if not self._backward_all(losses, self.weights):
                 return self._refuse(lv, list(range(self.num_tasks)), "gradient")
             self._track_path()
-        self.num_steps += 1
-        self.last.step = self.num_steps
-        self.last.losses = lv
-        self.last.weights = self.weights
-        self.last.loss_scales = self.weights
-        self.last.diagnostics = diag
-        self.last.skipped = []
+        self._record_step(lv, self.weights, self.weights, diag)
         return True
+
+    def _loss_values(self, losses: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(T,) the loss values the step is judged on and recorded with."""
+        return loss_vector(losses)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -109,7 +109,7 @@ class MGDA(CombineStrategy):
 
     Example:
         >>> import torch
-        >>> from mtl_fast.strategies import MGDA
+        >>> from mtl_fast.strategies import MGDA, MGDAUB
         >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
         ...     torch.nn.Linear(8, 1) for _ in range(2))
         >>> mgda = MGDA(trunk.parameters(), heads.parameters(), num_tasks=2, normalization="l2")
@@ -118,6 +118,10 @@ class MGDA(CombineStrategy):
         True
         >>> float(mgda.last.weights.sum())
         1.0
+        >>> ub = MGDAUB(trunk.parameters(), heads.parameters(), num_tasks=2)  # on ∇_z instead
+        >>> z = trunk(torch.randn(16, 4))
+        >>> ub.backward([h(z).pow(2).mean() for h in heads], features=z)
+        True
     """
 
     space = "parameters"

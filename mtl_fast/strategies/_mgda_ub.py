@@ -28,15 +28,7 @@ class MGDAUB(MGDA):
     kept across steps; the final pass backpropagates the T losses with c_t as their incoming
     gradients (no graph is built for the sum).
 
-    Example:
-        >>> import torch
-        >>> from mtl_fast.strategies import MGDAUB
-        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
-        ...     torch.nn.Linear(8, 1) for _ in range(2))
-        >>> ub = MGDAUB(trunk.parameters(), heads.parameters(), num_tasks=2)
-        >>> z = trunk(torch.randn(16, 4))
-        >>> ub.backward([h(z).pow(2).mean() for h in heads], features=z)
-        True
+    Example: see :class:`~mtl_fast.strategies.MGDA`.
     """
 
     space = "features"
@@ -52,27 +44,37 @@ class MGDAUB(MGDA):
                 trunk that every head reads.
         """
         losses = check_losses(losses, self.num_tasks)
-        if not isinstance(features, torch.Tensor):
-            raise TypeError("features must be the trunk's output tensor Z (MGDA-UB needs it)")
-        if not features.requires_grad:
-            raise ValueError("features does not require grad: pass the trunk's output Z")
+        features = self._check_features(features)
         if features.numel() == 0:
             raise ValueError(f"features is empty (shape {tuple(features.shape)})")
         self._check_trainable()
         lv = loss_vector(losses)
         G = self._feature_gradients(losses, features)
         self._lap("backward")
-        K = self._gram(G)
+        return self._feature_step(losses, lv, G, self._gram(G))
+
+    @staticmethod
+    def _check_features(features: torch.Tensor | None) -> torch.Tensor:
+        """Z, refused unless it is a tensor that requires grad."""
+        if not isinstance(features, torch.Tensor):
+            raise TypeError("features must be the trunk's output tensor Z (MGDA-UB needs it)")
+        if not features.requires_grad:
+            raise ValueError("features does not require grad: pass the trunk's output Z")
+        return features
+
+    def _feature_step(
+        self, losses: Sequence[torch.Tensor], lv: torch.Tensor, G: torch.Tensor, K: torch.Tensor
+    ) -> bool:
+        """The step from the feature gradients G (T, numel(Z)), their Gram K and the loss values
+        lv: the refusal for NaN/Inf, the weights, one backward pass of Σ_t c_t L_t, the refusal
+        for a NaN/Inf shared gradient, diagnostics when due, the step record."""
         bad = self._bad_tasks(lv, K)
         if bad is not None:
             what = "feature gradient" if bad[1] == "gradient" else bad[1]
             return self._refuse(lv, bad[0], what)
         w, c = self._decide(K, lv)
         self._lap("combination")
-        cl = c.to(losses[0].dtype)
-        grads = [ct.reshape(loss.shape) for ct, loss in zip(cl.unbind(), losses)]
-        torch.autograd.backward(list(losses), grad_tensors=grads)
-        if not self._shared_grads_finite():
+        if not self._backward_all(losses, c):
             return self._refuse(lv, list(range(self.num_tasks)), "gradient")
         self._lap("backward")
         self._track_path()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 
@@ -130,12 +129,3 @@ class PerTaskUpdates(SequentialStrategy):
         assert first is not None
         self._record(first, self.groups)
         return first
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["groups"] = [list(g) for g in self.groups]
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.groups = [list(g) for g in state["groups"]]

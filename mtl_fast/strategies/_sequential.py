@@ -45,6 +45,9 @@ class SequentialStrategy(Strategy):
     Parameter objects and values are kept, so the model is unaffected.
     """
 
+    # The current task groups (set by the subclass; saved and restored with the state).
+    groups: list[list[int]]
+
     def __init__(
         self,
         shared_params: Iterable[torch.Tensor],
@@ -177,6 +180,7 @@ class SequentialStrategy(Strategy):
             None if self.head_optimizer is None else self.head_optimizer.state_dict()
         )
         state["rng"] = self.rng.getstate()
+        state["groups"] = [list(g) for g in self.groups]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -185,6 +189,7 @@ class SequentialStrategy(Strategy):
         if self.head_optimizer is not None:
             self.head_optimizer.load_state_dict(state["head_optimizer"])
         self.rng.setstate(state["rng"])
+        self.groups = [list(g) for g in state["groups"]]
 
     def _record(self, first: torch.Tensor, groups: list[list[int]]) -> None:
         self.num_steps += 1

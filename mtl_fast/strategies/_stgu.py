@@ -223,7 +223,7 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
         self.seed = seed
         dev = self.shared_params[0].device
         self.affinity = torch.zeros(num_tasks, num_tasks, dtype=torch.float32, device=dev)
-        self.groups: list[list[int]] = [[t] for t in range(num_tasks)]
+        self.groups = [[t] for t in range(num_tasks)]
         self.regroup_failures = 0
 
     def _credit(self, previous: torch.Tensor, current: torch.Tensor, group: list[int]) -> None:
@@ -281,12 +281,10 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["affinity"] = self.affinity.clone()
-        state["groups"] = [list(g) for g in self.groups]
         state["regroup_failures"] = self.regroup_failures
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.affinity.copy_(state["affinity"])
-        self.groups = [list(g) for g in state["groups"]]
         self.regroup_failures = int(state["regroup_failures"])

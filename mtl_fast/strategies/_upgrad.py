@@ -113,17 +113,18 @@ class UPGrad(DualConeStrategy):
             (``backend`` also to the Gram and the combination).
         batched, chunk_size: how the arena is filled, as in :class:`~mtl_fast.strategies.MGDA`.
 
-    Example:
+    Example (:class:`~mtl_fast.strategies.DualProj` is used alike):
         >>> import torch
-        >>> from mtl_fast.strategies import UPGrad
+        >>> from mtl_fast.strategies import DualProj, UPGrad
         >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
         ...     torch.nn.Linear(8, 1) for _ in range(2))
-        >>> upgrad = UPGrad(trunk.parameters(), heads.parameters(), num_tasks=2)
-        >>> z = trunk(torch.randn(16, 4))
-        >>> upgrad.backward([h(z).pow(2).mean() for h in heads])
-        True
-        >>> upgrad.last.weights.shape
-        torch.Size([2])
+        >>> for method in (UPGrad, DualProj):
+        ...     strategy = method(trunk.parameters(), heads.parameters(), num_tasks=2)
+        ...     z = trunk(torch.randn(16, 4))
+        ...     done = strategy.backward([h(z).pow(2).mean() for h in heads])
+        ...     print(type(strategy).__name__, done, strategy.last.weights.shape)
+        UPGrad True torch.Size([2])
+        DualProj True torch.Size([2])
     """
 
     def _weights(self, K: torch.Tensor) -> torch.Tensor:

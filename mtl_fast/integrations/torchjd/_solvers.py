@@ -43,7 +43,7 @@ needed by these classes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torchjd.aggregation import DualProj as _DualProj
@@ -72,6 +72,30 @@ __all__ = [
 ]
 
 
+class _NonNegative:
+    """A float attribute that refuses a negative value, with ``QuadprogProjector``'s message;
+    the value is kept under the name with a leading underscore."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.slot = f"_{name}"
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _NonNegative: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> float: ...
+    def __get__(self, obj: object, owner: type) -> _NonNegative | float:
+        if obj is None:
+            return self
+        value: float = getattr(obj, self.slot)
+        return value
+
+    def __set__(self, obj: object, value: float) -> None:
+        if value < 0.0:
+            raise ValueError(f"{self.name} must be non-negative, but got {value}.")
+        setattr(obj, self.slot, value)
+
+
 class Projector(DualConeProjector):
     r"""TorchJD ``DualConeProjector`` on :func:`mtl_fast.dual_cone_projection`.
 
@@ -97,6 +121,9 @@ class Projector(DualConeProjector):
                 [1.9980, 1.0000]])
     """
 
+    norm_eps = _NonNegative()
+    reg_eps = _NonNegative()
+
     def __init__(
         self,
         *,
@@ -113,28 +140,8 @@ class Projector(DualConeProjector):
         self.tol = tol
         self.backend = backend
 
-    @property
-    def norm_eps(self) -> float:
-        return self._norm_eps
-
-    @norm_eps.setter
-    def norm_eps(self, value: float) -> None:
-        if value < 0.0:
-            raise ValueError(f"norm_eps must be non-negative, but got {value}.")
-        self._norm_eps = value
-
-    @property
-    def reg_eps(self) -> float:
-        return self._reg_eps
-
-    @reg_eps.setter
-    def reg_eps(self, value: float) -> None:
-        if value < 0.0:
-            raise ValueError(f"reg_eps must be non-negative, but got {value}.")
-        self._reg_eps = value
-
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(norm_eps={self._norm_eps}, reg_eps={self._reg_eps})"
+        return f"{self.__class__.__name__}(norm_eps={self.norm_eps}, reg_eps={self.reg_eps})"
 
     def __call__(self, U: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         """Projection weights of every vector along U's last dimension, U's shape, G's dtype
@@ -143,8 +150,8 @@ class Projector(DualConeProjector):
             W = dual_cone_projection(
                 U.to(G.device),
                 G,
-                norm_eps=self._norm_eps,
-                reg_eps=self._reg_eps,
+                norm_eps=self.norm_eps,
+                reg_eps=self.reg_eps,
                 max_iter=self.max_iter,
                 tol=self.tol,
                 backend=self.backend,
@@ -198,11 +205,12 @@ class UPGradWeighting(_WeightingProjector, _UPGradWeighting):
     """TorchJD's ``UPGradWeighting`` (same arguments and semantics) whose default projector is
     :class:`Projector`: w = Σ_i v_i, v_i the projection weights of p_i e_i.
 
-    Example:
+    Example (with :class:`DualProjWeighting`, used alike, on the same Gramian):
         >>> import torch
-        >>> from mtl_fast.integrations.torchjd import UPGradWeighting
-        >>> UPGradWeighting()(torch.tensor([[1.0, -2.0], [-2.0, 9.0]]))
-        tensor([1.4990, 0.6111])
+        >>> from mtl_fast.integrations.torchjd import DualProjWeighting, UPGradWeighting
+        >>> G = torch.tensor([[1.0, -2.0], [-2.0, 9.0]])
+        >>> UPGradWeighting()(G), DualProjWeighting()(G)
+        (tensor([1.4990, 0.6111]), tensor([0.9990, 0.5000]))
     """
 
 
@@ -210,11 +218,7 @@ class DualProjWeighting(_WeightingProjector, _DualProjWeighting):
     """TorchJD's ``DualProjWeighting`` (same arguments and semantics) whose default projector is
     :class:`Projector`: w = the projection weights of the preference vector.
 
-    Example:
-        >>> import torch
-        >>> from mtl_fast.integrations.torchjd import DualProjWeighting
-        >>> DualProjWeighting()(torch.tensor([[1.0, -2.0], [-2.0, 9.0]]))
-        tensor([0.9990, 0.5000])
+    Example: see :class:`UPGradWeighting`.
     """
 
 
