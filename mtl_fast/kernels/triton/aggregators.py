@@ -187,7 +187,7 @@ def _cagrad_kernel(
         active = wf > 0
         both = _and(active[:, None], active[None, :])
         A = tl.where(both, Kn, 0.0) + tl.where(_and(eye, active[None, :]), ridge, 0.0)
-        A, failed = _sweep(A, active, idx, eye, T, False)
+        A, failed = _sweep(A, active, idx, eye, T, Tf < 0, False)  # Tf < 0: False, as a tensor
         Ainv = tl.where(both, -A, 0.0)  # (K_AA + δI)⁻¹ on the support
         z1 = tl.sum(tl.where(active[None, :], Ainv, 0.0), axis=1)
         z2 = tl.sum(Ainv * tl.where(active, bv, 0.0)[None, :], axis=1)
@@ -301,7 +301,7 @@ def _nash_kernel(
     while it < max_iter:
         grad = tl.where(valid, _matvec(Kn, a) - 1.0 / a, 0.0)
         H = tl.where(both, Kn + tl.where(eye, 1.0 / (a * a)[None, :], 0.0), tl.where(eye, 1.0, 0.0))
-        H, failed = _sweep(H, valid, idx, eye, T, True)
+        H, failed = _sweep(H, valid, idx, eye, T, Tf < 0, True)
         step = tl.sum(tl.where(both, H, 0.0) * grad[None, :], axis=1)  # −H⁻¹ grad
         dec = tl.sqrt(tl.maximum(-tl.sum(grad * step, axis=0), 0.0))
         good = _and(_and(_not(failed), tl.abs(dec) < float("inf")), _all_finite(step, valid))

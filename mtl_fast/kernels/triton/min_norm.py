@@ -61,12 +61,12 @@ def _not(a):
 
 
 @triton.jit
-def _sweep(A, active, idx, eye, T, POSITIVE: tl.constexpr):
+def _sweep(A, active, idx, eye, T, failed, POSITIVE: tl.constexpr):
     """Sweep A on the pivots ``active``: afterwards the active block holds −(A_AA)⁻¹.
-    Returns (A, failed): a zero pivot fails, and with ``POSITIVE`` any pivot that is not
-    positive (A_AA is not positive definite, where a Cholesky factorisation fails)."""
+    Returns (A, failed or whether a pivot failed): a zero pivot fails, and with ``POSITIVE``
+    any pivot that is not positive (A_AA is not positive definite, where a Cholesky
+    factorisation fails)."""
     act_f = tl.where(active, 1.0, 0.0)
-    failed = tl.sum(act_f, axis=0) < 0  # False, as a tensor
     for k in range(0, T):
         if _at(act_f, idx, k) > 0:
             r = tl.sum(tl.where(idx[:, None] == k, A, 0.0), axis=0)  # row k (= column k)
@@ -195,8 +195,7 @@ def _min_norm_kernel(
         active = w1 > 0
         both = _and(active[:, None], active[None, :])
         A = tl.where(both, Kn, 0.0) + tl.where(_and(eye, active[None, :]), ridge, 0.0)
-        A, failed = _sweep(A, active, idx, eye, T, False)
-        failed = _or(failed, done)
+        A, failed = _sweep(A, active, idx, eye, T, done, False)
         z = -tl.sum(tl.where(both, A, 0.0), axis=1)
         total = tl.sum(z, axis=0)
         n_bad = tl.sum(tl.where(tl.abs(z) < float("inf"), 0, 1), axis=0)  # NaN fails too
