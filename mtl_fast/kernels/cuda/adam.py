@@ -43,8 +43,8 @@ def multi_adam_inputs(
 def combine_adam_inputs(
     param: torch.Tensor, J: torch.Tensor, w: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """J and w as the extension's combine_adam takes them: contiguous, cast to param's dtype
-    unless param is fp32 and J fp16/bf16/fp32."""
+    """J and w as the extension's combine_adam takes them: contiguous, and cast to param's dtype
+    where the kernels have no such pair (fp64 param with other J, fp32 param with fp64 J)."""
     if param.dtype == torch.float64 and J.dtype != torch.float64:
         J, w = J.to(torch.float64), w.to(torch.float64)
     elif param.dtype == torch.float32 and J.dtype == torch.float64:
