@@ -25,31 +25,12 @@ Every op takes ``backend="auto" | "reference" | "triton" | "cuda" | "cpu"``;
 compiler.
 """
 
-from mtl_fast import _aliases
+from mtl_fast import _aliases, ops
 from mtl_fast._core.dispatch import BackendStatus, BackendUnavailableError, backends
 from mtl_fast._core.flat import flatten_parameters
 from mtl_fast._core.validate import LayoutError, NonFiniteError
 from mtl_fast._version import __version__
-from mtl_fast.ops import (
-    NashMTLStep,
-    aligned_mtl_weights,
-    cagrad_weights,
-    combine,
-    combine_adam,
-    config_weights,
-    dual_cone_projection,
-    dualproj_weights,
-    gram,
-    imtlg_weights,
-    min_norm,
-    nash_mtl_clip,
-    nash_mtl_solve,
-    nash_mtl_step,
-    nash_mtl_weights,
-    pcgrad_order,
-    pcgrad_weights,
-    upgrad_weights,
-)
+from mtl_fast.ops import *  # noqa: F403 (the public ops: the names of ops.__all__)
 from mtl_fast.optim import MultiAdam, TaskGradients
 
 _aliases.install()
@@ -59,27 +40,10 @@ __all__ = [
     "BackendUnavailableError",
     "LayoutError",
     "MultiAdam",
-    "NashMTLStep",
     "NonFiniteError",
     "TaskGradients",
     "__version__",
-    "aligned_mtl_weights",
     "backends",
-    "cagrad_weights",
-    "combine",
-    "combine_adam",
-    "config_weights",
-    "dual_cone_projection",
-    "dualproj_weights",
     "flatten_parameters",
-    "gram",
-    "imtlg_weights",
-    "min_norm",
-    "nash_mtl_clip",
-    "nash_mtl_solve",
-    "nash_mtl_step",
-    "nash_mtl_weights",
-    "pcgrad_order",
-    "pcgrad_weights",
-    "upgrad_weights",
 ]
+__all__ += ops.__all__

@@ -6,8 +6,9 @@ CUDA emulator (one std::thread per CUDA thread, barriers for ``__syncthreads`` a
 shuffle/ballot) and launch it with the same plan as the extension. This module compiles them once
 (:func:`build`) and exposes the ops with exactly the signatures of
 :mod:`mtl_fast._core.contracts`, doing what the launchers in ``mtl_fast/kernels/cuda/`` do before
-they call the extension (contiguous inputs, casts of J and w for combine_adam, of grads for
-multi_adam), so that the op tests run the same bodies on it as on every other backend.
+they call the extension (contiguous inputs; the Adam ops call the launchers' own preparation of
+their inputs and scalars), so that the op tests run the same bodies on it as on every other
+backend.
 
 It checks the kernels' logic — tiling, pair decoding, chunk reduction, warp reductions, the solver
 step for step, the Adam arithmetic — in every dtype the extension launches. It does not check
@@ -26,6 +27,7 @@ import torch
 
 from mtl_fast._core.contracts import AdamHyper, AdamState
 from mtl_fast._core.precision import accumulation_dtype
+from mtl_fast.kernels.cuda.adam import combine_adam_inputs, multi_adam_inputs, scalars
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 EMULATE = CSRC / "emulate"
@@ -183,32 +185,16 @@ def combine(J: torch.Tensor, w: torch.Tensor, /) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ Adam
 
 
-def _lr(lr: float | torch.Tensor) -> tuple[torch.Tensor | None, float]:
-    """As the launcher: a tensor lr becomes a one-element fp64 tensor the kernel reads."""
-    if isinstance(lr, torch.Tensor):
-        return lr.to(dtype=torch.float64).reshape(1).contiguous(), 0.0
-    return None, float(lr)
-
-
 def _adam_call(
     name: str, tensors: tuple[torch.Tensor, ...], n: int, P: int, hyper: AdamHyper
 ) -> None:
-    """Calls the Adam entry point ``name`` on the tensors, (n, P) and the hyperparameters."""
+    """Calls the Adam entry point ``name`` on the tensors, (n, P) and the hyperparameters, which
+    it takes as the extension's op does."""
     fn = _fn(
         "adam_host", name, [_vp] * len(tensors) + [_i64, _i64, _vp, _dbl, _dbl, _dbl, _dbl, _dbl]
     )
-    lr_tensor, lr_value = _lr(hyper.lr)
-    fn(
-        *(_ptr(x) for x in tensors),
-        n,
-        P,
-        _ptr(lr_tensor),
-        lr_value,
-        float(hyper.beta1),
-        float(hyper.beta2),
-        float(hyper.eps),
-        float(hyper.weight_decay),
-    )
+    lr_tensor, *values = scalars(hyper, tensors[0])
+    fn(*(_ptr(x) for x in tensors), n, P, _ptr(lr_tensor), *values)
 
 
 def multi_adam(
@@ -220,17 +206,10 @@ def multi_adam(
     hyper: AdamHyper,
     /,
 ) -> None:
-    for name, x in vars(state).items():
-        if not x.is_contiguous():
-            raise ValueError(f"{name} must be contiguous for backend='cuda' (updated in place)")
+    grads, grad_rows, tasks = multi_adam_inputs(state, grads, grad_rows, tasks)
     param, m, v = state.param, state.exp_avg, state.exp_avg_sq
-    if grads.dtype not in (param.dtype, m.dtype):
-        grads = grads.to(m.dtype)
     assert m.dtype == v.dtype == accumulation_dtype(param.dtype), (param.dtype, m.dtype)
     assert state.step.dtype == torch.float32
-    grads = grads.contiguous()
-    grad_rows = grad_rows.to(torch.int64).contiguous()
-    tasks = tasks.to(torch.int64).contiguous()
     weights = weights.to(torch.float64).contiguous()
     suffix = _SUFFIX[param.dtype]
     if param.dtype in (torch.float16, torch.bfloat16) and grads.dtype == torch.float32:
@@ -246,11 +225,7 @@ def multi_adam(
 
 def combine_adam(state: AdamState, J: torch.Tensor, w: torch.Tensor, hyper: AdamHyper, /) -> None:
     param = state.param
-    if param.dtype == torch.float64 and J.dtype != torch.float64:
-        J, w = J.to(torch.float64), w.to(torch.float64)
-    elif param.dtype == torch.float32 and J.dtype == torch.float64:
-        J, w = J.to(torch.float32), w.to(torch.float32)
-    J, w = J.contiguous(), w.contiguous()
+    J, w = combine_adam_inputs(param, J, w)
     T, P = J.shape
     assert w.dtype == param.dtype == state.exp_avg.dtype, (w.dtype, param.dtype)
     m, v = state.exp_avg.view(-1), state.exp_avg_sq.view(-1)

@@ -13,6 +13,7 @@ fp64 inside) is described in :mod:`mtl_fast.kernels.reference.dual_cone` and doc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, overload
 
 import torch
@@ -48,19 +49,23 @@ def check_options(norm_eps: object, reg_eps: object, max_iter: object, tol: obje
     require_nonneg_float("tol", tol)
 
 
-def project(
-    U: torch.Tensor,
-    G: torch.Tensor,
-    *,
-    norm_eps: float,
-    reg_eps: float,
-    max_iter: int,
-    tol: float,
-    backend: str | None,
-    sync_free: bool | None,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class SolverOptions:
+    """What the dual-cone ops pass on to the solver: the scalars :func:`check_options` checks,
+    the backend and ``sync_free`` (checked by :func:`project`)."""
+
+    norm_eps: float
+    reg_eps: float
+    max_iter: int
+    tol: float
+    backend: str | None
+    sync_free: bool | None
+
+
+def project(U: torch.Tensor, G: torch.Tensor, options: SolverOptions) -> torch.Tensor:
     """The projection on validated input: U (..., R, T) or (T,), G (..., T, T) of any float
     dtypes → W of U's broadcast shape in G's dtype (fp32 for fp16/bf16)."""
+    sync_free = options.sync_free
     require_optional_bool("sync_free", sync_free)
     T = G.shape[-1]
     work = G if G.dtype in (torch.float32, torch.float64) else G.float()
@@ -90,14 +95,14 @@ def project(
             G3 = work.expand(*out_shape[:-2], T, T).reshape(-1, T, T)
         if sync_free is None:
             sync_free = G.device.type != "cpu"
-        solve = resolve("dual_cone", backend, G.device, tasks=T)
+        solve = resolve("dual_cone", options.backend, G.device, tasks=T)
         W3 = solve(
             U3,
             G3,
-            norm_eps=float(norm_eps),
-            reg_eps=float(reg_eps),
-            max_iter=max_iter,
-            tol=float(tol),
+            norm_eps=float(options.norm_eps),
+            reg_eps=float(options.reg_eps),
+            max_iter=options.max_iter,
+            tol=float(options.tol),
             sync_free=sync_free,
         )
         W = W3.reshape(out_shape)
@@ -235,16 +240,8 @@ def dual_cone_projection(
         refuse_nonfinite_weights("U", U)
     # With the flags, solve in fp64 and compute them from the fp64 weights (rounding W to fp32
     # alone would move the residual by ~1e-7 × cond(G̃)); only then round W to G's dtype.
-    W = project(
-        U,
-        G.to(torch.float64) if return_converged else G,
-        norm_eps=norm_eps,
-        reg_eps=reg_eps,
-        max_iter=max_iter,
-        tol=tol,
-        backend=backend,
-        sync_free=sync_free,
-    )
+    options = SolverOptions(norm_eps, reg_eps, max_iter, tol, backend, sync_free)
+    W = project(U, G.to(torch.float64) if return_converged else G, options)
     if not return_converged:
         return W
     vector = U.dim() == 1

@@ -25,6 +25,7 @@ from mtl_fast.ops.dual_cone import (
     DEFAULT_NORM_EPS,
     DEFAULT_REG_EPS,
     DEFAULT_TOL,
+    SolverOptions,
     check_options,
     project,
 )
@@ -53,17 +54,11 @@ def _preference(pref: torch.Tensor | None, K: torch.Tensor, check: bool) -> torc
 
 
 def _checked(
-    K: object,
-    pref: torch.Tensor | None,
-    norm_eps: float,
-    reg_eps: float,
-    max_iter: int,
-    tol: float,
-    check_finite: bool | None,
+    K: object, pref: torch.Tensor | None, options: SolverOptions, check_finite: bool | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(K, p) after the checks every projection weighting makes; errors name the argument."""
     K = require_gram("K", K)
-    check_options(norm_eps, reg_eps, max_iter, tol)
+    check_options(options.norm_eps, options.reg_eps, options.max_iter, options.tol)
     check = should_check(check_finite, K.device)
     p = _preference(pref, K, check)
     if check:
@@ -111,17 +106,9 @@ def upgrad_weights(
         >>> mtl_fast.upgrad_weights(K)  # TorchJD's UPGradWeighting()(K) gives the same
         tensor([1.4990, 0.6111])
     """
-    K, p = _checked(K, pref, norm_eps, reg_eps, max_iter, tol, check_finite)
-    W = project(
-        torch.diag_embed(p),
-        K.to(torch.float64),
-        norm_eps=norm_eps,
-        reg_eps=reg_eps,
-        max_iter=max_iter,
-        tol=tol,
-        backend=backend,
-        sync_free=sync_free,
-    )
+    options = SolverOptions(norm_eps, reg_eps, max_iter, tol, backend, sync_free)
+    K, p = _checked(K, pref, options, check_finite)
+    W = project(torch.diag_embed(p), K.to(torch.float64), options)
     return W.sum(dim=-2).to(_out_dtype(K))
 
 
@@ -159,15 +146,7 @@ def dualproj_weights(
         >>> mtl_fast.dualproj_weights(K)  # TorchJD's DualProjWeighting()(K) gives the same
         tensor([0.9990, 0.5000])
     """
-    K, p = _checked(K, pref, norm_eps, reg_eps, max_iter, tol, check_finite)
-    W = project(
-        p[..., None, :],
-        K.to(torch.float64),
-        norm_eps=norm_eps,
-        reg_eps=reg_eps,
-        max_iter=max_iter,
-        tol=tol,
-        backend=backend,
-        sync_free=sync_free,
-    )
+    options = SolverOptions(norm_eps, reg_eps, max_iter, tol, backend, sync_free)
+    K, p = _checked(K, pref, options, check_finite)
+    W = project(p[..., None, :], K.to(torch.float64), options)
     return W[..., 0, :].to(_out_dtype(K))

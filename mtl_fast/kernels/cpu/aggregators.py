@@ -20,6 +20,7 @@ from torch import Tensor
 
 from mtl_fast._core.contracts import ALIGNED_MTL_SCALE_MODES
 from mtl_fast.kernels.cpu.loader import aggregator_library
+from mtl_fast.kernels.cpu.registered import register_constant_op, traced, weights_like
 
 # Largest T the library accepts (kMaxT in csrc/cpu/aggregators.cpp).
 MAX_AGGREGATOR_TASKS = 4096
@@ -130,108 +131,20 @@ def _config(K: Tensor, pref: Tensor, rtol: float) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Registered ops (torch.compile, export, tensor subclasses) with their fakes.
+# Registered ops (torch.compile, export, tensor subclasses): the library calls above.
 # ---------------------------------------------------------------------------------------------
 
 
-def _weights_like(K: Tensor) -> Tensor:
-    torch._check(K.dim() == 3, lambda: f"K must have shape (B, T, T), got {tuple(K.shape)}")
-    return K.new_empty((K.shape[0], K.shape[1]))
+def _nash_mtl_fake(K: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    return weights_like(K), weights_like(K)
 
 
-def _constant_outputs(op: Any, n_inputs: int) -> None:
-    """The outputs are a constant of the step, as on the direct path (no history there): no
-    gradient flows back, and autograd and torch.compile need no backward formula."""
-
-    def setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        outs = output if isinstance(output, tuple) else (output,)
-        ctx.mark_non_differentiable(*outs)
-
-    def backward(ctx: Any, *grads: Any) -> tuple[None, ...]:
-        return (None,) * n_inputs
-
-    op.register_autograd(backward, setup_context=setup)
-
-
-@torch.library.custom_op("mtl_fast_cpu::pcgrad", mutates_args=(), device_types="cpu")
-def _pcgrad_op(K: Tensor, order: Tensor) -> Tensor:
-    return _pcgrad(K, order)
-
-
-@_pcgrad_op.register_fake
-def _pcgrad_fake(K: Tensor, order: Tensor) -> Tensor:
-    return _weights_like(K)
-
-
-@torch.library.custom_op("mtl_fast_cpu::imtlg", mutates_args=(), device_types="cpu")
-def _imtlg_op(K: Tensor, rtol: float) -> Tensor:
-    return _imtlg(K, rtol)
-
-
-@_imtlg_op.register_fake
-def _imtlg_fake(K: Tensor, rtol: float) -> Tensor:
-    return _weights_like(K)
-
-
-@torch.library.custom_op("mtl_fast_cpu::cagrad", mutates_args=(), device_types="cpu")
-def _cagrad_op(
-    K: Tensor, c: float, norm_eps: float, rescale: int, max_iter: int, tol: float
-) -> Tensor:
-    return _cagrad(K, c, norm_eps, rescale, max_iter, tol)
-
-
-@_cagrad_op.register_fake
-def _cagrad_fake(
-    K: Tensor, c: float, norm_eps: float, rescale: int, max_iter: int, tol: float
-) -> Tensor:
-    return _weights_like(K)
-
-
-@torch.library.custom_op("mtl_fast_cpu::nash_mtl", mutates_args=(), device_types="cpu")
-def _nash_mtl_op(
-    K: Tensor, prev_alpha: Tensor, max_norm: float, max_iter: int, tol: float
-) -> tuple[Tensor, Tensor]:
-    return _nash_mtl(K, prev_alpha, max_norm, max_iter, tol)
-
-
-@_nash_mtl_op.register_fake
-def _nash_mtl_fake(
-    K: Tensor, prev_alpha: Tensor, max_norm: float, max_iter: int, tol: float
-) -> tuple[Tensor, Tensor]:
-    return _weights_like(K), _weights_like(K)
-
-
-@torch.library.custom_op("mtl_fast_cpu::aligned_mtl", mutates_args=(), device_types="cpu")
-def _aligned_mtl_op(K: Tensor, pref: Tensor, scale_mode: str, rtol: float) -> Tensor:
-    return _aligned_mtl(K, pref, scale_mode, rtol)
-
-
-@_aligned_mtl_op.register_fake
-def _aligned_mtl_fake(K: Tensor, pref: Tensor, scale_mode: str, rtol: float) -> Tensor:
-    return _weights_like(K)
-
-
-@torch.library.custom_op("mtl_fast_cpu::config", mutates_args=(), device_types="cpu")
-def _config_op(K: Tensor, pref: Tensor, rtol: float) -> Tensor:
-    return _config(K, pref, rtol)
-
-
-@_config_op.register_fake
-def _config_fake(K: Tensor, pref: Tensor, rtol: float) -> Tensor:
-    return _weights_like(K)
-
-
-_constant_outputs(_pcgrad_op, 2)
-_constant_outputs(_imtlg_op, 2)
-_constant_outputs(_cagrad_op, 6)
-_constant_outputs(_nash_mtl_op, 5)
-_constant_outputs(_aligned_mtl_op, 4)
-_constant_outputs(_config_op, 3)
-
-
-def _traced(K: Tensor) -> bool:
-    """Go through the registered op when traced (torch.compile, export) or for a subclass."""
-    return torch.compiler.is_compiling() or type(K) is not torch.Tensor
+register_constant_op("pcgrad", _pcgrad)
+register_constant_op("imtlg", _imtlg)
+register_constant_op("cagrad", _cagrad)
+register_constant_op("nash_mtl", _nash_mtl, _nash_mtl_fake)
+register_constant_op("aligned_mtl", _aligned_mtl)
+register_constant_op("config", _config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +154,7 @@ def _traced(K: Tensor) -> bool:
 
 def pcgrad(K: Tensor, order: Tensor, /) -> Tensor:
     """PCGrad weights. K: (B, T, T) fp32/fp64, order: (B, T, T) int64 → (B, T) in K's dtype."""
-    if _traced(K):
+    if traced(K):
         out: Tensor = torch.ops.mtl_fast_cpu.pcgrad(K, order)
         return out
     return _pcgrad(K, order)
@@ -249,7 +162,7 @@ def pcgrad(K: Tensor, order: Tensor, /) -> Tensor:
 
 def imtlg(K: Tensor, /, *, rtol: float) -> Tensor:
     """IMTL-G weights. K: (B, T, T) fp32/fp64 → (B, T) in K's dtype."""
-    if _traced(K):
+    if traced(K):
         out: Tensor = torch.ops.mtl_fast_cpu.imtlg(K, float(rtol))
         return out
     return _imtlg(K, float(rtol))
@@ -273,7 +186,7 @@ def cagrad(
     """
     del sync_free
     args = (float(c), float(norm_eps), int(rescale), int(max_iter), float(tol))
-    if _traced(K):
+    if traced(K):
         out: Tensor = torch.ops.mtl_fast_cpu.cagrad(K, *args)
         return out
     return _cagrad(K, *args)
@@ -293,7 +206,7 @@ def nash_mtl(
     in K's dtype. ``sync_free`` changes nothing here (see :func:`cagrad`)."""
     del sync_free
     args = (float(max_norm), int(max_iter), float(tol))
-    if _traced(K):
+    if traced(K):
         weights, alpha = torch.ops.mtl_fast_cpu.nash_mtl(K, prev_alpha, *args)
         return weights, alpha
     return _nash_mtl(K, prev_alpha, *args)
@@ -301,7 +214,7 @@ def nash_mtl(
 
 def aligned_mtl(K: Tensor, pref: Tensor, /, *, scale_mode: str, rtol: float) -> Tensor:
     """Aligned-MTL weights. K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) in K's dtype."""
-    if _traced(K):
+    if traced(K):
         out: Tensor = torch.ops.mtl_fast_cpu.aligned_mtl(K, pref, scale_mode, float(rtol))
         return out
     return _aligned_mtl(K, pref, scale_mode, float(rtol))
@@ -309,7 +222,7 @@ def aligned_mtl(K: Tensor, pref: Tensor, /, *, scale_mode: str, rtol: float) -> 
 
 def config(K: Tensor, pref: Tensor, /, *, rtol: float) -> Tensor:
     """ConFIG weights. K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) in K's dtype."""
-    if _traced(K):
+    if traced(K):
         out: Tensor = torch.ops.mtl_fast_cpu.config(K, pref, float(rtol))
         return out
     return _config(K, pref, float(rtol))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mtl_fast.kernels.cpu.dense import KERNEL_DTYPES, run_combine, traced
+from mtl_fast.kernels.cpu.dense import KERNEL_DTYPES, run_combine
+from mtl_fast.kernels.cpu.registered import traced
 from mtl_fast.kernels.reference.combine import combine as _ref_combine
 
 

@@ -74,12 +74,6 @@ def _threads(numel: int) -> int:
     return max(1, torch.get_num_threads()) if numel >= 1 << 20 else 1
 
 
-def traced(x: torch.Tensor) -> bool:
-    """Under torch.compile (or export, or for a tensor subclass) the registered ops run instead
-    of the direct ctypes calls, which dynamo cannot trace."""
-    return torch.compiler.is_compiling() or type(x) is not torch.Tensor
-
-
 def run_gram(J: torch.Tensor) -> torch.Tensor:
     J = _rows(J)
     B, T, P = J.shape

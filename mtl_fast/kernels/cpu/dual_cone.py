@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from mtl_fast.kernels.cpu.loader import dual_cone_library
+from mtl_fast.kernels.cpu.registered import register_constant_op, traced
 
 # Largest T the solver accepts (kMaxT in csrc/cpu/dual_cone.cpp; scratch is ≈ 4·T² doubles).
 MAX_DUAL_CONE_TASKS = 4096
@@ -76,33 +77,13 @@ def _project(
     return W if G.dtype == torch.float64 else W.to(G.dtype)
 
 
-@torch.library.custom_op("mtl_fast_cpu::dual_cone", mutates_args=(), device_types="cpu")
-def _dual_cone_op(
-    U: torch.Tensor, G: torch.Tensor, norm_eps: float, reg_eps: float, max_iter: int, tol: float
-) -> torch.Tensor:
-    return _project(U, G, norm_eps, reg_eps, max_iter, tol)
-
-
-@_dual_cone_op.register_fake
-def _dual_cone_fake(
-    U: torch.Tensor, G: torch.Tensor, norm_eps: float, reg_eps: float, max_iter: int, tol: float
-) -> torch.Tensor:
+def _dual_cone_fake(U: torch.Tensor, G: torch.Tensor, *options: Any) -> torch.Tensor:
     torch._check(U.dim() == 3, lambda: f"U must have shape (B, R, T), got {tuple(U.shape)}")
     torch._check(G.dim() == 3, lambda: f"G must have shape (B, T, T), got {tuple(G.shape)}")
     return U.new_empty(U.shape, dtype=G.dtype)
 
 
-def _dual_cone_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    # The weights are a constant of the step, as on the direct path below (no history there):
-    # no gradient flows back to U or G (TorchJD's projector is not differentiable either).
-    ctx.mark_non_differentiable(output)
-
-
-def _dual_cone_backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None, None, None, None]:
-    return None, None, None, None, None, None
-
-
-_dual_cone_op.register_autograd(_dual_cone_backward, setup_context=_dual_cone_setup)
+register_constant_op("dual_cone", _project, _dual_cone_fake)
 
 
 def dual_cone(
@@ -124,8 +105,7 @@ def dual_cone(
     device to synchronise with.
     """
     del sync_free
-    if torch.compiler.is_compiling() or type(U) is not torch.Tensor or type(G) is not torch.Tensor:
-        # Traced (torch.compile, export) or a tensor subclass: go through the registered op.
+    if traced(U) or traced(G):
         out: torch.Tensor = torch.ops.mtl_fast_cpu.dual_cone(
             U, G, float(norm_eps), float(reg_eps), int(max_iter), float(tol)
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mtl_fast.kernels.cpu.dense import KERNEL_DTYPES, run_gram, traced
+from mtl_fast.kernels.cpu.dense import KERNEL_DTYPES, run_gram
+from mtl_fast.kernels.cpu.registered import traced
 from mtl_fast.kernels.reference.gram import gram as _ref_gram
 
 

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from mtl_fast.kernels.cpu.loader import library
+from mtl_fast.kernels.cpu.registered import register_constant_op, traced
 
 # Largest T the solver accepts (kMaxT in csrc/cpu/min_norm.cpp; scratch is 3·T² doubles).
 MAX_MIN_NORM_TASKS = 4096
@@ -37,28 +36,7 @@ def _solve(K: torch.Tensor, max_iter: int, tol: float) -> torch.Tensor:
     return w
 
 
-@torch.library.custom_op("mtl_fast_cpu::min_norm", mutates_args=(), device_types="cpu")
-def _min_norm_op(K: torch.Tensor, max_iter: int, tol: float) -> torch.Tensor:
-    return _solve(K, max_iter, tol)
-
-
-@_min_norm_op.register_fake
-def _min_norm_fake(K: torch.Tensor, max_iter: int, tol: float) -> torch.Tensor:
-    torch._check(K.dim() == 3, lambda: f"K must have shape (B, T, T), got {tuple(K.shape)}")
-    return K.new_empty((K.shape[0], K.shape[1]))
-
-
-def _min_norm_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    # The weights are a constant of the step, as on the direct path below (no history there):
-    # no gradient flows back to K, and autograd and torch.compile need no backward formula.
-    ctx.mark_non_differentiable(output)
-
-
-def _min_norm_backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None]:
-    return None, None, None
-
-
-_min_norm_op.register_autograd(_min_norm_backward, setup_context=_min_norm_setup)
+register_constant_op("min_norm", _solve)
 
 
 def min_norm(K: torch.Tensor, /, *, max_iter: int, tol: float, sync_free: bool) -> torch.Tensor:
@@ -68,8 +46,7 @@ def min_norm(K: torch.Tensor, /, *, max_iter: int, tol: float, sync_free: bool) 
     its duality gap is small enough (or after ``max_iter`` iterations), and on the CPU there is
     no device to synchronise with, so the early exit costs no host read-back.
     """
-    if torch.compiler.is_compiling() or type(K) is not torch.Tensor:
-        # Traced (torch.compile, export) or a tensor subclass: go through the registered op.
+    if traced(K):
         out: torch.Tensor = torch.ops.mtl_fast_cpu.min_norm(K, max_iter, float(tol))
         return out
     return _solve(K, max_iter, float(tol))

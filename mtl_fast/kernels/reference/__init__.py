@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from mtl_fast._core.contracts import CONTRACTS
 from mtl_fast.kernels.reference.adam import combine_adam, multi_adam
 from mtl_fast.kernels.reference.aggregators import (
     aligned_mtl,
@@ -24,24 +25,7 @@ from mtl_fast.kernels.reference.gram import gram, gram_list
 from mtl_fast.kernels.reference.min_norm import min_norm
 from mtl_fast.kernels.reference.sign_conflict import sign_conflict
 
-OPS = frozenset(
-    {
-        "gram",
-        "gram_list",
-        "min_norm",
-        "combine",
-        "multi_adam",
-        "combine_adam",
-        "sign_conflict",
-        "pcgrad",
-        "imtlg",
-        "cagrad",
-        "nash_mtl",
-        "aligned_mtl",
-        "config",
-        "dual_cone",
-    }
-)
+OPS = frozenset(CONTRACTS)  # every op, one function each, named after it
 
 __all__ = [
     "OPS",

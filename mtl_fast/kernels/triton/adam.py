@@ -94,6 +94,32 @@ def _adam_moments(p, g, m, v, coef, bc2_sqrt, omb1, beta2, omb2, eps, LERP_LOW: 
 
 
 @triton.jit
+def _param_and_hyper(
+    PARAM,
+    SC,
+    cols,
+    mask,
+    omb1_value,
+    beta2_value,
+    omb2_value,
+    eps_value,
+    WD_ON: tl.constexpr,
+    STATE_DT: tl.constexpr,
+):
+    """p at ``cols`` in the state dtype, decayed by the factor SC[0] and rounded to the
+    parameter's dtype (as the reference's in-place decay) when ``WD_ON``; and 1 − β1, β2, 1 − β2
+    and ε in the state dtype."""
+    p = tl.load(PARAM + cols, mask=mask, other=0.0).to(STATE_DT)
+    if WD_ON:
+        p = round_to(p * tl.load(SC), PARAM.dtype.element_ty).to(STATE_DT)
+    omb1 = tl.full((), omb1_value, STATE_DT)
+    beta2 = tl.full((), beta2_value, STATE_DT)
+    omb2 = tl.full((), omb2_value, STATE_DT)
+    eps = tl.full((), eps_value, STATE_DT)
+    return p, omb1, beta2, omb2, eps
+
+
+@triton.jit
 def _multi_adam_kernel(
     PARAM,
     G,
@@ -118,14 +144,10 @@ def _multi_adam_kernel(
 ):
     cols = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
     mask = cols < P
-    omb1 = tl.full((), omb1_value, STATE_DT)
-    beta2 = tl.full((), beta2_value, STATE_DT)
-    omb2 = tl.full((), omb2_value, STATE_DT)
-    eps = tl.full((), eps_value, STATE_DT)
+    p, omb1, beta2, omb2, eps = _param_and_hyper(
+        PARAM, SC, cols, mask, omb1_value, beta2_value, omb2_value, eps_value, WD_ON, STATE_DT
+    )
     p_dt = PARAM.dtype.element_ty
-    p = tl.load(PARAM + cols, mask=mask, other=0.0).to(STATE_DT)
-    if WD_ON:
-        p = round_to(p * tl.load(SC), p_dt).to(STATE_DT)
     for i in range(0, S):
         t = tl.load(TASKS + i).to(tl.int64)
         r = tl.load(GROWS + i).to(tl.int64)
@@ -179,14 +201,10 @@ def _combine_adam_kernel(
         ).to(ACC)
         d += tl.sum(x * w[:, None], axis=0)
     g = round_to(d, J.dtype.element_ty).to(STATE_DT)  # the reference's combine returns J's dtype
-    omb1 = tl.full((), omb1_value, STATE_DT)
-    beta2 = tl.full((), beta2_value, STATE_DT)
-    omb2 = tl.full((), omb2_value, STATE_DT)
-    eps = tl.full((), eps_value, STATE_DT)
+    p, omb1, beta2, omb2, eps = _param_and_hyper(
+        PARAM, SC, cols, mask, omb1_value, beta2_value, omb2_value, eps_value, WD_ON, STATE_DT
+    )
     p_dt = PARAM.dtype.element_ty
-    p = tl.load(PARAM + cols, mask=mask, other=0.0).to(STATE_DT)
-    if WD_ON:
-        p = round_to(p * tl.load(SC), p_dt).to(STATE_DT)
     m = tl.load(M + cols, mask=mask, other=0.0)
     v = tl.load(V + cols, mask=mask, other=0.0)
     p, m, v = _adam_moments(

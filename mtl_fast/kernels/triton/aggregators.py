@@ -30,7 +30,18 @@ import triton.language as tl
 
 from mtl_fast.kernels.reference.aggregators import CAGRAD_FACE_RIDGE, CAGRAD_SMOOTH, CAGRAD_TIE
 from mtl_fast.kernels.triton.common import pow2
-from mtl_fast.kernels.triton.min_norm import _and, _at, _matvec, _not, _or
+from mtl_fast.kernels.triton.min_norm import (
+    _and,
+    _at,
+    _fw_gamma_max,
+    _fw_step,
+    _fw_vertices,
+    _matvec,
+    _move_toward,
+    _not,
+    _or,
+    _sweep,
+)
 
 MAX_TASKS = 64
 
@@ -43,31 +54,6 @@ def _load_sym(K, b, sk_b, sk_i, sk_j, idx, valid):
     A = tl.load(base + idx[:, None] * sk_i + idx[None, :] * sk_j, mask=both, other=0.0)
     At = tl.load(base + idx[None, :] * sk_i + idx[:, None] * sk_j, mask=both, other=0.0)
     return 0.5 * (A.to(tl.float64) + At.to(tl.float64))
-
-
-@triton.jit
-def _sweep(A, active, idx, eye, T, POSITIVE: tl.constexpr):
-    """Sweep A on the pivots ``active``: afterwards the active block holds −(A_AA)⁻¹.
-    Returns (A, failed): a zero pivot fails, and with ``POSITIVE`` any pivot that is not
-    positive (A_AA is not positive definite, where a Cholesky factorisation fails)."""
-    act_f = tl.where(active, 1.0, 0.0)
-    failed = tl.sum(act_f, axis=0) < 0  # False, as a tensor
-    for k in range(0, T):
-        if _at(act_f, idx, k) > 0:
-            r = tl.sum(tl.where(idx[:, None] == k, A, 0.0), axis=0)  # row k (= column k)
-            d = _at(r, idx, k)
-            if POSITIVE:
-                bad = _not(d > 0)
-            else:
-                bad = _not(tl.abs(d) > 0)
-            failed = _or(failed, bad)
-            d = tl.where(bad, 1.0, d)
-            rk = tl.where(idx == k, 0.0, r)
-            A = A - (rk[:, None] * rk[None, :]) / d
-            A = tl.where(idx[:, None] == k, rk[None, :] / d, A)
-            A = tl.where(idx[None, :] == k, rk[:, None] / d, A)
-            A = tl.where(eye & (idx[:, None] == k), -1.0 / d, A)
-    return A, failed
 
 
 @triton.jit
@@ -176,12 +162,7 @@ def _cagrad_kernel(
     while it < max_iter:
         rho = tl.sqrt(q + eps2)
         grad = bv + (phi / rho) * g
-        grad_min = tl.where(valid, grad, float("inf"))
-        s = tl.argmin(grad_min, axis=0)
-        g_s = tl.min(grad_min, axis=0)
-        grad_act = tl.where(w > 0, grad, float("-inf"))
-        a = tl.argmax(grad_act, axis=0)
-        g_a = tl.max(grad_act, axis=0)
+        s, g_s, a, g_a = _fw_vertices(grad, w, valid)
         gw = tl.sum(grad * w, axis=0)
         gap_fw = gw - g_s
         gap_aw = g_a - gw
@@ -198,21 +179,15 @@ def _cagrad_kernel(
         b_d = sign * (b_v - bw)
         Ad = sign * (g_v - q)
         Cd = d_v - 2 * g_v + q
-        w_a = _at(w, idx, a)
-        gamma_max = tl.where(use_fw, 1.0, w_a / tl.where(w_a < 1.0, 1.0 - w_a, 1.0))
+        gamma_max = _fw_gamma_max(w, idx, a, use_fw)
         gamma = _cagrad_step(b_d, Ad, Cd, q + eps2, phi, gamma_max)
-        coef = tl.where(use_fw, 1.0 - gamma, 1.0 + gamma)
-        wf = coef * w + tl.where(idx == v, tl.where(use_fw, gamma, -gamma), 0.0)
-        drop = _and(_and(_not(use_fw), gamma >= gamma_max), gamma > 0)
-        wf = tl.where(_and(idx == v, drop), 0.0, wf)
-        wf = tl.maximum(wf, 0.0)
-        wf = wf / tl.sum(wf, axis=0)
+        wf = _fw_step(w, idx, v, use_fw, gamma, gamma_max)
 
         # Face correction toward the stationary point of the face's affine hull.
         active = wf > 0
         both = _and(active[:, None], active[None, :])
         A = tl.where(both, Kn, 0.0) + tl.where(_and(eye, active[None, :]), ridge, 0.0)
-        A, failed = _sweep(A, active, idx, eye, T, False)
+        A, failed = _sweep(A, active, idx, eye, T, Tf < 0, False)  # Tf < 0: False, as a tensor
         Ainv = tl.where(both, -A, 0.0)  # (K_AA + δI)⁻¹ on the support
         z1 = tl.sum(tl.where(active[None, :], Ainv, 0.0), axis=1)
         z2 = tl.sum(Ainv * tl.where(active, bv, 0.0)[None, :], axis=1)
@@ -233,17 +208,7 @@ def _cagrad_kernel(
         y = w0 + w1 / tl.where(ok, lam, 1.0)
         ok = _and(ok, _all_finite(y, valid))
         y = tl.where(ok, y, wf)
-        shrink = _and(active, y < 0)
-        ratio = tl.where(shrink, wf / tl.where(shrink, wf - y, 1.0), float("inf"))
-        r_min = tl.min(ratio, axis=0)
-        blocker = tl.argmin(ratio, axis=0)
-        step = tl.minimum(r_min, 1.0)
-        moved = wf + step * (y - wf)
-        moved = tl.where(_and(idx == blocker, r_min <= 1.0), 0.0, moved)
-        moved = tl.maximum(moved, 0.0)
-        moved_sum = tl.sum(moved, axis=0)
-        ok = _and(ok, moved_sum > 0)
-        moved = moved / tl.where(ok, moved_sum, 1.0)
+        moved, ok = _move_toward(wf, y, active, idx, ok)
         cut = tl.where(active, tl.maximum(y, 0.0), 0.0)
         cut_sum = tl.sum(cut, axis=0)
         cut = cut / tl.where(cut_sum > 0, cut_sum, 1.0)
@@ -336,7 +301,7 @@ def _nash_kernel(
     while it < max_iter:
         grad = tl.where(valid, _matvec(Kn, a) - 1.0 / a, 0.0)
         H = tl.where(both, Kn + tl.where(eye, 1.0 / (a * a)[None, :], 0.0), tl.where(eye, 1.0, 0.0))
-        H, failed = _sweep(H, valid, idx, eye, T, True)
+        H, failed = _sweep(H, valid, idx, eye, T, Tf < 0, True)
         step = tl.sum(tl.where(both, H, 0.0) * grad[None, :], axis=1)  # −H⁻¹ grad
         dec = tl.sqrt(tl.maximum(-tl.sum(grad * step, axis=0), 0.0))
         good = _and(_and(_not(failed), tl.abs(dec) < float("inf")), _all_finite(step, valid))

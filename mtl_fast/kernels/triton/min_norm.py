@@ -61,6 +61,83 @@ def _not(a):
 
 
 @triton.jit
+def _sweep(A, active, idx, eye, T, failed, POSITIVE: tl.constexpr):
+    """Sweep A on the pivots ``active``: afterwards the active block holds −(A_AA)⁻¹.
+    Returns (A, failed or whether a pivot failed): a zero pivot fails, and with ``POSITIVE``
+    any pivot that is not positive (A_AA is not positive definite, where a Cholesky
+    factorisation fails)."""
+    act_f = tl.where(active, 1.0, 0.0)
+    for k in range(0, T):
+        if _at(act_f, idx, k) > 0:
+            r = tl.sum(tl.where(idx[:, None] == k, A, 0.0), axis=0)  # row k (= column k)
+            d = _at(r, idx, k)
+            if POSITIVE:
+                bad = _not(d > 0)
+            else:
+                bad = _not(tl.abs(d) > 0)
+            failed = _or(failed, bad)
+            d = tl.where(bad, 1.0, d)
+            rk = tl.where(idx == k, 0.0, r)
+            A = A - (rk[:, None] * rk[None, :]) / d
+            # Row and column k become r/d, the pivot −1/d.
+            A = tl.where(idx[:, None] == k, rk[None, :] / d, A)
+            A = tl.where(idx[None, :] == k, rk[:, None] / d, A)
+            A = tl.where(eye & (idx[:, None] == k), -1.0 / d, A)
+    return A, failed
+
+
+@triton.jit
+def _fw_vertices(grad, w, valid):
+    """The Frank-Wolfe vertex s = argmin grad and the away vertex a = argmax of grad on the
+    support of w, with their values: (s, grad_s, a, grad_a)."""
+    grad_min = tl.where(valid, grad, float("inf"))
+    grad_act = tl.where(w > 0, grad, float("-inf"))
+    return (
+        tl.argmin(grad_min, axis=0),
+        tl.min(grad_min, axis=0),
+        tl.argmax(grad_act, axis=0),
+        tl.max(grad_act, axis=0),
+    )
+
+
+@triton.jit
+def _fw_gamma_max(w, idx, a, use_fw):
+    """The longest step: 1 toward the vertex, w_a / (1 − w_a) away from vertex a."""
+    w_a = _at(w, idx, a)
+    return tl.where(use_fw, 1.0, w_a / tl.where(w_a < 1.0, 1.0 - w_a, 1.0))
+
+
+@triton.jit
+def _fw_step(w, idx, v, use_fw, gamma, gamma_max):
+    """The step of length γ toward vertex v (``use_fw``) or away from it, on the simplex; a
+    full away step drops v from the support."""
+    coef = tl.where(use_fw, 1.0 - gamma, 1.0 + gamma)
+    w1 = coef * w + tl.where(idx == v, tl.where(use_fw, gamma, -gamma), 0.0)
+    drop = _and(_and(_not(use_fw), gamma >= gamma_max), gamma > 0)
+    w1 = tl.where(_and(idx == v, drop), 0.0, w1)
+    w1 = tl.maximum(w1, 0.0)
+    return w1 / tl.sum(w1, axis=0)
+
+
+@triton.jit
+def _move_toward(w, y, active, idx, ok):
+    """The face correction's monotone move from w toward y: the longest step along y − w that
+    keeps the support non-negative (the blocking coordinate leaves it), renormalised.
+    Returns (moved, ok), ``ok`` false also when nothing is left of the support."""
+    shrink = _and(active, y < 0)
+    ratio = tl.where(shrink, w / tl.where(shrink, w - y, 1.0), float("inf"))
+    r_min = tl.min(ratio, axis=0)
+    blocker = tl.argmin(ratio, axis=0)
+    step = tl.minimum(r_min, 1.0)
+    moved = w + step * (y - w)
+    moved = tl.where(_and(idx == blocker, r_min <= 1.0), 0.0, moved)
+    moved = tl.maximum(moved, 0.0)
+    moved_sum = tl.sum(moved, axis=0)
+    ok = _and(ok, moved_sum > 0)
+    return moved / tl.where(ok, moved_sum, 1.0), ok
+
+
+@triton.jit
 def _min_norm_kernel(
     K,
     W,
@@ -97,12 +174,7 @@ def _min_norm_kernel(
     it = 0
     while it < max_iter:
         f = tl.sum(w * g, axis=0)
-        g_valid = tl.where(valid, g, float("inf"))
-        s = tl.argmin(g_valid, axis=0)
-        g_s = tl.min(g_valid, axis=0)
-        g_act = tl.where(w > 0, g, float("-inf"))
-        a = tl.argmax(g_act, axis=0)
-        g_a = tl.max(g_act, axis=0)
+        s, g_s, a, g_a = _fw_vertices(g, w, valid)
         gap_fw = f - g_s
         gap_aw = g_a - f
         done = 2.0 * gap_fw <= tol
@@ -111,55 +183,25 @@ def _min_norm_kernel(
         use_fw = gap_fw >= gap_aw
         num = tl.maximum(tl.where(use_fw, gap_fw, gap_aw), 0.0)
         den = tl.where(use_fw, _at(dn, idx, s) - 2.0 * g_s + f, f - 2.0 * g_a + _at(dn, idx, a))
-        w_a = _at(w, idx, a)
-        gamma_max = tl.where(use_fw, 1.0, w_a / tl.where(w_a < 1.0, 1.0 - w_a, 1.0))
+        gamma_max = _fw_gamma_max(w, idx, a, use_fw)
         gamma = tl.where(den > 0, num / tl.where(den > 0, den, 1.0), gamma_max)
         gamma = tl.minimum(gamma, gamma_max)
         gamma = tl.where(_or(done, num <= 0), 0.0, gamma)
-        v = tl.where(use_fw, s, a)
-        coef = tl.where(use_fw, 1.0 - gamma, 1.0 + gamma)
-        w1 = coef * w + tl.where(idx == v, tl.where(use_fw, gamma, -gamma), 0.0)
-        drop = _and(_and(_not(use_fw), gamma >= gamma_max), gamma > 0)
-        w1 = tl.where(_and(idx == v, drop), 0.0, w1)
-        w1 = tl.maximum(w1, 0.0)
-        w1 = w1 / tl.sum(w1, axis=0)
+        w1 = _fw_step(w, idx, tl.where(use_fw, s, a), use_fw, gamma, gamma_max)
         g1 = _matvec(Kn, w1)
 
         # Face correction: sweep (K_AA + δI) on the support; afterwards the A×A block holds
         # −(K_AA + δI)⁻¹ and z = (K_AA + δI)⁻¹ 1 is minus its row sums.
         active = w1 > 0
-        act_f = tl.where(active, 1.0, 0.0)
         both = _and(active[:, None], active[None, :])
         A = tl.where(both, Kn, 0.0) + tl.where(_and(eye, active[None, :]), ridge, 0.0)
-        failed = done
-        for k in range(0, T):
-            if _at(act_f, idx, k) > 0:
-                r = tl.sum(tl.where(idx[:, None] == k, A, 0.0), axis=0)  # row k (= column k)
-                d = _at(r, idx, k)
-                failed = _or(failed, d == 0)
-                d = tl.where(d == 0, 1.0, d)
-                rk = tl.where(idx == k, 0.0, r)
-                A = A - (rk[:, None] * rk[None, :]) / d
-                # Row and column k become r/d, the pivot −1/d.
-                A = tl.where(idx[:, None] == k, rk[None, :] / d, A)
-                A = tl.where(idx[None, :] == k, rk[:, None] / d, A)
-                A = tl.where(eye & (idx[:, None] == k), -1.0 / d, A)
+        A, failed = _sweep(A, active, idx, eye, T, done, False)
         z = -tl.sum(tl.where(both, A, 0.0), axis=1)
         total = tl.sum(z, axis=0)
         n_bad = tl.sum(tl.where(tl.abs(z) < float("inf"), 0, 1), axis=0)  # NaN fails too
         ok = _and(_and(_not(failed), total > 0), _and(tl.abs(total) < float("inf"), n_bad == 0))
         y = z / tl.where(ok, total, 1.0)
-        shrink = _and(active, y < 0)
-        ratio = tl.where(shrink, w1 / tl.where(shrink, w1 - y, 1.0), float("inf"))
-        r_min = tl.min(ratio, axis=0)
-        blocker = tl.argmin(ratio, axis=0)
-        step = tl.minimum(r_min, 1.0)
-        moved = w1 + step * (y - w1)
-        moved = tl.where(_and(idx == blocker, r_min <= 1.0), 0.0, moved)
-        moved = tl.maximum(moved, 0.0)
-        moved_sum = tl.sum(moved, axis=0)
-        ok = _and(ok, moved_sum > 0)
-        moved = moved / tl.where(ok, moved_sum, 1.0)
+        moved, ok = _move_toward(w1, y, active, idx, ok)
         g_moved = _matvec(Kn, moved)
         accept = _and(ok, tl.sum(moved * g_moved, axis=0) <= tl.sum(w1 * g1, axis=0))
         w_next = tl.where(accept, moved, w1)
