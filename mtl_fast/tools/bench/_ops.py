@@ -127,13 +127,28 @@ def synthetic_gradients(
     return J.to(dtype)
 
 
-def gram_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCase:
-    names, skipped = op_backends("gram", device)
+def _gradients_case(
+    op: str,
+    T: int,
+    P: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    bytes_moved: int,
+    baseline: str,
+) -> tuple[OpCase, list[str], torch.Tensor]:
+    """A case of ``op`` on one (T, P) problem: the case (its unavailable backends in
+    ``skipped``), the backends that run it, and the (T, P) synthetic gradients."""
+    names, skipped = op_backends(op, device)
     J = synthetic_gradients(1, T, P, dtype, device)[0]
-    case = OpCase(
-        "gram", {"T": T, "P": P}, dtype, device, traffic.gram_bytes(1, T, P, dtype), "torch.mm"
-    )
+    case = OpCase(op, {"T": T, "P": P}, dtype, device, bytes_moved, baseline)
     case.skipped = skipped
+    return case, names, J
+
+
+def gram_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCase:
+    case, names, J = _gradients_case(
+        "gram", T, P, dtype, device, traffic.gram_bytes(1, T, P, dtype), "torch.mm"
+    )
     for name in names:
         case.providers[name] = partial(mtl_fast.gram, J, backend=name, check_finite=False)
     case.providers["torch.mm"] = lambda: torch.mm(J, J.T)
@@ -141,14 +156,11 @@ def gram_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCas
 
 
 def combine_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCase:
-    names, skipped = op_backends("combine", device)
-    J = synthetic_gradients(1, T, P, dtype, device)[0]
+    case, names, J = _gradients_case(
+        "combine", T, P, dtype, device, traffic.combine_bytes(1, T, P, dtype), "w @ J"
+    )
     w = torch.full((T,), 1.0 / T, device=device)
     wd = w.to(dtype)
-    case = OpCase(
-        "combine", {"T": T, "P": P}, dtype, device, traffic.combine_bytes(1, T, P, dtype), "w @ J"
-    )
-    case.skipped = skipped
     for name in names:
         case.providers[name] = partial(mtl_fast.combine, J, w, backend=name)
     case.providers["w @ J"] = lambda: wd @ J
@@ -230,17 +242,9 @@ def _torch_adam(params: list[torch.Tensor], device: torch.device) -> torch.optim
 
 def multi_adam_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCase:
     """One MultiAdam step over all T tasks (S = T) vs T torch Adam steps."""
-    names, skipped = op_backends("multi_adam", device)
-    J = synthetic_gradients(1, T, P, dtype, device)[0]
-    case = OpCase(
-        "multi_adam",
-        {"T": T, "P": P},
-        dtype,
-        device,
-        traffic.multi_adam_bytes(T, P, dtype),
-        "torch Adam ×T",
-    )
-    case.skipped = skipped
+    baseline = "torch Adam ×T"
+    nbytes = traffic.multi_adam_bytes(T, P, dtype)
+    case, names, J = _gradients_case("multi_adam", T, P, dtype, device, nbytes, baseline)
     for name in names:
         p = torch.nn.Parameter(torch.zeros(P, dtype=dtype, device=device))
         opt = mtl_fast.MultiAdam([p], num_tasks=T, lr=1e-6, on_nonfinite="ignore", backend=name)
@@ -248,32 +252,24 @@ def multi_adam_case(T: int, P: int, dtype: torch.dtype, device: torch.device) ->
         case.providers[name] = partial(opt.step, J, tasks)
     p0 = torch.nn.Parameter(torch.zeros(P, dtype=dtype, device=device))
     opts = [_torch_adam([p0], device) for _ in range(T)]
-    case.notes["torch Adam ×T"] = "fused" if opts[0].defaults.get("fused") else "foreach"
+    case.notes[baseline] = "fused" if opts[0].defaults.get("fused") else "foreach"
 
     def per_task() -> None:
         for t, opt in enumerate(opts):
             p0.grad = J[t]
             opt.step()
 
-    case.providers["torch Adam ×T"] = per_task
+    case.providers[baseline] = per_task
     return case
 
 
 def combine_adam_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCase:
     """J in ``dtype``; the flat parameters and moments in fp32 (fp64 for fp64 J), as
     ``combine_adam`` requires."""
-    names, skipped = op_backends("combine_adam", device)
-    J = synthetic_gradients(1, T, P, dtype, device)[0]
+    baseline = "w @ J + torch Adam"
+    nbytes = traffic.combine_adam_bytes(T, P, dtype)
+    case, names, J = _gradients_case("combine_adam", T, P, dtype, device, nbytes, baseline)
     w = torch.full((T,), 1.0 / T, device=device)
-    case = OpCase(
-        "combine_adam",
-        {"T": T, "P": P},
-        dtype,
-        device,
-        traffic.combine_adam_bytes(T, P, dtype),
-        "w @ J + torch Adam",
-    )
-    case.skipped = skipped
     sdt = traffic.state_dtype(dtype)
     for name in names:
         p = torch.zeros(P, dtype=sdt, device=device)
@@ -286,13 +282,13 @@ def combine_adam_case(T: int, P: int, dtype: torch.dtype, device: torch.device) 
     p0 = torch.nn.Parameter(torch.zeros(P, dtype=sdt, device=device))
     opt = _torch_adam([p0], device)
     wd = w.to(dtype)
-    case.notes["w @ J + torch Adam"] = "fused" if opt.defaults.get("fused") else "foreach"
+    case.notes[baseline] = "fused" if opt.defaults.get("fused") else "foreach"
 
-    def baseline() -> None:
+    def combine_then_step() -> None:
         p0.grad = (wd @ J).to(sdt)
         opt.step()
 
-    case.providers["w @ J + torch Adam"] = baseline
+    case.providers[baseline] = combine_then_step
     return case
 
 
