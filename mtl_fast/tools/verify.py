@@ -68,21 +68,32 @@ def _tolerance(
     return tolerance(0.0 if backend == "reference" else ref_err, dtype, out_dtype)
 
 
+def _relative_check(
+    backend: str,
+    op: str,
+    case: str,
+    dtype: torch.dtype,
+    got: torch.Tensor,
+    reference: torch.Tensor,
+    truth: torch.Tensor,
+    out_dtype: torch.dtype | None = None,
+) -> Check:
+    """The backend's answer ``got`` against the fp64 ``truth``, held to the tolerance that the
+    reference's answer ``reference`` sets (:func:`_tolerance`)."""
+    ref_err = relative_error(reference, truth)
+    tol = _tolerance(backend, ref_err, dtype, out_dtype)
+    return Check(backend, op, case, _name(dtype), relative_error(got, truth), tol)
+
+
 def _check_gram(backend: str, fn: Callable, device: torch.device, quick: bool) -> Iterable[Check]:
     gen = torch.Generator().manual_seed(0)
     for B, T, P in _gram_cases(quick):
         for dtype in _dtypes(quick):
             J = torch.randn(B, T, P, generator=gen).to(dtype)
             truth = J.double() @ J.double().transpose(-1, -2)
-            ref_err = relative_error(ref.gram(J), truth)
             K = fn(J.to(device)).cpu()
-            yield Check(
-                backend,
-                "gram",
-                f"B={B} T={T} P={P}",
-                _name(dtype),
-                relative_error(K, truth),
-                _tolerance(backend, ref_err, dtype),
+            yield _relative_check(
+                backend, "gram", f"B={B} T={T} P={P}", dtype, K, ref.gram(J), truth
             )
 
 
@@ -96,16 +107,9 @@ def _check_gram_list(
             flat = [b.reshape(T, -1) for b in blocks]
             Jd = torch.cat([f.double() for f in flat], dim=1)
             truth = Jd @ Jd.T
-            ref_err = relative_error(ref.gram_list(flat), truth)
             K = fn([f.to(device) for f in flat]).cpu()
-            yield Check(
-                backend,
-                "gram_list",
-                f"T={T} blocks={shapes}",
-                _name(dtype),
-                relative_error(K, truth),
-                _tolerance(backend, ref_err, dtype),
-            )
+            case = f"T={T} blocks={shapes}"
+            yield _relative_check(backend, "gram_list", case, dtype, K, ref.gram_list(flat), truth)
 
 
 def _check_combine(
@@ -118,15 +122,10 @@ def _check_combine(
             w = torch.rand(B, T, generator=gen)
             w = w / w.sum(-1, keepdim=True)
             truth = torch.einsum("bt,btp->bp", w.double(), J.double())
-            ref_err = relative_error(ref.combine(J, w), truth)
             d = fn(J.to(device), w.to(device)).cpu()
-            yield Check(
-                backend,
-                "combine",
-                f"B={B} T={T} P={P}",
-                _name(dtype),
-                relative_error(d, truth),
-                _tolerance(backend, ref_err, dtype, out_dtype=dtype),
+            case = f"B={B} T={T} P={P}"
+            yield _relative_check(
+                backend, "combine", case, dtype, d, ref.combine(J, w), truth, out_dtype=dtype
             )
 
 
@@ -165,9 +164,8 @@ def _check_min_norm(
             excess = ((f - f_star) / scale).max().item()
             off_simplex = max((w.sum(-1) - 1).abs().max().item(), (-w).clamp_min(0).max().item())
             err = max(excess, off_simplex) if torch.isfinite(w).all() else float("nan")
-            yield Check(
-                backend, "min_norm", f"T={T} ×{len(samples)} kinds", _name(dtype), err, MIN_NORM_TOL
-            )
+            case = f"T={T} ×{len(samples)} kinds"
+            yield Check(backend, "min_norm", case, _name(dtype), err, MIN_NORM_TOL)
 
 
 def dual_cone_samples(T: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -218,14 +216,8 @@ def _check_dual_cone(
                 err = max(err, kkt_residual(U, G, W, **eps).max().item())
             if not torch.isfinite(W).all():
                 err = float("nan")
-            yield Check(
-                backend,
-                "dual_cone",
-                f"T={T} ×{n} kinds ×{T + 3} rows",
-                _name(dtype),
-                err,
-                DUAL_CONE_TOL[dtype],
-            )
+            case = f"T={T} ×{n} kinds ×{T + 3} rows"
+            yield Check(backend, "dual_cone", case, _name(dtype), err, DUAL_CONE_TOL[dtype])
 
 
 def _adam_state(P: int, T: int, seed: int, device: torch.device) -> AdamState:
@@ -370,14 +362,8 @@ def _check_aggregator(op: str) -> Callable[[str, Callable, torch.device, bool], 
                 scale = truth.abs().amax(dim=-1).clamp_min(1.0)
                 diff = ((got - truth).abs().amax(dim=-1) / scale).max().item()
                 err = diff if torch.isfinite(got).all() else float("nan")
-                yield Check(
-                    backend,
-                    op,
-                    f"T={T} ×{len(samples)} kinds",
-                    _name(dtype),
-                    err,
-                    AGGREGATOR_TOL[dtype],
-                )
+                case = f"T={T} ×{len(samples)} kinds"
+                yield Check(backend, op, case, _name(dtype), err, AGGREGATOR_TOL[dtype])
 
     return check
 
