@@ -6,7 +6,7 @@ dtype under test); the tolerance rule is :mod:`mtl_fast._core.precision`'s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +61,17 @@ def _dtypes(quick: bool) -> list[torch.dtype]:
     )
 
 
+def _jacobians(
+    quick: bool, seed: int
+) -> Iterator[tuple[str, torch.dtype, torch.Tensor, torch.Generator]]:
+    """(case, dtype, J, gen) for every Gram case and dtype: J a (B, T, P) normal draw rounded to
+    the dtype, gen the generator it came from (for the check's further draws)."""
+    gen = torch.Generator().manual_seed(seed)
+    for B, T, P in _gram_cases(quick):
+        for dtype in _dtypes(quick):
+            yield f"B={B} T={T} P={P}", dtype, torch.randn(B, T, P, generator=gen).to(dtype), gen
+
+
 def _tolerance(
     backend: str, ref_err: float, dtype: torch.dtype, out_dtype: torch.dtype | None = None
 ) -> float:
@@ -86,15 +97,10 @@ def _relative_check(
 
 
 def _check_gram(backend: str, fn: Callable, device: torch.device, quick: bool) -> Iterable[Check]:
-    gen = torch.Generator().manual_seed(0)
-    for B, T, P in _gram_cases(quick):
-        for dtype in _dtypes(quick):
-            J = torch.randn(B, T, P, generator=gen).to(dtype)
-            truth = J.double() @ J.double().transpose(-1, -2)
-            K = fn(J.to(device)).cpu()
-            yield _relative_check(
-                backend, "gram", f"B={B} T={T} P={P}", dtype, K, ref.gram(J), truth
-            )
+    for case, dtype, J, _ in _jacobians(quick, seed=0):
+        truth = J.double() @ J.double().transpose(-1, -2)
+        K = fn(J.to(device)).cpu()
+        yield _relative_check(backend, "gram", case, dtype, K, ref.gram(J), truth)
 
 
 def _check_gram_list(
@@ -115,18 +121,14 @@ def _check_gram_list(
 def _check_combine(
     backend: str, fn: Callable, device: torch.device, quick: bool
 ) -> Iterable[Check]:
-    gen = torch.Generator().manual_seed(2)
-    for B, T, P in _gram_cases(quick):
-        for dtype in _dtypes(quick):
-            J = torch.randn(B, T, P, generator=gen).to(dtype)
-            w = torch.rand(B, T, generator=gen)
-            w = w / w.sum(-1, keepdim=True)
-            truth = torch.einsum("bt,btp->bp", w.double(), J.double())
-            d = fn(J.to(device), w.to(device)).cpu()
-            case = f"B={B} T={T} P={P}"
-            yield _relative_check(
-                backend, "combine", case, dtype, d, ref.combine(J, w), truth, out_dtype=dtype
-            )
+    for case, dtype, J, gen in _jacobians(quick, seed=2):
+        w = torch.rand(*J.shape[:2], generator=gen)
+        w = w / w.sum(-1, keepdim=True)
+        truth = torch.einsum("bt,btp->bp", w.double(), J.double())
+        d = fn(J.to(device), w.to(device)).cpu()
+        yield _relative_check(
+            backend, "combine", case, dtype, d, ref.combine(J, w), truth, out_dtype=dtype
+        )
 
 
 def gram_samples(T: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -283,16 +285,13 @@ def _check_sign_conflict(
     backend: str, fn: Callable, device: torch.device, quick: bool
 ) -> Iterable[Check]:
     """Counts are exact: the truth is a direct elementwise count in fp64."""
-    gen = torch.Generator().manual_seed(6)
-    for B, T, P in _gram_cases(quick):
-        for dtype in _dtypes(quick):
-            J = torch.randn(B, T, P, generator=gen).to(dtype)
-            J[..., ::5] = 0  # zero coordinates never count as conflicts
-            s = torch.sign(J.double())
-            truth = (s.unsqueeze(2) * s.unsqueeze(1) < 0).double().mean(-1)
-            C = fn(J.to(device)).cpu()
-            err = (C.double() - truth).abs().max().item()
-            yield Check(backend, "sign_conflict", f"B={B} T={T} P={P}", _name(dtype), err, 1e-12)
+    for case, dtype, J, _ in _jacobians(quick, seed=6):
+        J[..., ::5] = 0  # zero coordinates never count as conflicts
+        s = torch.sign(J.double())
+        truth = (s.unsqueeze(2) * s.unsqueeze(1) < 0).double().mean(-1)
+        C = fn(J.to(device)).cpu()
+        err = (C.double() - truth).abs().max().item()
+        yield Check(backend, "sign_conflict", case, _name(dtype), err, 1e-12)
 
 
 def aggregator_samples(T: int, gen: torch.Generator) -> dict[str, torch.Tensor]:

@@ -61,6 +61,12 @@ class OpCase:
     interleave: bool = False
     clock: str = "wall"
 
+    def row(
+        self, provider: str, dtype: str, metric: str, unit: str, value: float, **kw: Any
+    ) -> Row:
+        """A row of this case's op and shape."""
+        return Row("op", self.op, provider, dict(self.shape), dtype, metric, unit, value, **kw)
+
 
 def speedup_rows(
     report: Report, case: OpCase, dname: str, times: dict[str, float], clock: str = ""
@@ -72,18 +78,8 @@ def speedup_rows(
         return
     for name, t in times.items():
         if name != case.baseline and t > 0:
-            report.rows.append(
-                Row(
-                    "op",
-                    case.op,
-                    name,
-                    dict(case.shape),
-                    dname,
-                    "speedup_vs_baseline",
-                    f"× ({case.baseline} time / this time{clock})",
-                    base / t,
-                )
-            )
+            unit = f"× ({case.baseline} time / this time{clock})"
+            report.rows.append(case.row(name, dname, "speedup_vs_baseline", unit, base / t))
 
 
 def op_backends(op: str, device: torch.device) -> tuple[list[str], dict[str, str]]:
@@ -216,18 +212,13 @@ def min_norm_case(
         answers[name] = torch.einsum("bi,bij,bj->b", w, Kd, w)
         best = torch.minimum(best, answers[name])
     for name, f in answers.items():
+        excess = float(((f - best) / scale).max())
+        note = f"over {n_loop} problems"
+        if name == "python-loop":
+            note += f"; {capped} ended by the safety cap"
         case.extra_rows.append(
-            Row(
-                "op",
-                "min_norm",
-                name,
-                dict(case.shape),
-                "float32",
-                "objective_excess_max",
-                "relative to max K_ii",
-                float(((f - best) / scale).max()),
-                note=f"over {n_loop} problems"
-                + (f"; {capped} ended by the safety cap" if name == "python-loop" else ""),
+            case.row(
+                name, "float32", "objective_excess_max", "relative to max K_ii", excess, note=note
             )
         )
     return case
@@ -334,20 +325,7 @@ def run_case(
         def row(
             metric: str, unit: str, value: float, name: str = name, note: str = note, **kw: Any
         ) -> None:
-            report.rows.append(
-                Row(
-                    "op",
-                    case.op,
-                    name,
-                    dict(case.shape),
-                    dname,
-                    metric,
-                    unit,
-                    value,
-                    note=note,
-                    **kw,
-                )
-            )
+            report.rows.append(case.row(name, dname, metric, unit, value, note=note, **kw))
 
         row("time_ms", "ms", med * 1e3, q20=t.q20 * scale * 1e3, q80=t.q80 * scale * 1e3)
         bw = case.bytes_moved / med / 1e9
@@ -498,18 +476,10 @@ def upgrad_case(family: str, B: int, T: int, device: torch.device) -> OpCase:
             w = w.reshape(B, T).double().cpu()
             scale = truth.abs().amax(dim=-1, keepdim=True).clamp_min(1e-300)
             err = float(((w - truth).abs() / scale).max())
+            unit = "relative to each problem's largest weight"
+            note = "against TorchJD's UPGradWeighting on the same Grams in float64"
             case.extra_rows.append(
-                Row(
-                    "op",
-                    "upgrad_weights",
-                    name,
-                    dict(case.shape),
-                    "float32",
-                    "max_rel_error_vs_torchjd",
-                    "relative to each problem's largest weight",
-                    err,
-                    note="against TorchJD's UPGradWeighting on the same Grams in float64",
-                )
+                case.row(name, "float32", "max_rel_error_vs_torchjd", unit, err, note=note)
             )
     return case
 

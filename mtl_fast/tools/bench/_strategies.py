@@ -542,6 +542,12 @@ def run_setting(
     P = sum(p.numel() for p in base.shared)
     shape = {"trunk": s.trunk, "T": s.T, "P": P, "batch": s.batch, "image": s.image}
     dname = str(next(base.trunk.parameters()).dtype).replace("torch.", "")
+
+    def row(name: str, metric: str, unit: str, value: float, **kw: Any) -> None:
+        report.rows.append(
+            Row("strategy", "step", name, dict(shape), dname, metric, unit, value, **kw)
+        )
+
     # 1. Alone, one after another: does it run, how long is one step, how much memory. A
     # throwaway summed step first, so that the process's one-time allocations (thread pools,
     # kernel caches) are not counted against the first provider.
@@ -611,49 +617,15 @@ def run_setting(
             q = {}
             if k == "total":
                 q = {"q20": _quantile(smp, 0.2), "q80": _quantile(smp, 0.8)}
-            report.rows.append(
-                Row(
-                    "strategy",
-                    "step",
-                    name,
-                    dict(shape),
-                    dname,
-                    f"{k}_ms",
-                    "ms",
-                    v * 1e3,
-                    note=note,
-                    **q,
-                )
-            )
+            row(name, f"{k}_ms", "ms", v * 1e3, note=note, **q)
         peak = peaks.get(name)
         if peak is not None:
-            report.rows.append(
-                Row(
-                    "strategy",
-                    "step",
-                    name,
-                    dict(shape),
-                    dname,
-                    "peak_memory_MB",
-                    "MB",
-                    peak / 2**20,
-                    note="growth of the peak while built and stepped twice, alone",
-                )
-            )
+            note_peak = "growth of the peak while built and stepped twice, alone"
+            row(name, "peak_memory_MB", "MB", peak / 2**20, note=note_peak)
         if phases["combination"] > 0 and name in ("mgda", "mgda-fused"):
-            report.rows.append(
-                Row(
-                    "strategy",
-                    "step",
-                    name,
-                    dict(shape),
-                    dname,
-                    "combination_share_of_fwd_bwd",
-                    "fraction",
-                    phases["combination"] / (phases["forward"] + phases["backward"]),
-                    note=f"{name} combination / (forward + backward)",
-                )
-            )
+            share = phases["combination"] / (phases["forward"] + phases["backward"])
+            note_share = f"{name} combination / (forward + backward)"
+            row(name, "combination_share_of_fwd_bwd", "fraction", share, note=note_share)
         strategy = getattr(live.get(name), "strategy", None)
         arena = getattr(strategy, "_arena_cache", None)
         if name == "mgda-batched" and arena is not None and arena.batched_fallback:
@@ -672,9 +644,7 @@ def run_setting(
             ("vs_torchjd_best", best),
         ):
             if ref:
-                report.rows.append(
-                    Row("strategy", "step", name, dict(shape), dname, metric, "×", tot / ref)
-                )
+                row(name, metric, "×", tot / ref)
     mgda_J = None
     for name in ("mgda", "mgda-fused"):
         provider = live.get(name)
