@@ -7,17 +7,8 @@ import torch
 
 import mtl_fast
 from mtl_fast.strategies import MGDA, MGDAUB, LinearScalarization, normalizers, solve_weights
-from tests.strategy_models import (
-    Tiny,
-    assert_gradients,
-    batches,
-    build,
-    manual_jacobian,
-    one_batch,
-    refuses_a_nan_loss,
-    skips_an_infinite_gradient,
-    weighted_sum_gradients,
-)
+from tests import strategy_checks as checks
+from tests.strategy_models import Tiny, batches, build, manual_jacobian, one_batch
 
 NORMS = ("none", "l2", "loss", "loss+")
 
@@ -46,7 +37,7 @@ def test_mgda_weights_are_min_norm_of_the_gram_and_grads_match(normalization, ap
     w_expected = mtl_fast.min_norm(Jn @ Jn.T)
     c_expected = w_expected if apply_to == "raw" else w_expected / n
     # What the written gradients must be: those of Σ_t c_t L_t.
-    expected = weighted_sum_gradients(model, c_expected, losses)
+    expected = checks.weighted_sum_gradients(model, c_expected, losses)
 
     mgda = build(MGDA, model, normalization=normalization, apply_to=apply_to)
     assert mgda.backward(losses)
@@ -54,7 +45,7 @@ def test_mgda_weights_are_min_norm_of_the_gram_and_grads_match(normalization, ap
     torch.testing.assert_close(mgda.last.loss_scales, c_expected, rtol=1e-6, atol=1e-8)
     assert float(mgda.last.weights.sum()) == pytest.approx(1.0)
     assert bool((mgda.last.weights >= 0).all())
-    assert_gradients(model, expected, rtol=1e-6, atol=1e-10)
+    checks.assert_gradients(model, expected, rtol=1e-6, atol=1e-10)
 
 
 @pytest.mark.parametrize("normalization", NORMS)
@@ -71,12 +62,12 @@ def test_mgda_ub_equals_min_norm_on_feature_gradients(normalization):
     K = G @ G.T
     n = expected_divisors(K, lv, normalization)
     w_expected = mtl_fast.min_norm(K / (n[:, None] * n[None, :]))
-    expected = weighted_sum_gradients(model, w_expected, losses)
+    expected = checks.weighted_sum_gradients(model, w_expected, losses)
 
     ub = build(MGDAUB, model, normalization=normalization)
     assert ub.backward(losses, features=z)
     torch.testing.assert_close(ub.last.weights, w_expected, rtol=1e-6, atol=1e-8)
-    assert_gradients(model, expected, rtol=1e-6, atol=1e-10)
+    checks.assert_gradients(model, expected, rtol=1e-6, atol=1e-10)
 
 
 def test_normalizers_match_their_definitions_and_guard_zero():
@@ -109,10 +100,10 @@ def test_linear_scalarisation_writes_the_weighted_sum_gradient(diagnostics_every
     T = 3
     model, _, _, losses = one_batch(T, torch.float64)
     weights = torch.tensor([0.5, 2.0, 1.0])
-    expected = weighted_sum_gradients(model, weights.tolist(), losses)
+    expected = checks.weighted_sum_gradients(model, weights.tolist(), losses)
     ls = build(LinearScalarization, model, weights=weights, diagnostics_every=diagnostics_every)
     assert ls.backward(losses)
-    assert_gradients(model, expected, rtol=1e-6, atol=1e-10)
+    checks.assert_gradients(model, expected, rtol=1e-6, atol=1e-10)
     assert (ls.last.diagnostics is not None) == (diagnostics_every == 1)
 
 
@@ -136,7 +127,7 @@ def test_mgda_diagnostics_come_from_the_gram_of_the_task_gradients():
 
 
 def test_nonfinite_loss_is_refused_and_clears_grads():
-    model, x, y = refuses_a_nan_loss(MGDA)
+    model, x, y = checks.refuses_a_nan_loss(MGDA)
     losses, _ = model.losses(x, y)
     losses[1] = losses[1] * float("nan")
     skip = build(MGDA, model, on_nonfinite="skip")
@@ -148,7 +139,7 @@ def test_nonfinite_gradient_with_finite_loss_is_refused():
     T = 2
     model = Tiny(T)
     (x, _y) = batches(T, 1)[0]
-    skips_an_infinite_gradient(MGDA, model, x)
+    checks.skips_an_infinite_gradient(MGDA, model, x)
 
 
 def test_errors_name_the_argument():

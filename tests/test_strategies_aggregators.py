@@ -20,14 +20,8 @@ from mtl_fast.strategies import (
     NashMTL,
     PCGrad,
 )
-from tests.strategy_models import (
-    Tiny,
-    assert_gradients,
-    batches,
-    manual_jacobian,
-    one_batch,
-    weighted_sum_gradients,
-)
+from tests import strategy_checks as checks
+from tests.strategy_models import Tiny, batches, manual_jacobian, one_batch
 
 F64 = torch.float64
 
@@ -59,12 +53,12 @@ def test_writes_the_gradients_of_the_weighted_losses(name: str) -> None:
     model, _, _, losses = one_batch(T, F64)
     J = manual_jacobian(model, losses)
     c = expected_c(J @ J.T)
-    expected = weighted_sum_gradients(model, c, losses)
+    expected = checks.weighted_sum_gradients(model, c, losses)
     strategy = make(model.trunk.parameters(), model.heads.parameters(), num_tasks=T)
     assert strategy.backward(losses)
     torch.testing.assert_close(strategy.last.weights, c, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(strategy.last.loss_scales, c, rtol=1e-9, atol=1e-12)
-    assert_gradients(model, expected, rtol=1e-8, atol=1e-12)
+    checks.assert_gradients(model, expected, rtol=1e-8, atol=1e-12)
 
 
 def _run(strategy: GramAggregator, model: Tiny, data: list[Any]) -> list[torch.Tensor]:

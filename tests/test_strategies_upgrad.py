@@ -7,17 +7,8 @@ import torch
 
 import mtl_fast
 from mtl_fast.strategies import DualProj, LinearScalarization, UPGrad
-from tests.strategy_models import (
-    Tiny,
-    assert_gradients,
-    batches,
-    build,
-    manual_jacobian,
-    one_batch,
-    refuses_a_nan_loss,
-    skips_an_infinite_gradient,
-    weighted_sum_gradients,
-)
+from tests import strategy_checks as checks
+from tests.strategy_models import Tiny, batches, build, manual_jacobian, one_batch
 
 STRATEGIES = {
     "upgrad": (UPGrad, mtl_fast.upgrad_weights),
@@ -36,13 +27,13 @@ def test_weights_are_the_op_on_the_gram_and_grads_are_those_of_the_weighted_sum(
     J = manual_jacobian(model, losses)
     pref = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64) if with_pref else None
     w_expected = weights_of(J @ J.T, pref=pref)
-    expected = weighted_sum_gradients(model, w_expected, losses)
+    expected = checks.weighted_sum_gradients(model, w_expected, losses)
 
     strategy = build(cls, model, pref=pref)
     assert strategy.backward(losses)
     torch.testing.assert_close(strategy.last.weights, w_expected, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(strategy.last.loss_scales, w_expected, rtol=1e-9, atol=1e-12)
-    assert_gradients(model, expected, rtol=1e-8, atol=1e-12)
+    checks.assert_gradients(model, expected, rtol=1e-8, atol=1e-12)
     # The shared direction conflicts with no task (up to the ridge of the normalisation).
     d = torch.cat([p.grad.reshape(-1) for p in model.trunk.parameters()])
     K = J @ J.T
@@ -71,8 +62,8 @@ def test_without_conflict_upgrad_and_dualproj_are_the_mean() -> None:
 @pytest.mark.parametrize("cls", [UPGrad, DualProj])
 def test_nonfinite_loss_and_gradient_are_refused(cls: type) -> None:
     T = 2
-    model, x, y = refuses_a_nan_loss(cls)
-    skip = skips_an_infinite_gradient(cls, model, x)
+    model, x, y = checks.refuses_a_nan_loss(cls)
+    skip = checks.skips_an_infinite_gradient(cls, model, x)
     assert skip.last.skipped == [0] and skip.num_steps == 0
     # "ignore": no check and no exception; the weights of a non-finite Gram are NaN.
     losses, _ = model.losses(x, y)
