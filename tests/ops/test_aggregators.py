@@ -378,15 +378,6 @@ def test_imtlg_equal_projections_on_unit_gradients(backend: str) -> None:
             assert abs(float(c.sum()) - 1) < 1e-10
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_imtlg_degenerate_conventions(backend: str) -> None:
-    require_backend(backend, "imtlg")
-    assert imtlg_weights(torch.zeros(3, 3), backend=backend).tolist() == [0.0, 0.0, 0.0]
-    opposite = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=F64)
-    assert imtlg_weights(opposite, backend=backend).abs().max() == 0
-    assert imtlg_weights(torch.tensor([[4.0]]), backend=backend).tolist() == [1.0]
-
-
 # ----------------------------------------------------------------------------------------------
 # Aligned-MTL
 # ----------------------------------------------------------------------------------------------
@@ -513,14 +504,19 @@ def test_config_two_tasks_matches_the_closed_form_operator() -> None:
         assert float((d - official.double()).norm()) <= 1e-5 * float(J.norm())
 
 
+@pytest.mark.parametrize("op", ["imtlg", "config"])
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_config_zero_direction_conventions(backend: str) -> None:
-    require_backend(backend, "config")
-    assert config_weights(torch.zeros(3, 3), backend=backend).tolist() == [0.0, 0.0, 0.0]
-    opposite = torch.tensor([[2.0, -2.0], [-2.0, 2.0]], dtype=F64)
-    assert config_weights(opposite, backend=backend).abs().max() == 0
-    one = config_weights(torch.tensor([[4.0]], dtype=F64), backend=backend)
-    torch.testing.assert_close(one, torch.ones(1, dtype=F64))
+def test_imtlg_and_config_zero_direction_conventions(op: str, backend: str) -> None:
+    """Zero gradients and two opposite ones: c = 0; a single task: c = 1."""
+    require_backend(backend, op)
+    weights = {"imtlg": imtlg_weights, "config": config_weights}[op]
+    assert weights(torch.zeros(3, 3), backend=backend).tolist() == [0.0, 0.0, 0.0]
+    for scale in (1.0, 2.0):
+        opposite = scale * torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=F64)
+        assert weights(opposite, backend=backend).abs().max() == 0
+    for dtype in (torch.float32, F64):
+        one = weights(torch.tensor([[4.0]], dtype=dtype), backend=backend)
+        assert one.dtype == dtype and one.tolist() == [1.0]
 
 
 # ----------------------------------------------------------------------------------------------
