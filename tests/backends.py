@@ -35,11 +35,14 @@ skipped parameter per test (``[cuda]``), with its reason.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import importlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -265,3 +268,71 @@ def make_backend(name: str, request: pytest.FixtureRequest) -> Backend:
 @functools.cache
 def _module(name: str) -> ModuleType:
     return importlib.import_module(f"mtl_fast.kernels.{name}")
+
+
+# -- the compiled CPU library ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cpu_library_at(monkeypatch: pytest.MonkeyPatch, path: Path | None) -> Iterator[None]:
+    """The CPU backend's loader pointed at ``path`` (None: no library next to the package) for
+    the block: its cached libraries and the dispatch cache cleared on entry and on exit, where
+    ``monkeypatch`` is undone."""
+    from mtl_fast.kernels.cpu import loader
+
+    def clear() -> None:
+        loader.library.cache_clear()
+        loader.dual_cone_library.cache_clear()
+        _dispatch._reset_cache()
+
+    monkeypatch.setattr(loader, "library_path", lambda: path)
+    clear()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        clear()
+
+
+def assert_abi_version(header: str, macro: str, symbol: str, version: int) -> None:
+    """``csrc/cpu/<header>`` defines ``macro`` as ``version``, and the built library (when there
+    is one) reports the same through ``symbol``."""
+    from mtl_fast.kernels import cpu
+
+    text = (Path(__file__).resolve().parents[1] / "csrc" / "cpu" / header).read_text()
+    assert f"#define {macro} {version}\n" in text
+    path = cpu.library_path()
+    if path is not None:
+        assert getattr(ctypes.CDLL(str(path)), symbol)() == version
+
+
+def assert_one_graph(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    J: torch.Tensor,
+    expected: torch.Tensor,
+    op: str,
+    compiler: str = "aot_eager",
+) -> None:
+    """``step`` under ``torch.compile(fullgraph=True)`` gives ``expected`` on ``J``, and traces
+    to one graph, without a break, that calls the custom op ``op``."""
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(step, fullgraph=True, backend=compiler)
+        torch.testing.assert_close(compiled(J), expected)
+        explained = torch._dynamo.explain(step)(J)
+        assert explained.graph_break_count == 0
+        assert op in explained.graphs[0].code
+    finally:
+        torch._dynamo.reset()
+
+
+def for_batched_shapes(
+    op: str, shapes: Sequence[tuple[int, int, int]], emulator: Sequence[tuple[int, int, int]]
+) -> pytest.MarkDecorator:
+    """:func:`for_backends` over ``dtype, B, T, P``: every dtype of the suite with every
+    (B, T, P) of ``shapes`` (of ``emulator`` on the emulator tier)."""
+    from tests.helpers import every_dtype
+
+    return for_backends(
+        op, "dtype, B, T, P", every_dtype(list(shapes)), emulator=every_dtype(list(emulator))
+    )

@@ -5,13 +5,15 @@
 - ``MTL_FAST_TEST_DEVICE`` (default: cpu) picks the device the device-generic tests run on, so
   the same suite runs in CI on the CPU and by hand on a GPU.
 - ``backend``: the backend an op test runs on (see ``tests/backends.py``); ``emulated_cuda``: the
-  CUDA device code compiled for the host once per session.
+  CUDA device code compiled for the host once per session; ``aggregation``: TorchJD's
+  aggregators, the test skipped without TorchJD.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -31,6 +33,12 @@ def device() -> torch.device:
 def backend(backend_name: str, request: pytest.FixtureRequest) -> Backend:
     """The backend named by the ``backend_name`` parameter (see ``for_backends``)."""
     return make_backend(backend_name, request)
+
+
+@pytest.fixture
+def aggregation() -> ModuleType:
+    """TorchJD's ``torchjd.aggregation``; the test is skipped where TorchJD is not installed."""
+    return pytest.importorskip("torchjd.aggregation")
 
 
 @pytest.fixture(scope="session")

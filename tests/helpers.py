@@ -17,6 +17,11 @@ DTYPES = [FP32, FP16, BF16, FP64]
 LOW = (FP16, BF16)
 
 
+def every_dtype(cases: list[tuple]) -> list[tuple]:
+    """The cases of a test grid with every dtype of :data:`DTYPES` in front: (dtype, *case)."""
+    return [(d, *c) for d in DTYPES for c in cases]
+
+
 # -------------------------------------------------------------------------------- samplers
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -51,3 +54,10 @@ def manual_jacobian(model: Tiny, losses: list[torch.Tensor]) -> torch.Tensor:
         gs = torch.autograd.grad(loss, params, retain_graph=True)
         rows.append(torch.cat([g.reshape(-1) for g in gs]))
     return torch.stack(rows)
+
+
+def build(cls: Callable[..., Any], model: Tiny, **options: Any) -> Any:
+    """``cls`` on the model: the trunk shared, the heads task-specific, one task per head."""
+    return cls(
+        model.trunk.parameters(), model.heads.parameters(), num_tasks=len(model.heads), **options
+    )

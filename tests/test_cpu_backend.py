@@ -3,7 +3,6 @@ torch.compile, the dispatch, and the fallback when the library is not built."""
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from mtl_fast.kernels import cpu
 from mtl_fast.kernels import reference as ref
 from mtl_fast.kernels.cpu import loader
 from mtl_fast.tools import verify
+from tests.backends import assert_abi_version, assert_one_graph, cpu_library_at
 from tests.helpers import (
     assert_kkt,
     assert_on_simplex,
@@ -231,15 +231,7 @@ def test_gram_min_norm_combine_compile_as_one_graph(compiler: str) -> None:
     for warm in (False, True):
         if not warm:
             _dispatch._reset_cache()
-        torch._dynamo.reset()
-        try:
-            compiled = torch.compile(step, fullgraph=True, backend=compiler)
-            torch.testing.assert_close(compiled(J), expected)
-            explained = torch._dynamo.explain(step)(J)
-            assert explained.graph_break_count == 0
-            assert "mtl_fast_cpu.min_norm" in explained.graphs[0].code
-        finally:
-            torch._dynamo.reset()
+        assert_one_graph(step, J, expected, "mtl_fast_cpu.min_norm", compiler)
     # An explicit backend resolves the same way.
     torch._dynamo.reset()
     solve = torch.compile(lambda K: mtl_fast.min_norm(K, backend="cpu"), fullgraph=True)
@@ -251,13 +243,8 @@ def test_gram_min_norm_combine_compile_as_one_graph(compiler: str) -> None:
 @pytest.fixture
 def no_library(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The state of an install without a C++ compiler: no library next to the package."""
-    monkeypatch.setattr(loader, "library_path", lambda: None)
-    loader.library.cache_clear()
-    _dispatch._reset_cache()
-    yield
-    monkeypatch.undo()
-    loader.library.cache_clear()
-    _dispatch._reset_cache()
+    with cpu_library_at(monkeypatch, None):
+        yield
 
 
 @pytest.mark.usefixtures("no_library")
@@ -277,20 +264,12 @@ def test_a_file_that_is_not_the_library_is_reported(
 ) -> None:
     junk = tmp_path / "_lib.so"
     junk.write_bytes(b"not a shared library")
-    monkeypatch.setattr(loader, "library_path", lambda: junk)
-    loader.library.cache_clear()
-    try:
+    with cpu_library_at(monkeypatch, junk):
         reason = cpu.unavailable_reason()
         assert reason is not None and "cannot be loaded" in reason and str(junk) in reason
-    finally:
-        monkeypatch.undo()
-        loader.library.cache_clear()
-        _dispatch._reset_cache()
 
 
 def test_abi_version_matches_the_header() -> None:
-    header = (Path(__file__).resolve().parents[1] / "csrc" / "cpu" / "min_norm.h").read_text()
-    assert f"#define MTL_MIN_NORM_ABI_VERSION {cpu.ABI_VERSION}\n" in header
-    path = cpu.library_path()
-    if path is not None:
-        assert ctypes.CDLL(str(path)).mtl_min_norm_abi_version() == cpu.ABI_VERSION
+    assert_abi_version(
+        "min_norm.h", "MTL_MIN_NORM_ABI_VERSION", "mtl_min_norm_abi_version", cpu.ABI_VERSION
+    )

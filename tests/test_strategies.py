@@ -7,7 +7,8 @@ import torch
 
 import mtl_fast
 from mtl_fast.strategies import MGDA, MGDAUB, LinearScalarization, normalizers, solve_weights
-from tests.strategy_models import Tiny, batches, manual_jacobian, one_batch
+from tests import strategy_checks as checks
+from tests.strategy_models import Tiny, batches, build, manual_jacobian, one_batch
 
 NORMS = ("none", "l2", "loss", "loss+")
 
@@ -36,24 +37,15 @@ def test_mgda_weights_are_min_norm_of_the_gram_and_grads_match(normalization, ap
     w_expected = mtl_fast.min_norm(Jn @ Jn.T)
     c_expected = w_expected if apply_to == "raw" else w_expected / n
     # What the written gradients must be: those of Σ_t c_t L_t.
-    total = sum(c * loss for c, loss in zip(c_expected, losses))
-    all_params = list(model.parameters())
-    expected = torch.autograd.grad(total, all_params, retain_graph=True)
+    expected = checks.weighted_sum_gradients(model, c_expected, losses)
 
-    mgda = MGDA(
-        model.trunk.parameters(),
-        model.heads.parameters(),
-        num_tasks=T,
-        normalization=normalization,
-        apply_to=apply_to,
-    )
+    mgda = build(MGDA, model, normalization=normalization, apply_to=apply_to)
     assert mgda.backward(losses)
     torch.testing.assert_close(mgda.last.weights, w_expected, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(mgda.last.loss_scales, c_expected, rtol=1e-6, atol=1e-8)
     assert float(mgda.last.weights.sum()) == pytest.approx(1.0)
     assert bool((mgda.last.weights >= 0).all())
-    for p, g in zip(all_params, expected):
-        torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-10)
+    checks.assert_gradients(model, expected, rtol=1e-6, atol=1e-10)
 
 
 @pytest.mark.parametrize("normalization", NORMS)
@@ -70,17 +62,12 @@ def test_mgda_ub_equals_min_norm_on_feature_gradients(normalization):
     K = G @ G.T
     n = expected_divisors(K, lv, normalization)
     w_expected = mtl_fast.min_norm(K / (n[:, None] * n[None, :]))
-    total = sum(c * loss for c, loss in zip(w_expected, losses))
-    all_params = list(model.parameters())
-    expected = torch.autograd.grad(total, all_params, retain_graph=True)
+    expected = checks.weighted_sum_gradients(model, w_expected, losses)
 
-    ub = MGDAUB(
-        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, normalization=normalization
-    )
+    ub = build(MGDAUB, model, normalization=normalization)
     assert ub.backward(losses, features=z)
     torch.testing.assert_close(ub.last.weights, w_expected, rtol=1e-6, atol=1e-8)
-    for p, g in zip(all_params, expected):
-        torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-10)
+    checks.assert_gradients(model, expected, rtol=1e-6, atol=1e-10)
 
 
 def test_normalizers_match_their_definitions_and_guard_zero():
@@ -113,19 +100,10 @@ def test_linear_scalarisation_writes_the_weighted_sum_gradient(diagnostics_every
     T = 3
     model, _, _, losses = one_batch(T, torch.float64)
     weights = torch.tensor([0.5, 2.0, 1.0])
-    total = sum(float(w) * loss for w, loss in zip(weights, losses))
-    params = list(model.parameters())
-    expected = torch.autograd.grad(total, params, retain_graph=True)
-    ls = LinearScalarization(
-        model.trunk.parameters(),
-        model.heads.parameters(),
-        num_tasks=T,
-        weights=weights,
-        diagnostics_every=diagnostics_every,
-    )
+    expected = checks.weighted_sum_gradients(model, weights.tolist(), losses)
+    ls = build(LinearScalarization, model, weights=weights, diagnostics_every=diagnostics_every)
     assert ls.backward(losses)
-    for p, g in zip(params, expected):
-        torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-10)
+    checks.assert_gradients(model, expected, rtol=1e-6, atol=1e-10)
     assert (ls.last.diagnostics is not None) == (diagnostics_every == 1)
 
 
@@ -133,9 +111,7 @@ def test_mgda_diagnostics_come_from_the_gram_of_the_task_gradients():
     T = 3
     model, x, y, losses = one_batch(T, torch.float64)
     J = manual_jacobian(model, losses)
-    mgda = MGDA(
-        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, diagnostics_every=2
-    )
+    mgda = build(MGDA, model, diagnostics_every=2)
     mgda.backward(losses)
     assert mgda.last.diagnostics is None  # step 1 is not a diagnostics step
     model.zero_grad()
@@ -151,17 +127,10 @@ def test_mgda_diagnostics_come_from_the_gram_of_the_task_gradients():
 
 
 def test_nonfinite_loss_is_refused_and_clears_grads():
-    T = 2
-    model, _, _, losses = one_batch(T)
+    model, x, y = checks.refuses_a_nan_loss(MGDA)
+    losses, _ = model.losses(x, y)
     losses[1] = losses[1] * float("nan")
-    mgda = MGDA(model.trunk.parameters(), model.heads.parameters(), num_tasks=T)
-    with pytest.raises(mtl_fast.NonFiniteError) as info:
-        mgda.backward(losses)
-    assert info.value.tasks == [1]
-    assert all(p.grad is None for p in model.parameters())
-    skip = MGDA(
-        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, on_nonfinite="skip"
-    )
+    skip = build(MGDA, model, on_nonfinite="skip")
     assert skip.backward(losses) is False
     assert skip.last.skipped == [1] and skip.num_steps == 0
 
@@ -170,18 +139,7 @@ def test_nonfinite_gradient_with_finite_loss_is_refused():
     T = 2
     model = Tiny(T)
     (x, _y) = batches(T, 1)[0]
-    z = model.trunk(x)
-    # sqrt at 0: finite loss, infinite gradient through the trunk for task 0 only.
-    losses = [(z * 0).abs().sqrt().sum(), model.heads[1](z).pow(2).mean()]
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    before = [p.detach().clone() for p in model.parameters()]
-    mgda = MGDA(
-        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, on_nonfinite="skip"
-    )
-    assert mgda.backward(losses) is False
-    opt.step()
-    for p, b in zip(model.parameters(), before):
-        assert torch.equal(p.detach(), b)
+    checks.skips_an_infinite_gradient(MGDA, model, x)
 
 
 def test_errors_name_the_argument():
@@ -224,20 +182,12 @@ def test_ignore_mode_does_not_check():
     T = 2
     model, x, y, losses = one_batch(T)
     losses[0] = losses[0] * float("nan")
-    mgda = MGDA(
-        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, on_nonfinite="ignore"
-    )
+    mgda = build(MGDA, model, on_nonfinite="ignore")
     assert mgda.backward(losses)  # written as is: the caller opted out of the check
     # Diagnostics too: NaN values instead of an error.
     losses, _ = model.losses(x, y)
     losses[0] = losses[0] * float("nan")
-    diag = MGDA(
-        model.trunk.parameters(),
-        model.heads.parameters(),
-        num_tasks=T,
-        on_nonfinite="ignore",
-        diagnostics_every=1,
-    )
+    diag = build(MGDA, model, on_nonfinite="ignore", diagnostics_every=1)
     assert diag.backward(losses) and diag.last.diagnostics is not None
     with pytest.raises(ValueError, match="on_nonfinite"):
         MGDA(model.trunk.parameters(), num_tasks=T, on_nonfinite="warn")
@@ -268,9 +218,7 @@ def test_batched_mgda_equals_sequential_and_hyperparameters_are_checked_at_const
     grads = []
     for batched in (False, True):
         model, _, _, losses = one_batch(T)
-        mgda = MGDA(
-            model.trunk.parameters(), model.heads.parameters(), num_tasks=T, batched=batched
-        )
+        mgda = build(MGDA, model, batched=batched)
         assert mgda.backward(losses)
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
@@ -294,9 +242,7 @@ def test_refused_step_leaves_parameters_and_grads_untouched_and_reads_once():
     T = 2
     model = Tiny(T)
     (x, y) = batches(T, 1)[0]
-    mgda = MGDA(
-        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, on_nonfinite="skip"
-    )
+    mgda = build(MGDA, model, on_nonfinite="skip")
     losses, _ = model.losses(x, y)
     assert mgda.backward(losses)
     first = [p.grad.clone() for p in model.trunk.parameters()]

@@ -20,6 +20,7 @@ from mtl_fast.strategies import (
     NashMTL,
     PCGrad,
 )
+from tests import strategy_checks as checks
 from tests.strategy_models import Tiny, batches, manual_jacobian, one_batch
 
 F64 = torch.float64
@@ -52,15 +53,12 @@ def test_writes_the_gradients_of_the_weighted_losses(name: str) -> None:
     model, _, _, losses = one_batch(T, F64)
     J = manual_jacobian(model, losses)
     c = expected_c(J @ J.T)
-    total = sum(ci * loss for ci, loss in zip(c, losses))
-    params = list(model.parameters())
-    expected = torch.autograd.grad(total, params, retain_graph=True)
+    expected = checks.weighted_sum_gradients(model, c, losses)
     strategy = make(model.trunk.parameters(), model.heads.parameters(), num_tasks=T)
     assert strategy.backward(losses)
     torch.testing.assert_close(strategy.last.weights, c, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(strategy.last.loss_scales, c, rtol=1e-9, atol=1e-12)
-    for p, g in zip(params, expected):
-        torch.testing.assert_close(p.grad, g, rtol=1e-8, atol=1e-12)
+    checks.assert_gradients(model, expected, rtol=1e-8, atol=1e-12)
 
 
 def _run(strategy: GramAggregator, model: Tiny, data: list[Any]) -> list[torch.Tensor]:

@@ -15,13 +15,21 @@ from mtl_fast.strategies import (
     affinity_groups,
     affinity_update,
 )
-from tests.strategy_models import Tiny, batches
+from tests.strategy_models import Tiny, batches, build
 
 T = 4
 
 
 def closure_for(model: Tiny, x: torch.Tensor, y: torch.Tensor):
     return lambda: model.losses(x, y)[0]
+
+
+def assert_same_as_reference(ours: Tiny, ref: Tiny, data, groups: list[list[int]], lr: float):
+    """``ours``, trained, ends where :func:`run_reference` takes ``ref`` (a copy of its initial
+    state) on the same data and groups."""
+    run_reference(ref, data, groups, lr)
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 def run_reference(model: Tiny, data, groups: list[list[int]], lr: float) -> None:
@@ -44,23 +52,14 @@ def test_per_task_updates_match_separate_torch_adams(group_size):
     lr = 1e-2
     ours = Tiny(T)
     ref = copy.deepcopy(ours)
-    pt = PerTaskUpdates(
-        ours.trunk.parameters(),
-        ours.heads.parameters(),
-        num_tasks=T,
-        group_size=group_size,
-        lr=lr,
-        seed=3,
-    )
+    pt = build(PerTaskUpdates, ours, group_size=group_size, lr=lr, seed=3)
     groups = [list(g) for g in pt.groups]
     assert sorted(t for g in groups for t in g) == list(range(T))
     assert all(len(g) == group_size for g in groups)
     for x, y in data:
         pt.step(closure_for(ours, x, y))
         assert pt.last.groups == groups  # drawn once
-    run_reference(ref, data, groups, lr)
-    for p, q in zip(ours.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert_same_as_reference(ours, ref, data, groups, lr)
     # And the parameters did move: the comparison is not vacuous.
     assert not torch.allclose(ours.trunk[0].weight, Tiny(T).trunk[0].weight)
 
@@ -69,32 +68,16 @@ def test_redrawn_full_group_is_ordinary_adam_on_the_sum():
     data = batches(T, 5)
     ours = Tiny(T)
     ref = copy.deepcopy(ours)
-    pt = PerTaskUpdates(
-        ours.trunk.parameters(),
-        ours.heads.parameters(),
-        num_tasks=T,
-        group_size=T,
-        redraw=True,
-        lr=1e-2,
-    )
+    pt = build(PerTaskUpdates, ours, group_size=T, redraw=True, lr=1e-2)
     for x, y in data:
         pt.step(closure_for(ours, x, y))
-    run_reference(ref, data, [list(range(T))], 1e-2)
-    for p, q in zip(ours.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert_same_as_reference(ours, ref, data, [list(range(T))], 1e-2)
 
 
 def test_redraw_changes_the_partition_and_is_seeded():
     def draws(seed):
         model = Tiny(T)
-        pt = PerTaskUpdates(
-            model.trunk.parameters(),
-            model.heads.parameters(),
-            num_tasks=T,
-            group_size=2,
-            redraw=True,
-            seed=seed,
-        )
+        pt = build(PerTaskUpdates, model, group_size=2, redraw=True, seed=seed)
         out = []
         for x, y in batches(T, 6):
             pt.step(closure_for(model, x, y))
@@ -109,9 +92,7 @@ def test_redraw_changes_the_partition_and_is_seeded():
 
 def test_group_size_larger_than_tasks_is_one_group_and_bad_size_raises():
     model = Tiny(T)
-    pt = PerTaskUpdates(
-        model.trunk.parameters(), model.heads.parameters(), num_tasks=T, group_size=9
-    )
+    pt = build(PerTaskUpdates, model, group_size=9)
     assert len(pt.groups) == 1
     with pytest.raises(ValueError, match="group_size"):
         PerTaskUpdates(model.trunk.parameters(), num_tasks=T, group_size=0)
@@ -120,9 +101,7 @@ def test_group_size_larger_than_tasks_is_one_group_and_bad_size_raises():
 def test_nonfinite_group_step_is_refused_and_leaves_everything_untouched():
     model = Tiny(2)
     x, y = batches(2, 1)[0]
-    pt = PerTaskUpdates(
-        model.trunk.parameters(), model.heads.parameters(), num_tasks=2, on_nonfinite="skip"
-    )
+    pt = build(PerTaskUpdates, model, on_nonfinite="skip")
 
     def closure():
         losses, _z = model.losses(x, y)
@@ -134,7 +113,7 @@ def test_nonfinite_group_step_is_refused_and_leaves_everything_untouched():
     steps = pt.optimizer.state_steps().tolist()
     assert steps == [0.0, 1.0]
     assert torch.equal(model.heads[0].weight, before[4])  # task 0's head did not move
-    strict = PerTaskUpdates(model.trunk.parameters(), model.heads.parameters(), num_tasks=2)
+    strict = build(PerTaskUpdates, model)
     snapshot = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(mtl_fast.NonFiniteError):
         strict.step(closure)
@@ -257,14 +236,7 @@ def test_regrouping_finds_blocks_and_survives_degenerate_affinities():
 def test_stgu_regroups_after_warmup_and_keeps_groups_when_clustering_fails():
     model = Tiny(T)
     data = batches(T, 6)
-    stgu = SelectiveTaskGroupUpdates(
-        model.trunk.parameters(),
-        model.heads.parameters(),
-        num_tasks=T,
-        warmup=3,
-        beta=0.5,
-        ap_max_iter=1,
-    )
+    stgu = build(SelectiveTaskGroupUpdates, model, warmup=3, beta=0.5, ap_max_iter=1)
     for x, y in data:
         stgu.step(closure_for(model, x, y))
     assert stgu.regroup_failures == 3  # iterations 4..6, each failing to converge
@@ -346,13 +318,7 @@ def test_diagnostics_cost_no_extra_forward_for_per_task_steps(group_size, extra)
         calls.append(1)
         return model.losses(x, y)[0]
 
-    pt = PerTaskUpdates(
-        model.trunk.parameters(),
-        model.heads.parameters(),
-        num_tasks=T,
-        group_size=group_size,
-        diagnostics_every=1,
-    )
+    pt = build(PerTaskUpdates, model, group_size=group_size, diagnostics_every=1)
     pt.step(closure)
     assert len(calls) == T // group_size + extra
     d = pt.last.diagnostics
@@ -368,9 +334,7 @@ def test_stgu_skipped_step_changes_nothing_and_is_not_credited():
         losses, _ = model.losses(x, y)
         return [losses[0] * float("nan"), losses[1]]
 
-    stgu = SelectiveTaskGroupUpdates(
-        model.trunk.parameters(), model.heads.parameters(), num_tasks=2, on_nonfinite="skip"
-    )
+    stgu = build(SelectiveTaskGroupUpdates, model, on_nonfinite="skip")
     before = [p.detach().clone() for p in model.heads[0].parameters()]
     stgu.step(closure)
     assert stgu.last.skipped == [0]

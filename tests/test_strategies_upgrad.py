@@ -7,7 +7,8 @@ import torch
 
 import mtl_fast
 from mtl_fast.strategies import DualProj, LinearScalarization, UPGrad
-from tests.strategy_models import Tiny, batches, manual_jacobian, one_batch
+from tests import strategy_checks as checks
+from tests.strategy_models import Tiny, batches, build, manual_jacobian, one_batch
 
 STRATEGIES = {
     "upgrad": (UPGrad, mtl_fast.upgrad_weights),
@@ -26,16 +27,13 @@ def test_weights_are_the_op_on_the_gram_and_grads_are_those_of_the_weighted_sum(
     J = manual_jacobian(model, losses)
     pref = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64) if with_pref else None
     w_expected = weights_of(J @ J.T, pref=pref)
-    total = sum(c * loss for c, loss in zip(w_expected, losses))
-    params = list(model.parameters())
-    expected = torch.autograd.grad(total, params, retain_graph=True)
+    expected = checks.weighted_sum_gradients(model, w_expected, losses)
 
-    strategy = cls(model.trunk.parameters(), model.heads.parameters(), num_tasks=T, pref=pref)
+    strategy = build(cls, model, pref=pref)
     assert strategy.backward(losses)
     torch.testing.assert_close(strategy.last.weights, w_expected, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(strategy.last.loss_scales, w_expected, rtol=1e-9, atol=1e-12)
-    for p, g in zip(params, expected):
-        torch.testing.assert_close(p.grad, g, rtol=1e-8, atol=1e-12)
+    checks.assert_gradients(model, expected, rtol=1e-8, atol=1e-12)
     # The shared direction conflicts with no task (up to the ridge of the normalisation).
     d = torch.cat([p.grad.reshape(-1) for p in model.trunk.parameters()])
     K = J @ J.T
@@ -64,24 +62,9 @@ def test_without_conflict_upgrad_and_dualproj_are_the_mean() -> None:
 @pytest.mark.parametrize("cls", [UPGrad, DualProj])
 def test_nonfinite_loss_and_gradient_are_refused(cls: type) -> None:
     T = 2
-    model, x, y, losses = one_batch(T)
-    losses[1] = losses[1] * float("nan")
-    strategy = cls(model.trunk.parameters(), model.heads.parameters(), num_tasks=T)
-    with pytest.raises(mtl_fast.NonFiniteError) as info:
-        strategy.backward(losses)
-    assert info.value.tasks == [1]
-    assert all(p.grad is None for p in model.parameters())
-    # sqrt at 0: a finite loss with an infinite gradient through the trunk for task 0 only.
-    z = model.trunk(x)
-    losses = [(z * 0).abs().sqrt().sum(), model.heads[1](z).pow(2).mean()]
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    before = [p.detach().clone() for p in model.parameters()]
-    skip = cls(model.trunk.parameters(), model.heads.parameters(), num_tasks=T, on_nonfinite="skip")
-    assert skip.backward(losses) is False
+    model, x, y = checks.refuses_a_nan_loss(cls)
+    skip = checks.skips_an_infinite_gradient(cls, model, x)
     assert skip.last.skipped == [0] and skip.num_steps == 0
-    opt.step()
-    for p, b in zip(model.parameters(), before):
-        assert torch.equal(p.detach(), b)
     # "ignore": no check and no exception; the weights of a non-finite Gram are NaN.
     losses, _ = model.losses(x, y)
     losses[0] = losses[0] * float("nan")

@@ -6,7 +6,7 @@ dtype under test); the tolerance rule is :mod:`mtl_fast._core.precision`'s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +61,17 @@ def _dtypes(quick: bool) -> list[torch.dtype]:
     )
 
 
+def _jacobians(
+    quick: bool, seed: int
+) -> Iterator[tuple[str, torch.dtype, torch.Tensor, torch.Generator]]:
+    """(case, dtype, J, gen) for every Gram case and dtype: J a (B, T, P) normal draw rounded to
+    the dtype, gen the generator it came from (for the check's further draws)."""
+    gen = torch.Generator().manual_seed(seed)
+    for B, T, P in _gram_cases(quick):
+        for dtype in _dtypes(quick):
+            yield f"B={B} T={T} P={P}", dtype, torch.randn(B, T, P, generator=gen).to(dtype), gen
+
+
 def _tolerance(
     backend: str, ref_err: float, dtype: torch.dtype, out_dtype: torch.dtype | None = None
 ) -> float:
@@ -68,22 +79,28 @@ def _tolerance(
     return tolerance(0.0 if backend == "reference" else ref_err, dtype, out_dtype)
 
 
+def _relative_check(
+    backend: str,
+    op: str,
+    case: str,
+    dtype: torch.dtype,
+    got: torch.Tensor,
+    reference: torch.Tensor,
+    truth: torch.Tensor,
+    out_dtype: torch.dtype | None = None,
+) -> Check:
+    """The backend's answer ``got`` against the fp64 ``truth``, held to the tolerance that the
+    reference's answer ``reference`` sets (:func:`_tolerance`)."""
+    ref_err = relative_error(reference, truth)
+    tol = _tolerance(backend, ref_err, dtype, out_dtype)
+    return Check(backend, op, case, _name(dtype), relative_error(got, truth), tol)
+
+
 def _check_gram(backend: str, fn: Callable, device: torch.device, quick: bool) -> Iterable[Check]:
-    gen = torch.Generator().manual_seed(0)
-    for B, T, P in _gram_cases(quick):
-        for dtype in _dtypes(quick):
-            J = torch.randn(B, T, P, generator=gen).to(dtype)
-            truth = J.double() @ J.double().transpose(-1, -2)
-            ref_err = relative_error(ref.gram(J), truth)
-            K = fn(J.to(device)).cpu()
-            yield Check(
-                backend,
-                "gram",
-                f"B={B} T={T} P={P}",
-                _name(dtype),
-                relative_error(K, truth),
-                _tolerance(backend, ref_err, dtype),
-            )
+    for case, dtype, J, _ in _jacobians(quick, seed=0):
+        truth = J.double() @ J.double().transpose(-1, -2)
+        K = fn(J.to(device)).cpu()
+        yield _relative_check(backend, "gram", case, dtype, K, ref.gram(J), truth)
 
 
 def _check_gram_list(
@@ -96,38 +113,22 @@ def _check_gram_list(
             flat = [b.reshape(T, -1) for b in blocks]
             Jd = torch.cat([f.double() for f in flat], dim=1)
             truth = Jd @ Jd.T
-            ref_err = relative_error(ref.gram_list(flat), truth)
             K = fn([f.to(device) for f in flat]).cpu()
-            yield Check(
-                backend,
-                "gram_list",
-                f"T={T} blocks={shapes}",
-                _name(dtype),
-                relative_error(K, truth),
-                _tolerance(backend, ref_err, dtype),
-            )
+            case = f"T={T} blocks={shapes}"
+            yield _relative_check(backend, "gram_list", case, dtype, K, ref.gram_list(flat), truth)
 
 
 def _check_combine(
     backend: str, fn: Callable, device: torch.device, quick: bool
 ) -> Iterable[Check]:
-    gen = torch.Generator().manual_seed(2)
-    for B, T, P in _gram_cases(quick):
-        for dtype in _dtypes(quick):
-            J = torch.randn(B, T, P, generator=gen).to(dtype)
-            w = torch.rand(B, T, generator=gen)
-            w = w / w.sum(-1, keepdim=True)
-            truth = torch.einsum("bt,btp->bp", w.double(), J.double())
-            ref_err = relative_error(ref.combine(J, w), truth)
-            d = fn(J.to(device), w.to(device)).cpu()
-            yield Check(
-                backend,
-                "combine",
-                f"B={B} T={T} P={P}",
-                _name(dtype),
-                relative_error(d, truth),
-                _tolerance(backend, ref_err, dtype, out_dtype=dtype),
-            )
+    for case, dtype, J, gen in _jacobians(quick, seed=2):
+        w = torch.rand(*J.shape[:2], generator=gen)
+        w = w / w.sum(-1, keepdim=True)
+        truth = torch.einsum("bt,btp->bp", w.double(), J.double())
+        d = fn(J.to(device), w.to(device)).cpu()
+        yield _relative_check(
+            backend, "combine", case, dtype, d, ref.combine(J, w), truth, out_dtype=dtype
+        )
 
 
 def gram_samples(T: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -165,9 +166,8 @@ def _check_min_norm(
             excess = ((f - f_star) / scale).max().item()
             off_simplex = max((w.sum(-1) - 1).abs().max().item(), (-w).clamp_min(0).max().item())
             err = max(excess, off_simplex) if torch.isfinite(w).all() else float("nan")
-            yield Check(
-                backend, "min_norm", f"T={T} ×{len(samples)} kinds", _name(dtype), err, MIN_NORM_TOL
-            )
+            case = f"T={T} ×{len(samples)} kinds"
+            yield Check(backend, "min_norm", case, _name(dtype), err, MIN_NORM_TOL)
 
 
 def dual_cone_samples(T: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -218,14 +218,8 @@ def _check_dual_cone(
                 err = max(err, kkt_residual(U, G, W, **eps).max().item())
             if not torch.isfinite(W).all():
                 err = float("nan")
-            yield Check(
-                backend,
-                "dual_cone",
-                f"T={T} ×{n} kinds ×{T + 3} rows",
-                _name(dtype),
-                err,
-                DUAL_CONE_TOL[dtype],
-            )
+            case = f"T={T} ×{n} kinds ×{T + 3} rows"
+            yield Check(backend, "dual_cone", case, _name(dtype), err, DUAL_CONE_TOL[dtype])
 
 
 def _adam_state(P: int, T: int, seed: int, device: torch.device) -> AdamState:
@@ -291,16 +285,13 @@ def _check_sign_conflict(
     backend: str, fn: Callable, device: torch.device, quick: bool
 ) -> Iterable[Check]:
     """Counts are exact: the truth is a direct elementwise count in fp64."""
-    gen = torch.Generator().manual_seed(6)
-    for B, T, P in _gram_cases(quick):
-        for dtype in _dtypes(quick):
-            J = torch.randn(B, T, P, generator=gen).to(dtype)
-            J[..., ::5] = 0  # zero coordinates never count as conflicts
-            s = torch.sign(J.double())
-            truth = (s.unsqueeze(2) * s.unsqueeze(1) < 0).double().mean(-1)
-            C = fn(J.to(device)).cpu()
-            err = (C.double() - truth).abs().max().item()
-            yield Check(backend, "sign_conflict", f"B={B} T={T} P={P}", _name(dtype), err, 1e-12)
+    for case, dtype, J, _ in _jacobians(quick, seed=6):
+        J[..., ::5] = 0  # zero coordinates never count as conflicts
+        s = torch.sign(J.double())
+        truth = (s.unsqueeze(2) * s.unsqueeze(1) < 0).double().mean(-1)
+        C = fn(J.to(device)).cpu()
+        err = (C.double() - truth).abs().max().item()
+        yield Check(backend, "sign_conflict", case, _name(dtype), err, 1e-12)
 
 
 def aggregator_samples(T: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -370,14 +361,8 @@ def _check_aggregator(op: str) -> Callable[[str, Callable, torch.device, bool], 
                 scale = truth.abs().amax(dim=-1).clamp_min(1.0)
                 diff = ((got - truth).abs().amax(dim=-1) / scale).max().item()
                 err = diff if torch.isfinite(got).all() else float("nan")
-                yield Check(
-                    backend,
-                    op,
-                    f"T={T} ×{len(samples)} kinds",
-                    _name(dtype),
-                    err,
-                    AGGREGATOR_TOL[dtype],
-                )
+                case = f"T={T} ×{len(samples)} kinds"
+                yield Check(backend, op, case, _name(dtype), err, AGGREGATOR_TOL[dtype])
 
     return check
 

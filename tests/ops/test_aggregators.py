@@ -111,6 +111,20 @@ def kinds_batch(T: int, gen: torch.Generator, kinds: list[str] = KINDS) -> tuple
     return J, J @ J.mT
 
 
+def seeded_jacobian(T: int, kind: str, seed: int) -> tuple[torch.Generator, Tensor, Tensor]:
+    """A (T, P) Jacobian of the given kind drawn from a generator seeded with ``seed``: the
+    generator (for further draws), the Jacobian and its Gram."""
+    gen = torch.Generator().manual_seed(seed)
+    J = jacobian(T, kind, gen)
+    return gen, J, J @ J.T
+
+
+def every_kind(T: int, seed: int) -> list[tuple[str, torch.Generator, Tensor, Tensor]]:
+    """(kind, gen, J, K) for every kind of :data:`KINDS`, each drawn by :func:`seeded_jacobian`
+    with the seed ``seed · T`` plus the kind's index."""
+    return [(kind, *seeded_jacobian(T, kind, seed * T + i)) for i, kind in enumerate(KINDS)]
+
+
 def direction_error(J: Tensor, c: Tensor, c_ref: Tensor) -> float:
     """‖Jᵀ(c − c_ref)‖ relative to max(‖Jᵀc_ref‖, ‖J‖_F · 1e-3)."""
     c, c_ref = c.to(F64), c_ref.to(F64)
@@ -247,13 +261,9 @@ def test_auto_prefers_the_compiled_library_on_the_cpu() -> None:
 
 @pytest.mark.parametrize("T", SIZES)
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_pcgrad_matches_torchjd_given_its_order(T: int, backend: str) -> None:
-    aggregation = pytest.importorskip("torchjd.aggregation")
+def test_pcgrad_matches_torchjd_given_its_order(T: int, backend: str, aggregation) -> None:
     require_backend(backend, "pcgrad")
-    for kind in KINDS:
-        gen = torch.Generator().manual_seed(100 * T + KINDS.index(kind))
-        J = jacobian(T, kind, gen)
-        K = J @ J.T
+    for kind, _, J, K in every_kind(T, 100):
         for seed in range(3):
             order = torchjd_pcgrad_orders(T, seed)
             torch.manual_seed(seed)
@@ -341,13 +351,9 @@ def test_pcgrad_last_projection_removes_the_conflict(T: int) -> None:
 
 @pytest.mark.parametrize("T", SIZES)
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_imtlg_matches_torchjd(T: int, backend: str) -> None:
-    aggregation = pytest.importorskip("torchjd.aggregation")
+def test_imtlg_matches_torchjd(T: int, backend: str, aggregation) -> None:
     require_backend(backend, "imtlg")
-    for kind in KINDS:
-        gen = torch.Generator().manual_seed(200 * T + KINDS.index(kind))
-        J = jacobian(T, kind, gen)
-        K = J @ J.T
+    for kind, _, _, K in every_kind(T, 200):
         expected = aggregation.IMTLGWeighting()(K)
         got = imtlg_weights(K, backend=backend)
         scale = max(1.0, float(expected.abs().max()))
@@ -365,21 +371,11 @@ def test_imtlg_equal_projections_on_unit_gradients(backend: str) -> None:
     require_backend(backend, "imtlg")
     for T in (2, 3, 5, 10, 40):
         for kind in ("random", "conflicting", "duplicated", "positive"):
-            gen = torch.Generator().manual_seed(T)
-            J = jacobian(T, kind, gen)
-            c = imtlg_weights(J @ J.T, backend=backend)
+            _, J, K = seeded_jacobian(T, kind, T)
+            c = imtlg_weights(K, backend=backend)
             proj = (J @ (J.T @ c)) / J.norm(dim=1)
             torch.testing.assert_close(proj, proj.mean().expand(T), rtol=1e-8, atol=0)
             assert abs(float(c.sum()) - 1) < 1e-10
-
-
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_imtlg_degenerate_conventions(backend: str) -> None:
-    require_backend(backend, "imtlg")
-    assert imtlg_weights(torch.zeros(3, 3), backend=backend).tolist() == [0.0, 0.0, 0.0]
-    opposite = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=F64)
-    assert imtlg_weights(opposite, backend=backend).abs().max() == 0
-    assert imtlg_weights(torch.tensor([[4.0]]), backend=backend).tolist() == [1.0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,13 +386,9 @@ def test_imtlg_degenerate_conventions(backend: str) -> None:
 @pytest.mark.parametrize("T", SIZES)
 @pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_aligned_mtl_matches_torchjd(T: int, scale_mode: str, backend: str) -> None:
-    aggregation = pytest.importorskip("torchjd.aggregation")
+def test_aligned_mtl_matches_torchjd(T: int, scale_mode: str, backend: str, aggregation) -> None:
     require_backend(backend, "aligned_mtl")
-    for kind in KINDS:
-        gen = torch.Generator().manual_seed(300 * T + KINDS.index(kind))
-        J = jacobian(T, kind, gen)
-        K = J @ J.T
+    for kind, gen, _, K in every_kind(T, 300):
         expected = aggregation.AlignedMTLWeighting(scale_mode=scale_mode)(K)
         got = aligned_mtl_weights(K, scale_mode=scale_mode, backend=backend)  # type: ignore[arg-type]
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12, msg=kind)
@@ -413,9 +405,7 @@ def test_aligned_mtl_balanced_gram_has_equal_eigenvalues(scale_mode: str, backen
     require_backend(backend, "aligned_mtl")
     for T in (2, 3, 5, 10, 40):
         for kind in ("random", "conflicting", "low-rank", "duplicated"):
-            gen = torch.Generator().manual_seed(T)
-            J = jacobian(T, kind, gen)
-            K = J @ J.T
+            _, _, K = seeded_jacobian(T, kind, T)
             B = aligned_mtl_weights(
                 K.expand(T, T, T),
                 pref=torch.eye(T, dtype=F64),
@@ -462,13 +452,10 @@ def _conflictfree_update(J: Tensor) -> Tensor:
 
 @pytest.mark.parametrize("T", SIZES)
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_config_matches_torchjd_and_conflictfree(T: int, backend: str) -> None:
-    aggregation = pytest.importorskip("torchjd.aggregation")
+def test_config_matches_torchjd_and_conflictfree(T: int, backend: str, aggregation) -> None:
     require_backend(backend, "config")
-    for kind in KINDS:
-        gen = torch.Generator().manual_seed(400 * T + KINDS.index(kind))
-        J = jacobian(T, kind, gen)
-        c = config_weights(J @ J.T, backend=backend)
+    for kind, _, J, K in every_kind(T, 400):
+        c = config_weights(K, backend=backend)
         d = J.T @ c
         scale = max(float(J.norm()), 1e-300)
         expected = aggregation.ConFIG()(J)
@@ -493,9 +480,7 @@ def test_config_equal_positive_cosines_and_projection_length(backend: str) -> No
     require_backend(backend, "config")
     for T in (2, 3, 5, 10, 40):
         for kind in ("random", "conflicting", "positive", "zero-row"):
-            gen = torch.Generator().manual_seed(T)
-            J = jacobian(T, kind, gen)
-            K = J @ J.T
+            gen, J, K = seeded_jacobian(T, kind, T)
             d = J.T @ config_weights(K, backend=backend)
             live = J.norm(dim=1) > 0
             cos = (J[live] @ d) / (J[live].norm(dim=1) * d.norm())
@@ -519,14 +504,19 @@ def test_config_two_tasks_matches_the_closed_form_operator() -> None:
         assert float((d - official.double()).norm()) <= 1e-5 * float(J.norm())
 
 
+@pytest.mark.parametrize("op", ["imtlg", "config"])
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_config_zero_direction_conventions(backend: str) -> None:
-    require_backend(backend, "config")
-    assert config_weights(torch.zeros(3, 3), backend=backend).tolist() == [0.0, 0.0, 0.0]
-    opposite = torch.tensor([[2.0, -2.0], [-2.0, 2.0]], dtype=F64)
-    assert config_weights(opposite, backend=backend).abs().max() == 0
-    one = config_weights(torch.tensor([[4.0]], dtype=F64), backend=backend)
-    torch.testing.assert_close(one, torch.ones(1, dtype=F64))
+def test_imtlg_and_config_zero_direction_conventions(op: str, backend: str) -> None:
+    """Zero gradients and two opposite ones: c = 0; a single task: c = 1."""
+    require_backend(backend, op)
+    weights = {"imtlg": imtlg_weights, "config": config_weights}[op]
+    assert weights(torch.zeros(3, 3), backend=backend).tolist() == [0.0, 0.0, 0.0]
+    for scale in (1.0, 2.0):
+        opposite = scale * torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=F64)
+        assert weights(opposite, backend=backend).abs().max() == 0
+    for dtype in (torch.float32, F64):
+        one = weights(torch.tensor([[4.0]], dtype=dtype), backend=backend)
+        assert one.dtype == dtype and one.tolist() == [1.0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -583,9 +573,7 @@ def test_cagrad_reaches_the_optimum_and_kkt(T: int, c: float, backend: str) -> N
     update d̃ = g̃₀ + φ·g̃_w/‖g̃_w‖ has min_i g̃_iᵀd̃ equal to the optimum (strong duality)."""
     require_backend(backend, "cagrad")
     for kind in CAGRAD_KINDS:
-        gen = torch.Generator().manual_seed(500 * T + len(kind))
-        J = jacobian(T, kind, gen)
-        K = J @ J.T
+        _, _, K = seeded_jacobian(T, kind, 500 * T + len(kind))
         weights = cagrad_weights(K, c=c, backend=backend)
         Kn, b, phi = cagrad_problem(K, c)
         if weights.abs().max() == 0:
@@ -611,14 +599,11 @@ def test_cagrad_reaches_the_optimum_and_kkt(T: int, c: float, backend: str) -> N
 
 @pytest.mark.parametrize("T", [2, 3, 5, 10, 40])
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_cagrad_matches_torchjd_and_tight_clarabel(T: int, backend: str) -> None:
-    aggregation = pytest.importorskip("torchjd.aggregation")
+def test_cagrad_matches_torchjd_and_tight_clarabel(T: int, backend: str, aggregation) -> None:
     pytest.importorskip("cvxpy")
     require_backend(backend, "cagrad")
     for kind in ("random", "conflicting", "positive", "duplicated"):
-        gen = torch.Generator().manual_seed(600 * T + len(kind))
-        J = jacobian(T, kind, gen)
-        K = J @ J.T
+        _, J, K = seeded_jacobian(T, kind, 600 * T + len(kind))
         c = 0.5
         weights = cagrad_weights(K, c=c, backend=backend)
         Kn, b, phi = cagrad_problem(K, c)
@@ -684,9 +669,7 @@ def test_nash_mtl_matches_torchjd_where_it_solves(T: int, backend: str) -> None:
     for kind in ("random", "conflicting", "positive", "duplicated"):
         compared = 0
         for seed in range(4):
-            gen = torch.Generator().manual_seed(700 * T + 10 * seed + len(kind))
-            J = jacobian(T, kind, gen)
-            K = J @ J.T
+            _, J, K = seeded_jacobian(T, kind, 700 * T + 10 * seed + len(kind))
             alpha = nash_mtl_solve(K, backend=backend)
             if kind in ("random", "positive", "duplicated") or T <= 3:
                 assert nash_residual(K, alpha) <= 1e-8, "a solution exists for these Jacobians"
@@ -700,9 +683,8 @@ def test_nash_mtl_matches_torchjd_where_it_solves(T: int, backend: str) -> None:
             assert compared > 0
 
 
-def test_nash_mtl_clipped_direction_matches_torchjd_aggregator() -> None:
+def test_nash_mtl_clipped_direction_matches_torchjd_aggregator(aggregation) -> None:
     pytest.importorskip("cvxpy")
-    aggregation = pytest.importorskip("torchjd.aggregation")
     gen = torch.Generator().manual_seed(1)
     for T in (2, 5, 10):
         J = jacobian(T, "positive", gen)

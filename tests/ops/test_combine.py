@@ -9,7 +9,7 @@ import torch
 import mtl_fast
 from mtl_fast._core.precision import accumulation_dtype
 from mtl_fast.kernels import reference as ref
-from tests.backends import for_backends
+from tests.backends import for_backends, for_batched_shapes
 from tests.helpers import DTYPES, FP32, FP64, assert_within_rule
 
 TASKS = [1, 2, 3, 5, 8, 17, 40, 64]
@@ -41,12 +41,7 @@ SHAPES = [(1, 1, 1), (1, 2, 7), (1, 3, 1000), (2, 5, 4099), (1, 16, 333)]
 SHAPES += [(1, 17, 333), (3, 32, 1000), (1, 33, 1025), (2, 64, 129), (1, 65, 100)]
 
 
-@for_backends(
-    "combine",
-    "dtype, B, T, P",
-    [(d, *s) for d in DTYPES for s in SHAPES],
-    emulator=[(d, *s) for d in DTYPES for s in [(2, 3, 1000), (1, 65, 100)]],
-)
+@for_batched_shapes("combine", SHAPES, [(2, 3, 1000), (1, 65, 100)])
 def test_combine_batched_matches_fp64(backend, dtype, B, T, P) -> None:
     """Several problems, weights on the simplex (as min_norm gives them), tile edges."""
     gen = torch.Generator().manual_seed(T * 7 + P)

@@ -27,6 +27,7 @@ from mtl_fast.kernels import cpu
 from mtl_fast.kernels.cpu import loader
 from mtl_fast.kernels.reference.dual_cone import _bpp, project
 from mtl_fast.ops.dual_cone import kkt_residual
+from tests.backends import assert_abi_version, assert_one_graph, cpu_library_at
 from tests.helpers import (
     agreeing_gram,
     conflicting_gram,
@@ -609,16 +610,7 @@ def test_cpu_custom_op_schema_fake_and_compile() -> None:
     def step(J: torch.Tensor) -> torch.Tensor:
         return mtl_fast.combine(J, mtl_fast.upgrad_weights(mtl_fast.gram(J)))
 
-    expected = step(J)
-    torch._dynamo.reset()
-    try:
-        compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-        torch.testing.assert_close(compiled(J), expected)
-        explained = torch._dynamo.explain(step)(J)
-        assert explained.graph_break_count == 0
-        assert "mtl_fast_cpu.dual_cone" in explained.graphs[0].code
-    finally:
-        torch._dynamo.reset()
+    assert_one_graph(step, J, step(J), "mtl_fast_cpu.dual_cone")
     # No gradient flows through the weights (as in TorchJD, whose projector is numpy).
     Jg = J.clone().requires_grad_()
     w = mtl_fast.upgrad_weights(Jg @ Jg.T)
@@ -644,15 +636,8 @@ def test_auto_prefers_cpu_on_cpu_and_triton_on_gpu() -> None:
 @pytest.fixture
 def no_library(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """The state of an install without a C++ compiler: no library next to the package."""
-    monkeypatch.setattr(loader, "library_path", lambda: None)
-    loader.library.cache_clear()
-    loader.dual_cone_library.cache_clear()
-    _dispatch._reset_cache()
-    yield
-    monkeypatch.undo()
-    loader.library.cache_clear()
-    loader.dual_cone_library.cache_clear()
-    _dispatch._reset_cache()
+    with cpu_library_at(monkeypatch, None):
+        yield
 
 
 @pytest.mark.usefixtures("no_library")
@@ -667,23 +652,18 @@ def test_without_the_library_auto_falls_back_to_the_reference() -> None:
 def test_a_library_without_the_solver_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     """A library built before the dual-cone solver existed: refused with the reason."""
     fake = Path(ctypes.util.find_library("c") or "libc.so.6")  # loads, but has no such symbol
-    monkeypatch.setattr(loader, "library_path", lambda: fake)
-    loader.dual_cone_library.cache_clear()
-    try:
+    with cpu_library_at(monkeypatch, fake):
         reason = loader.dual_cone_library()
         assert isinstance(reason, str) and "rebuild" in reason
-    finally:
-        monkeypatch.undo()
-        loader.dual_cone_library.cache_clear()
-        _dispatch._reset_cache()
 
 
 def test_abi_version_matches_the_header() -> None:
-    header = (Path(__file__).resolve().parents[2] / "csrc" / "cpu" / "dual_cone.h").read_text()
-    assert f"#define MTL_DUAL_CONE_ABI_VERSION {cpu.DUAL_CONE_ABI_VERSION}\n" in header
-    path = cpu.library_path()
-    if path is not None:
-        assert ctypes.CDLL(str(path)).mtl_dual_cone_abi_version() == cpu.DUAL_CONE_ABI_VERSION
+    assert_abi_version(
+        "dual_cone.h",
+        "MTL_DUAL_CONE_ABI_VERSION",
+        "mtl_dual_cone_abi_version",
+        cpu.DUAL_CONE_ABI_VERSION,
+    )
 
 
 # --- Triton ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 import mtl_fast
 from mtl_fast._core.precision import accumulation_dtype, relative_error
 from mtl_fast.kernels import reference as ref
-from tests.backends import for_backends, gpu, requires_gpu
+from tests.backends import for_backends, for_batched_shapes, gpu, requires_gpu
 from tests.helpers import (
     BF16,
     DTYPES,
@@ -25,6 +25,7 @@ from tests.helpers import (
     assert_psd,
     assert_within_rule,
     conflicting_gram,
+    every_dtype,
     gram_truth,
     reference_gram,
 )
@@ -69,12 +70,7 @@ SHAPES = [
 SHAPES_EMULATED = [(2, 5, 4099), (1, 16, 333), (2, 64, 129), (1, 65, 100)]
 
 
-@for_backends(
-    "gram",
-    "dtype, B, T, P",
-    [(d, *s) for d in DTYPES for s in SHAPES],
-    emulator=[(d, *s) for d in DTYPES for s in SHAPES_EMULATED],
-)
+@for_batched_shapes("gram", SHAPES, SHAPES_EMULATED)
 def test_gram_batched_matches_fp64(backend, dtype, B, T, P) -> None:
     """Several problems at once, tile edges (16/17, 32/33, 64/65 rows, several tiles), long P.
 
@@ -251,7 +247,7 @@ PLAN_CASES += [(1, 33, 1025, 4), (1, 65, 100, 2)]
 @for_backends(
     "gram",
     "dtype, B, T, P, sms",
-    [(d, *c) for d in DTYPES for c in PLAN_CASES],
+    every_dtype(PLAN_CASES),
     only=["cuda-emulated"],
 )
 def test_emulated_gram_chunk_plans(backend, dtype, B, T, P, sms) -> None:

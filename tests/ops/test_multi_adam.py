@@ -134,6 +134,23 @@ def split(flat: torch.Tensor, like: list[torch.nn.Parameter]) -> list[torch.Tens
     return out
 
 
+def against_torch(backend, seed: int, torch_adam: type = torch.optim.Adam, **hyper) -> tuple:
+    """(opt, params, theirs, adams): MultiAdam (lr 1e-2, ``hyper``) on parameters drawn with
+    ``seed``, and one ``torch_adam`` (the same settings) per task on a copy of them."""
+    dev = backend.device
+    params, theirs = make_params(seed, dev), make_params(seed, dev)
+    opt = mtl_fast.MultiAdam(params, num_tasks=T, lr=1e-2, backend=backend.dispatch, **hyper)
+    adams = [torch_adam(theirs, lr=1e-2, **hyper) for _ in range(T)]
+    return opt, params, theirs, adams
+
+
+def torch_step(adam: torch.optim.Optimizer, theirs, flat: torch.Tensor) -> None:
+    """One step of a torch optimizer over ``theirs`` with the flat gradient ``flat``."""
+    for q, g in zip(theirs, split(flat, theirs)):
+        q.grad = g
+    adam.step()
+
+
 def assert_same_as_torch(backend, opt: mtl_fast.MultiAdam, params, theirs, adams) -> None:
     """Parameters to rtol 2e-6; each task's moments: elementwise to 1e-6 on the reference
     (torch's own order of operations), to ADAM_TOL / 10 of the largest entry on a kernel (an
@@ -159,20 +176,13 @@ def assert_same_as_torch(backend, opt: mtl_fast.MultiAdam, params, theirs, adams
 
 @for_backends("multi_adam", "wd", [0.0, 0.05])
 def test_single_task_steps_match_independent_adams(backend, wd) -> None:
-    dev = backend.device
-    params, theirs = make_params(0, dev), make_params(0, dev)
-    opt = mtl_fast.MultiAdam(
-        params, num_tasks=T, lr=1e-2, weight_decay=wd, backend=backend.dispatch
-    )
-    adams = [torch.optim.AdamW(theirs, lr=1e-2, weight_decay=wd) for _ in range(T)]
+    opt, params, theirs, adams = against_torch(backend, 0, torch.optim.AdamW, weight_decay=wd)
     gen = torch.Generator().manual_seed(1)
     sequence = [0, 1, 2, 3, 2, 2, 0, 3, 1, 0, 3, 3]  # uneven: every task has its own step count
     for t in sequence:
-        G = flat_grads(gen, opt.flat.numel(), dev)
+        G = flat_grads(gen, opt.flat.numel(), backend.device)
         assert opt.step(G, tasks=[t])
-        for q, g in zip(theirs, split(G[t], theirs)):
-            q.grad = g
-        adams[t].step()
+        torch_step(adams[t], theirs, G[t])
     assert_same_as_torch(backend, opt, params, theirs, adams)
 
 
@@ -180,18 +190,13 @@ def test_single_task_steps_match_independent_adams(backend, wd) -> None:
 def test_all_tasks_step_sums_directions(backend) -> None:
     """S = all, w = 1: p moves by the sum of every task's Adam direction, each task with its own
     moments — the same as stepping T Adam instances on the same parameter in turn."""
-    dev = backend.device
-    params, theirs = make_params(2, dev), make_params(2, dev)
-    opt = mtl_fast.MultiAdam(params, num_tasks=T, lr=1e-2, backend=backend.dispatch)
-    adams = [torch.optim.Adam(theirs, lr=1e-2) for _ in range(T)]
+    opt, params, theirs, adams = against_torch(backend, 2)
     gen = torch.Generator().manual_seed(3)
     for _ in range(10):
-        G = flat_grads(gen, opt.flat.numel(), dev)
+        G = flat_grads(gen, opt.flat.numel(), backend.device)
         opt.step(G)
         for t in range(T):
-            for q, g in zip(theirs, split(G[t], theirs)):
-                q.grad = g
-            adams[t].step()
+            torch_step(adams[t], theirs, G[t])
     assert_same_as_torch(backend, opt, params, theirs, adams)
 
 

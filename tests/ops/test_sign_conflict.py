@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from mtl_fast.kernels import reference as ref
-from tests.backends import for_backends
-from tests.helpers import BF16, DTYPES, FP32, FP64
+from tests.backends import for_backends, for_batched_shapes
+from tests.helpers import BF16, FP32, FP64
 
 SHAPES = [(1, 1, 1), (1, 2, 7), (2, 5, 4099), (1, 33, 1025), (1, 70, 300)]
 # One host thread per CUDA thread: the emulator's SM-count plans are the test below.
@@ -32,12 +32,7 @@ def direct_count(J: torch.Tensor) -> torch.Tensor:
     return (s.unsqueeze(-2) * s.unsqueeze(-3) < 0).double().mean(-1)
 
 
-@for_backends(
-    "sign_conflict",
-    "dtype, B, T, P",
-    [(d, *s) for d in DTYPES for s in SHAPES],
-    emulator=[(d, *s) for d in DTYPES for s in SHAPES_EMULATED],
-)
+@for_batched_shapes("sign_conflict", SHAPES, SHAPES_EMULATED)
 def test_sign_conflict_counts_exactly_like_the_reference(backend, dtype, B, T, P) -> None:
     J = sample(B, T, P, dtype, tiny=3)
     C = backend.op("sign_conflict")(backend.to(J)).cpu()

@@ -31,7 +31,7 @@ import torch
 
 import mtl_fast
 from mtl_fast.tools.bench._ops import OpCase, op_backends, speedup_rows, synthetic_gradients
-from mtl_fast.tools.bench._report import Report, Row
+from mtl_fast.tools.bench._report import Report
 from mtl_fast.tools.bench._timing import synchronize
 
 METHODS = ("pcgrad", "imtlg", "cagrad", "nash_mtl", "aligned_mtl", "config")
@@ -183,9 +183,7 @@ def run_interleaved(case: OpCase, report: Report, *, warmup: int = 2) -> None:
         note += f"median of {len(s)} interleaved rounds"
 
         def row(metric: str, unit: str, value: float, name: str = name, **kw: Any) -> None:
-            report.rows.append(
-                Row("op", case.op, name, dict(case.shape), dname, metric, unit, value, **kw)
-            )
+            report.rows.append(case.row(name, dname, metric, unit, value, **kw))
 
         row("time_ms", "ms", med * 1e3, q20=q20 * 1e3, q80=q80 * 1e3, note=note)
         if on_cpu:

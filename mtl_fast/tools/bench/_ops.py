@@ -61,6 +61,12 @@ class OpCase:
     interleave: bool = False
     clock: str = "wall"
 
+    def row(
+        self, provider: str, dtype: str, metric: str, unit: str, value: float, **kw: Any
+    ) -> Row:
+        """A row of this case's op and shape."""
+        return Row("op", self.op, provider, dict(self.shape), dtype, metric, unit, value, **kw)
+
 
 def speedup_rows(
     report: Report, case: OpCase, dname: str, times: dict[str, float], clock: str = ""
@@ -72,18 +78,8 @@ def speedup_rows(
         return
     for name, t in times.items():
         if name != case.baseline and t > 0:
-            report.rows.append(
-                Row(
-                    "op",
-                    case.op,
-                    name,
-                    dict(case.shape),
-                    dname,
-                    "speedup_vs_baseline",
-                    f"× ({case.baseline} time / this time{clock})",
-                    base / t,
-                )
-            )
+            unit = f"× ({case.baseline} time / this time{clock})"
+            report.rows.append(case.row(name, dname, "speedup_vs_baseline", unit, base / t))
 
 
 def op_backends(op: str, device: torch.device) -> tuple[list[str], dict[str, str]]:
@@ -127,13 +123,28 @@ def synthetic_gradients(
     return J.to(dtype)
 
 
-def gram_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCase:
-    names, skipped = op_backends("gram", device)
+def _gradients_case(
+    op: str,
+    T: int,
+    P: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    bytes_moved: int,
+    baseline: str,
+) -> tuple[OpCase, list[str], torch.Tensor]:
+    """A case of ``op`` on one (T, P) problem: the case (its unavailable backends in
+    ``skipped``), the backends that run it, and the (T, P) synthetic gradients."""
+    names, skipped = op_backends(op, device)
     J = synthetic_gradients(1, T, P, dtype, device)[0]
-    case = OpCase(
-        "gram", {"T": T, "P": P}, dtype, device, traffic.gram_bytes(1, T, P, dtype), "torch.mm"
-    )
+    case = OpCase(op, {"T": T, "P": P}, dtype, device, bytes_moved, baseline)
     case.skipped = skipped
+    return case, names, J
+
+
+def gram_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCase:
+    case, names, J = _gradients_case(
+        "gram", T, P, dtype, device, traffic.gram_bytes(1, T, P, dtype), "torch.mm"
+    )
     for name in names:
         case.providers[name] = partial(mtl_fast.gram, J, backend=name, check_finite=False)
     case.providers["torch.mm"] = lambda: torch.mm(J, J.T)
@@ -141,14 +152,11 @@ def gram_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCas
 
 
 def combine_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCase:
-    names, skipped = op_backends("combine", device)
-    J = synthetic_gradients(1, T, P, dtype, device)[0]
+    case, names, J = _gradients_case(
+        "combine", T, P, dtype, device, traffic.combine_bytes(1, T, P, dtype), "w @ J"
+    )
     w = torch.full((T,), 1.0 / T, device=device)
     wd = w.to(dtype)
-    case = OpCase(
-        "combine", {"T": T, "P": P}, dtype, device, traffic.combine_bytes(1, T, P, dtype), "w @ J"
-    )
-    case.skipped = skipped
     for name in names:
         case.providers[name] = partial(mtl_fast.combine, J, w, backend=name)
     case.providers["w @ J"] = lambda: wd @ J
@@ -204,18 +212,13 @@ def min_norm_case(
         answers[name] = torch.einsum("bi,bij,bj->b", w, Kd, w)
         best = torch.minimum(best, answers[name])
     for name, f in answers.items():
+        excess = float(((f - best) / scale).max())
+        note = f"over {n_loop} problems"
+        if name == "python-loop":
+            note += f"; {capped} ended by the safety cap"
         case.extra_rows.append(
-            Row(
-                "op",
-                "min_norm",
-                name,
-                dict(case.shape),
-                "float32",
-                "objective_excess_max",
-                "relative to max K_ii",
-                float(((f - best) / scale).max()),
-                note=f"over {n_loop} problems"
-                + (f"; {capped} ended by the safety cap" if name == "python-loop" else ""),
+            case.row(
+                name, "float32", "objective_excess_max", "relative to max K_ii", excess, note=note
             )
         )
     return case
@@ -230,17 +233,9 @@ def _torch_adam(params: list[torch.Tensor], device: torch.device) -> torch.optim
 
 def multi_adam_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCase:
     """One MultiAdam step over all T tasks (S = T) vs T torch Adam steps."""
-    names, skipped = op_backends("multi_adam", device)
-    J = synthetic_gradients(1, T, P, dtype, device)[0]
-    case = OpCase(
-        "multi_adam",
-        {"T": T, "P": P},
-        dtype,
-        device,
-        traffic.multi_adam_bytes(T, P, dtype),
-        "torch Adam ×T",
-    )
-    case.skipped = skipped
+    baseline = "torch Adam ×T"
+    nbytes = traffic.multi_adam_bytes(T, P, dtype)
+    case, names, J = _gradients_case("multi_adam", T, P, dtype, device, nbytes, baseline)
     for name in names:
         p = torch.nn.Parameter(torch.zeros(P, dtype=dtype, device=device))
         opt = mtl_fast.MultiAdam([p], num_tasks=T, lr=1e-6, on_nonfinite="ignore", backend=name)
@@ -248,32 +243,24 @@ def multi_adam_case(T: int, P: int, dtype: torch.dtype, device: torch.device) ->
         case.providers[name] = partial(opt.step, J, tasks)
     p0 = torch.nn.Parameter(torch.zeros(P, dtype=dtype, device=device))
     opts = [_torch_adam([p0], device) for _ in range(T)]
-    case.notes["torch Adam ×T"] = "fused" if opts[0].defaults.get("fused") else "foreach"
+    case.notes[baseline] = "fused" if opts[0].defaults.get("fused") else "foreach"
 
     def per_task() -> None:
         for t, opt in enumerate(opts):
             p0.grad = J[t]
             opt.step()
 
-    case.providers["torch Adam ×T"] = per_task
+    case.providers[baseline] = per_task
     return case
 
 
 def combine_adam_case(T: int, P: int, dtype: torch.dtype, device: torch.device) -> OpCase:
     """J in ``dtype``; the flat parameters and moments in fp32 (fp64 for fp64 J), as
     ``combine_adam`` requires."""
-    names, skipped = op_backends("combine_adam", device)
-    J = synthetic_gradients(1, T, P, dtype, device)[0]
+    baseline = "w @ J + torch Adam"
+    nbytes = traffic.combine_adam_bytes(T, P, dtype)
+    case, names, J = _gradients_case("combine_adam", T, P, dtype, device, nbytes, baseline)
     w = torch.full((T,), 1.0 / T, device=device)
-    case = OpCase(
-        "combine_adam",
-        {"T": T, "P": P},
-        dtype,
-        device,
-        traffic.combine_adam_bytes(T, P, dtype),
-        "w @ J + torch Adam",
-    )
-    case.skipped = skipped
     sdt = traffic.state_dtype(dtype)
     for name in names:
         p = torch.zeros(P, dtype=sdt, device=device)
@@ -286,13 +273,13 @@ def combine_adam_case(T: int, P: int, dtype: torch.dtype, device: torch.device) 
     p0 = torch.nn.Parameter(torch.zeros(P, dtype=sdt, device=device))
     opt = _torch_adam([p0], device)
     wd = w.to(dtype)
-    case.notes["w @ J + torch Adam"] = "fused" if opt.defaults.get("fused") else "foreach"
+    case.notes[baseline] = "fused" if opt.defaults.get("fused") else "foreach"
 
-    def baseline() -> None:
+    def combine_then_step() -> None:
         p0.grad = (wd @ J).to(sdt)
         opt.step()
 
-    case.providers["w @ J + torch Adam"] = baseline
+    case.providers[baseline] = combine_then_step
     return case
 
 
@@ -338,20 +325,7 @@ def run_case(
         def row(
             metric: str, unit: str, value: float, name: str = name, note: str = note, **kw: Any
         ) -> None:
-            report.rows.append(
-                Row(
-                    "op",
-                    case.op,
-                    name,
-                    dict(case.shape),
-                    dname,
-                    metric,
-                    unit,
-                    value,
-                    note=note,
-                    **kw,
-                )
-            )
+            report.rows.append(case.row(name, dname, metric, unit, value, note=note, **kw))
 
         row("time_ms", "ms", med * 1e3, q20=t.q20 * scale * 1e3, q80=t.q80 * scale * 1e3)
         bw = case.bytes_moved / med / 1e9
@@ -502,18 +476,10 @@ def upgrad_case(family: str, B: int, T: int, device: torch.device) -> OpCase:
             w = w.reshape(B, T).double().cpu()
             scale = truth.abs().amax(dim=-1, keepdim=True).clamp_min(1e-300)
             err = float(((w - truth).abs() / scale).max())
+            unit = "relative to each problem's largest weight"
+            note = "against TorchJD's UPGradWeighting on the same Grams in float64"
             case.extra_rows.append(
-                Row(
-                    "op",
-                    "upgrad_weights",
-                    name,
-                    dict(case.shape),
-                    "float32",
-                    "max_rel_error_vs_torchjd",
-                    "relative to each problem's largest weight",
-                    err,
-                    note="against TorchJD's UPGradWeighting on the same Grams in float64",
-                )
+                case.row(name, "float32", "max_rel_error_vs_torchjd", unit, err, note=note)
             )
     return case
 

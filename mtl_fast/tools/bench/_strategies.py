@@ -151,6 +151,14 @@ class _Problem:
         ids = range(self.T) if tasks is None else tasks
         return [nn.functional.mse_loss(self.heads[t](z).squeeze(1), self.y[:, t]) for t in ids]
 
+    def timed_losses(
+        self, tm: PhaseTimer, tasks: range | list[int] | None = None
+    ) -> list[torch.Tensor]:
+        """The losses of one forward pass through trunk and heads; its time goes to "forward"."""
+        losses = self.losses_from(self.trunk(self.x), tasks)
+        tm.lap("forward")
+        return losses
+
     def zero_grad(self) -> None:
         for p in self.shared + self.head_params:
             p.grad = None
@@ -164,6 +172,8 @@ def _torchjd_aggregator(name: str, T: int) -> Any:
     from torchjd import aggregation as a
 
     makers: dict[str, Callable[[], Any]] = {
+        "mgda": a.MGDA,
+        "upgrad": a.UPGrad,
         "pcgrad": a.PCGrad,
         "imtlg": a.IMTLG,
         "cagrad": lambda: a.CAGrad(c=0.5),
@@ -174,23 +184,29 @@ def _torchjd_aggregator(name: str, T: int) -> Any:
     return makers[name]()
 
 
+def _optimizer_step(
+    opt: torch.optim.Optimizer, tm: PhaseTimer, phase: str = "optimizer", set_to_none: bool = True
+) -> None:
+    """``opt`` steps and zeroes its gradients; the time goes to ``phase``."""
+    opt.step()
+    opt.zero_grad(set_to_none=set_to_none)
+    tm.lap(phase)
+
+
 def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
     T = prob.T
     if name in ("sum", "floor"):
         opt = _adam(prob.shared + prob.head_params, device)
 
         def step(tm: PhaseTimer) -> None:
-            losses = prob.losses_from(prob.trunk(prob.x))
-            tm.lap("forward")
+            losses = prob.timed_losses(tm)
             if name == "sum":
                 torch.stack(losses).sum().backward()
             else:
                 for t, loss in enumerate(losses):
                     loss.backward(retain_graph=t < T - 1)
             tm.lap("backward")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            tm.lap("optimizer")
+            _optimizer_step(opt, tm)
 
         return step
 
@@ -216,85 +232,58 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
             losses = prob.losses_from(z)
             tm.lap("forward")
             strategy.backward(losses, features=z)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            tm.lap("optimizer")
+            _optimizer_step(opt, tm)
 
         step.strategy = strategy  # type: ignore[attr-defined]
         return step
 
-    if name in ("mgda-fused", "torchjd-mgda-arena", "torchjd-upgrad-arena"):
+    if name in (
+        "mgda-fused",
+        "torchjd-mgda-arena",
+        "torchjd-upgrad-arena",
+        *TORCHJD_AGGREGATOR_STEPS,
+    ):
         arena = mtl_fast.TaskGradients(prob.shared, num_tasks=T)
         head_opt = _adam(prob.head_params, device)
-        aggregate: Any = None
+        combine: Step
         if name == "mgda-fused":
             flat = mtl_fast.flatten_parameters(prob.shared)
             m, v = torch.zeros_like(flat), torch.zeros_like(flat)
             n = torch.zeros(1, dtype=torch.float32, device=device)
-        else:
-            from torchjd.aggregation import MGDA as TorchJDMGDA
-            from torchjd.aggregation import UPGrad as TorchJDUPGrad
 
-            aggregate = TorchJDMGDA() if name == "torchjd-mgda-arena" else TorchJDUPGrad()
-            shared_opt = _adam(prob.shared, device)
-
-        def step(tm: PhaseTimer) -> None:
-            losses = prob.losses_from(prob.trunk(prob.x))
-            tm.lap("forward")
-            arena.backward(losses)
-            tm.lap("backward")
-            if aggregate is None:
+            def combine(tm: PhaseTimer) -> None:
                 K = mtl_fast.gram(arena.J)
                 tm.lap("gram")
                 w = mtl_fast.min_norm(K)
                 tm.lap("solve")
                 mtl_fast.combine_adam(arena.J, w, flat, m, v, n, lr=LR)
                 tm.lap("combine_adam")
-            else:
-                d = aggregate(arena.J)
+
+        else:
+            peer = _torchjd_aggregator(name.removeprefix("torchjd-").removesuffix("-arena"), T)
+            shared_opt = _adam(prob.shared, device)
+
+            def combine(tm: PhaseTimer) -> None:
+                with torch.no_grad():
+                    d = peer(arena.J)
                 tm.lap("aggregate")
                 arena.assign_grad(d)
-                shared_opt.step()
-                shared_opt.zero_grad(set_to_none=True)
-                tm.lap("shared_optimizer")
-            head_opt.step()
-            head_opt.zero_grad(set_to_none=True)
-            tm.lap("head_optimizer")
+                _optimizer_step(shared_opt, tm, "shared_optimizer")
 
-        step.arena = arena  # type: ignore[attr-defined]
-        return step
-
-    if name in TORCHJD_AGGREGATOR_STEPS:
-        arena = mtl_fast.TaskGradients(prob.shared, num_tasks=T)
-        head_opt = _adam(prob.head_params, device)
-        shared_opt = _adam(prob.shared, device)
-        peer = _torchjd_aggregator(name.removeprefix("torchjd-"), T)
-
-        def peer_step(tm: PhaseTimer) -> None:
-            losses = prob.losses_from(prob.trunk(prob.x))
-            tm.lap("forward")
-            arena.backward(losses)
+        def arena_step(tm: PhaseTimer) -> None:
+            arena.backward(prob.timed_losses(tm))
             tm.lap("backward")
-            with torch.no_grad():
-                d = peer(arena.J)
-            tm.lap("aggregate")
-            arena.assign_grad(d)
-            shared_opt.step()
-            shared_opt.zero_grad(set_to_none=True)
-            tm.lap("shared_optimizer")
-            head_opt.step()
-            head_opt.zero_grad(set_to_none=True)
-            tm.lap("head_optimizer")
+            combine(tm)
+            _optimizer_step(head_opt, tm, "head_optimizer")
 
-        return peer_step
+        arena_step.arena = arena  # type: ignore[attr-defined]
+        return arena_step
 
     if name in ("torchjd-mgda", "torchjd-upgrad"):
-        from torchjd.aggregation import MGDA as TorchJDMGDA
-        from torchjd.aggregation import UPGrad as TorchJDUPGrad
         from torchjd.autojac import jac_to_grad, mtl_backward
 
         opt = _adam(prob.shared + prob.head_params, device)
-        aggregator: Any = TorchJDMGDA() if name == "torchjd-mgda" else TorchJDUPGrad()
+        aggregator = _torchjd_aggregator(name.removeprefix("torchjd-"), T)
         trunk_params = list(prob.trunk.parameters())
 
         def step(tm: PhaseTimer) -> None:
@@ -305,9 +294,7 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
             tm.lap("backward")
             jac_to_grad(trunk_params, aggregator)
             tm.lap("aggregate")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            tm.lap("optimizer")
+            _optimizer_step(opt, tm)
 
         return step
 
@@ -329,9 +316,7 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
             tm.lap("aggregate")
             losses.backward(weights)
             tm.lap("backward")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            tm.lap("optimizer")
+            _optimizer_step(opt, tm)
 
         step.engine = engine  # type: ignore[attr-defined]
         return step
@@ -341,13 +326,11 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
         opt = _adam(prob.shared + prob.head_params, device)
 
         def step(tm: PhaseTimer) -> None:
-            losses = prob.losses_from(prob.trunk(prob.x))
-            tm.lap("forward")
+            losses = prob.timed_losses(tm)
             host.backward(losses, mgda_gn="none")  # T backward passes, solve, shared .grad
             tm.lap("backward")
-            opt.step()
-            opt.zero_grad(set_to_none=False)  # LibMTL's trainer keeps the zeroed .grad
-            tm.lap("optimizer")
+            # LibMTL's trainer keeps the zeroed .grad.
+            _optimizer_step(opt, tm, set_to_none=False)
 
         return step
 
@@ -358,28 +341,21 @@ def _make_step(name: str, prob: _Problem, device: torch.device) -> Step:
         if name == "multi-adam":
 
             def step(tm: PhaseTimer) -> None:
-                losses = prob.losses_from(prob.trunk(prob.x))
-                tm.lap("forward")
-                arena.backward(losses)
+                arena.backward(prob.timed_losses(tm))
                 tm.lap("backward")
                 multi.step(arena)
-                head_opt.step()
-                head_opt.zero_grad(set_to_none=True)
-                tm.lap("optimizer")
+                _optimizer_step(head_opt, tm)
 
             return step
 
         def per_task(tm: PhaseTimer) -> None:
             for t in range(T):
-                (loss,) = prob.losses_from(prob.trunk(prob.x), [t])
-                tm.lap("forward")
+                (loss,) = prob.timed_losses(tm, [t])
                 with arena.task(t):
                     loss.backward()
                 tm.lap("backward")
                 multi.step(arena, tasks=[t])
-                head_opt.step()
-                head_opt.zero_grad(set_to_none=True)
-                tm.lap("optimizer")
+                _optimizer_step(head_opt, tm)
 
         return per_task
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
@@ -566,6 +542,12 @@ def run_setting(
     P = sum(p.numel() for p in base.shared)
     shape = {"trunk": s.trunk, "T": s.T, "P": P, "batch": s.batch, "image": s.image}
     dname = str(next(base.trunk.parameters()).dtype).replace("torch.", "")
+
+    def row(name: str, metric: str, unit: str, value: float, **kw: Any) -> None:
+        report.rows.append(
+            Row("strategy", "step", name, dict(shape), dname, metric, unit, value, **kw)
+        )
+
     # 1. Alone, one after another: does it run, how long is one step, how much memory. A
     # throwaway summed step first, so that the process's one-time allocations (thread pools,
     # kernel caches) are not counted against the first provider.
@@ -635,49 +617,15 @@ def run_setting(
             q = {}
             if k == "total":
                 q = {"q20": _quantile(smp, 0.2), "q80": _quantile(smp, 0.8)}
-            report.rows.append(
-                Row(
-                    "strategy",
-                    "step",
-                    name,
-                    dict(shape),
-                    dname,
-                    f"{k}_ms",
-                    "ms",
-                    v * 1e3,
-                    note=note,
-                    **q,
-                )
-            )
+            row(name, f"{k}_ms", "ms", v * 1e3, note=note, **q)
         peak = peaks.get(name)
         if peak is not None:
-            report.rows.append(
-                Row(
-                    "strategy",
-                    "step",
-                    name,
-                    dict(shape),
-                    dname,
-                    "peak_memory_MB",
-                    "MB",
-                    peak / 2**20,
-                    note="growth of the peak while built and stepped twice, alone",
-                )
-            )
+            note_peak = "growth of the peak while built and stepped twice, alone"
+            row(name, "peak_memory_MB", "MB", peak / 2**20, note=note_peak)
         if phases["combination"] > 0 and name in ("mgda", "mgda-fused"):
-            report.rows.append(
-                Row(
-                    "strategy",
-                    "step",
-                    name,
-                    dict(shape),
-                    dname,
-                    "combination_share_of_fwd_bwd",
-                    "fraction",
-                    phases["combination"] / (phases["forward"] + phases["backward"]),
-                    note=f"{name} combination / (forward + backward)",
-                )
-            )
+            share = phases["combination"] / (phases["forward"] + phases["backward"])
+            note_share = f"{name} combination / (forward + backward)"
+            row(name, "combination_share_of_fwd_bwd", "fraction", share, note=note_share)
         strategy = getattr(live.get(name), "strategy", None)
         arena = getattr(strategy, "_arena_cache", None)
         if name == "mgda-batched" and arena is not None and arena.batched_fallback:
@@ -696,9 +644,7 @@ def run_setting(
             ("vs_torchjd_best", best),
         ):
             if ref:
-                report.rows.append(
-                    Row("strategy", "step", name, dict(shape), dname, metric, "×", tot / ref)
-                )
+                row(name, metric, "×", tot / ref)
     mgda_J = None
     for name in ("mgda", "mgda-fused"):
         provider = live.get(name)

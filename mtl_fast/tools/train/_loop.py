@@ -104,52 +104,57 @@ class TrainConfig:
             raise ValueError(f"tasks must be a non-empty list of indices into {len(TASKS)} tasks")
 
 
+def _strategy_class(config: TrainConfig) -> tuple[Callable[..., Strategy], dict[str, Any]]:
+    """The strategy class of ``config.strategy`` and its own keyword arguments from ``config``
+    (beyond the parameters, ``num_tasks`` and ``diagnostics_every``)."""
+    c = config
+    adam = {"lr": c.lr, "seed": c.seed}
+    mgda = {"normalization": c.normalization, "apply_to": c.apply_to}
+    classes: dict[str, tuple[Callable[..., Strategy], dict[str, Any]]] = {
+        "ls": (LinearScalarization, {}),
+        "single": (LinearScalarization, {}),
+        "mgda": (MGDA, mgda),
+        "mgda-ub": (MGDAUB, mgda),
+        "upgrad": (UPGrad, {}),
+        "dualproj": (DualProj, {}),
+        "pertask": (PerTaskUpdates, {"group_size": 1, **adam}),
+        "pertask-grouped": (
+            PerTaskUpdates,
+            {"group_size": c.group_size, "redraw": c.redraw, **adam},
+        ),
+        "stgu": (
+            SelectiveTaskGroupUpdates,
+            {"beta": c.stgu_beta, "warmup": c.stgu_warmup, "crediting": c.stgu_crediting, **adam},
+        ),
+        "pcgrad": (PCGrad, {"seed": c.seed}),
+        "imtlg": (IMTLG, {}),
+        "cagrad": (CAGrad, {"c": c.cagrad_c}),
+        "nashmtl": (NashMTL, {"max_norm": c.nash_max_norm}),
+        # scale_mode is checked by TrainConfig.check.
+        "alignedmtl": (AlignedMTL, {"scale_mode": c.aligned_scale_mode}),
+        "config": (ConFIG, {}),
+    }
+    if c.strategy not in classes:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {c.strategy!r}")
+    cls, options = classes[c.strategy]
+    if cls is not LinearScalarization:
+        options = {**options, "backend": c.backend}
+    return cls, options
+
+
 def build_strategy(
     config: TrainConfig, model: MultiDigitNet
 ) -> tuple[Strategy, torch.optim.Optimizer | None]:
     """The strategy for ``config.strategy`` and, for combine-then-step ones, the optimizer."""
-    T = len(model.heads)
-    shared = list(model.trunk.parameters())
-    heads = list(model.heads.parameters())
-    common: dict[str, Any] = {"num_tasks": T, "diagnostics_every": config.diagnostics_every}
-    s = config.strategy
-    strategy: Strategy
-    if s in ("ls", "single"):
-        strategy = LinearScalarization(shared, heads, **common)
-    elif s in AGGREGATORS:
-        strategy = _aggregator(config, shared, heads, common)
-    elif s in ("upgrad", "dualproj"):
-        strategy = (UPGrad if s == "upgrad" else DualProj)(
-            shared, heads, backend=config.backend, **common
-        )
-    elif s in ("mgda", "mgda-ub"):
-        cls = MGDA if s == "mgda" else MGDAUB
-        strategy = cls(
-            shared,
-            heads,
-            normalization=config.normalization,
-            apply_to=config.apply_to,
-            backend=config.backend,
-            **common,
-        )
-    else:
-        adam: dict[str, Any] = {"lr": config.lr, "seed": config.seed, "backend": config.backend}
-        if s == "pertask":
-            strategy = PerTaskUpdates(shared, heads, group_size=1, **adam, **common)
-        elif s == "pertask-grouped":
-            strategy = PerTaskUpdates(
-                shared, heads, group_size=config.group_size, redraw=config.redraw, **adam, **common
-            )
-        else:
-            strategy = SelectiveTaskGroupUpdates(
-                shared,
-                heads,
-                beta=config.stgu_beta,
-                warmup=config.stgu_warmup,
-                crediting=config.stgu_crediting,
-                **adam,
-                **common,
-            )
+    cls, options = _strategy_class(config)
+    strategy = cls(
+        list(model.trunk.parameters()),
+        list(model.heads.parameters()),
+        num_tasks=len(model.heads),
+        diagnostics_every=config.diagnostics_every,
+        **options,
+    )
+    if config.strategy in SEQUENTIAL:
         return strategy, None
     params = list(model.parameters())
     opt: torch.optim.Optimizer
@@ -158,25 +163,6 @@ def build_strategy(
     else:
         opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9)
     return strategy, opt
-
-
-def _aggregator(
-    config: TrainConfig, shared: list[Any], heads: list[Any], common: dict[str, Any]
-) -> Strategy:
-    """The Gram-space aggregator strategy of ``config.strategy``."""
-    s, backend = config.strategy, config.backend
-    if s == "pcgrad":
-        return PCGrad(shared, heads, seed=config.seed, backend=backend, **common)
-    if s == "imtlg":
-        return IMTLG(shared, heads, backend=backend, **common)
-    if s == "cagrad":
-        return CAGrad(shared, heads, c=config.cagrad_c, backend=backend, **common)
-    if s == "nashmtl":
-        return NashMTL(shared, heads, max_norm=config.nash_max_norm, backend=backend, **common)
-    if s == "alignedmtl":
-        mode: Any = config.aligned_scale_mode  # checked by TrainConfig.check
-        return AlignedMTL(shared, heads, scale_mode=mode, backend=backend, **common)
-    return ConFIG(shared, heads, backend=backend, **common)
 
 
 @torch.no_grad()
