@@ -33,81 +33,44 @@ constexpr int64_t kBlockComb = 1024;
 #define MTL_INLINE inline
 #endif
 
-// acc[a][b][l] += x_a[p + l] · y_b[p + l] over the block, lanes independent (no reassociation:
-// the compiler may vectorise across l without -ffast-math).
-template <int MI, int MJ, int L, typename In, typename Acc>
-MTL_INLINE void tile_block(const In* const* x, const In* const* y, int64_t n,
-                           Acc (&acc)[MI][MJ][L]) {
-  int64_t p = 0;
-  for (; p + L <= n; p += L) {
-    for (int a = 0; a < MI; ++a) {
-      for (int b = 0; b < MJ; ++b) {
-        for (int l = 0; l < L; ++l) {
-          acc[a][b][l] += static_cast<Acc>(x[a][p + l]) * static_cast<Acc>(y[b][p + l]);
-        }
-      }
-    }
-  }
-  for (; p < n; ++p) {
-    for (int a = 0; a < MI; ++a) {
-      for (int b = 0; b < MJ; ++b) {
-        acc[a][b][0] += static_cast<Acc>(x[a][p]) * static_cast<Acc>(y[b][p]);
-      }
-    }
-  }
+// The portable kernels: vectors as small lane arrays (8 fp32 or 4 fp64 lanes, independent: no
+// reassociation, so the compiler may vectorise across lanes without -ffast-math), tiles of up to
+// 2 × 4 rows.
+namespace portable {
+
+template <typename S>
+struct Lanes {
+  S l[32 / sizeof(S)];
+};
+template <typename S>
+MTL_INLINE Lanes<S> vzero(const S*) {
+  return {};
+}
+template <typename S>
+MTL_INLINE Lanes<S> vloadu(const S* p) {
+  Lanes<S> v;
+  for (size_t i = 0; i < 32 / sizeof(S); ++i) v.l[i] = p[i];
+  return v;
+}
+template <typename S>
+MTL_INLINE void vstoreu(S* p, const Lanes<S>& v) {
+  for (size_t i = 0; i < 32 / sizeof(S); ++i) p[i] = v.l[i];
+}
+template <typename S>
+MTL_INLINE Lanes<S> vfma(const Lanes<S>& a, const Lanes<S>& b, Lanes<S> c) {
+  for (size_t i = 0; i < 32 / sizeof(S); ++i) c.l[i] += a.l[i] * b.l[i];
+  return c;
 }
 
-// Adds the (i0.., j0..) tile of one column block [c0, c0 + n) into Kd (fp64, T × T).
-template <int MI, int MJ, int L, typename In, typename Acc>
-MTL_INLINE void tile(const In* J, int64_t ld, int64_t T, int64_t i0, int64_t j0, int64_t c0,
-                     int64_t n, double* Kd) {
-  const In* x[MI];
-  const In* y[MJ];
-  for (int a = 0; a < MI; ++a) x[a] = J + (i0 + a) * ld + c0;
-  for (int b = 0; b < MJ; ++b) y[b] = J + (j0 + b) * ld + c0;
-  Acc acc[MI][MJ][L] = {};
-  tile_block<MI, MJ, L, In, Acc>(x, y, n, acc);
-  for (int a = 0; a < MI; ++a) {
-    for (int b = 0; b < MJ; ++b) {
-      double s = 0.0;
-      for (int l = 0; l < L; ++l) s += static_cast<double>(acc[a][b][l]);
-      Kd[(i0 + a) * T + (j0 + b)] += s;
-    }
-  }
-}
+constexpr int64_t kVecBytes = 32;
+constexpr int kMI = 2;
+constexpr int kMJ = 4;
+inline int64_t block_columns(int64_t, int64_t) { return kBlock; }
+#define MTL_TARGET
+#include "dense_gram.h"
+#undef MTL_TARGET
 
-// Tiles of MI × MJ rows; edges with smaller tiles. Only tiles with j ≥ i (the upper triangle,
-// diagonal tiles whole) are computed; the caller mirrors.
-template <int L, typename In, typename Acc>
-MTL_INLINE void gram_range(const In* J, int64_t T, int64_t ld, int64_t p0, int64_t p1,
-                           double* Kd) {
-  constexpr int MI = 2;
-  constexpr int MJ = 4;
-  for (int64_t c0 = p0; c0 < p1; c0 += kBlock) {
-    const int64_t n = std::min(kBlock, p1 - c0);
-    for (int64_t i0 = 0; i0 < T; i0 += MI) {
-      const int64_t mi = std::min<int64_t>(MI, T - i0);
-      for (int64_t j0 = i0; j0 < T; j0 += MJ) {
-        const int64_t mj = std::min<int64_t>(MJ, T - j0);
-        if (mi == 2) {
-          switch (mj) {
-            case 4: tile<2, 4, L, In, Acc>(J, ld, T, i0, j0, c0, n, Kd); break;
-            case 3: tile<2, 3, L, In, Acc>(J, ld, T, i0, j0, c0, n, Kd); break;
-            case 2: tile<2, 2, L, In, Acc>(J, ld, T, i0, j0, c0, n, Kd); break;
-            default: tile<2, 1, L, In, Acc>(J, ld, T, i0, j0, c0, n, Kd); break;
-          }
-        } else {
-          switch (mj) {
-            case 4: tile<1, 4, L, In, Acc>(J, ld, T, i0, j0, c0, n, Kd); break;
-            case 3: tile<1, 3, L, In, Acc>(J, ld, T, i0, j0, c0, n, Kd); break;
-            case 2: tile<1, 2, L, In, Acc>(J, ld, T, i0, j0, c0, n, Kd); break;
-            default: tile<1, 1, L, In, Acc>(J, ld, T, i0, j0, c0, n, Kd); break;
-          }
-        }
-      }
-    }
-  }
-}
+}  // namespace portable
 
 template <int L, typename In>
 MTL_INLINE void combine_range(const In* J, const In* w, int64_t T, int64_t ld, int64_t p0,
@@ -125,12 +88,6 @@ MTL_INLINE void combine_range(const In* J, const In* w, int64_t T, int64_t ld, i
   }
 }
 
-// The portable kernels: 8 fp32 or 4 fp64 lanes.
-template <typename S>
-void gram_base(const S* J, int64_t T, int64_t ld, int64_t p0, int64_t p1, double* Kd) {
-  gram_range<32 / sizeof(S), S, S>(J, T, ld, p0, p1, Kd);
-}
-
 template <typename S>
 void comb_base(const S* J, const S* w, int64_t T, int64_t ld, int64_t p0, int64_t p1, S* d) {
   combine_range<32 / sizeof(S), S>(J, w, T, ld, p0, p1, d);
@@ -145,7 +102,9 @@ void comb_base(const S* J, const S* w, int64_t T, int64_t ld, int64_t p0, int64_
 // The lane arrays above are not turned into SIMD reliably (measured: scalar speed, 200 ms for
 // T = 10, P = 11.2 M), hence explicit AVX2 for the x86-64 path: 8 fp32 or 4 fp64 lanes, an
 // MI × MJ tile of accumulators in registers. The overloads below pick the intrinsic per element
-// type, so that one template serves fp32 and fp64.
+// type, so that one template (dense_gram.h) serves fp32 and fp64.
+namespace avx2 {
+
 MTL_AVX2 inline __m256 vzero(const float*) { return _mm256_setzero_ps(); }
 MTL_AVX2 inline __m256d vzero(const double*) { return _mm256_setzero_pd(); }
 MTL_AVX2 inline __m256 vset1(float x) { return _mm256_set1_ps(x); }
@@ -161,82 +120,17 @@ MTL_AVX2 inline void vstoreu(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
 MTL_AVX2 inline __m256 vfma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
 MTL_AVX2 inline __m256d vfma(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
 
-// The sum of the lanes in fp64: in order for fp32, pairwise for fp64.
-MTL_AVX2 inline double vsum(__m256 v) {
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, v);
-  double s = 0.0;
-  for (int l = 0; l < 8; ++l) s += static_cast<double>(lanes[l]);
-  return s;
-}
-
-MTL_AVX2 inline double vsum(__m256d v) {
-  alignas(32) double lanes[4];
-  _mm256_store_pd(lanes, v);
-  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-}
-
-template <typename S, int MI, int MJ>
-MTL_AVX2 inline void tile_avx2(const S* J, int64_t ld, int64_t T, int64_t i0, int64_t j0,
-                               int64_t c0, int64_t n, double* Kd) {
-  using V = decltype(vzero(J));
-  constexpr int64_t kLanes = 32 / sizeof(S);
-  const S* x[MI];
-  const S* y[MJ];
-  for (int a = 0; a < MI; ++a) x[a] = J + (i0 + a) * ld + c0;
-  for (int b = 0; b < MJ; ++b) y[b] = J + (j0 + b) * ld + c0;
-  V acc[MI][MJ];
-  for (int a = 0; a < MI; ++a)
-    for (int b = 0; b < MJ; ++b) acc[a][b] = vzero(J);
-  int64_t p = 0;
-  for (; p + kLanes <= n; p += kLanes) {
-    V xv[MI];
-    for (int a = 0; a < MI; ++a) xv[a] = vloadu(x[a] + p);
-    for (int b = 0; b < MJ; ++b) {
-      const V yv = vloadu(y[b] + p);
-      for (int a = 0; a < MI; ++a) acc[a][b] = vfma(xv[a], yv, acc[a][b]);
-    }
-  }
-  for (int a = 0; a < MI; ++a) {
-    for (int b = 0; b < MJ; ++b) {
-      double s = vsum(acc[a][b]);
-      for (int64_t q = p; q < n; ++q) s += static_cast<double>(x[a][q]) * y[b][q];
-      Kd[(i0 + a) * T + (j0 + b)] += s;
-    }
-  }
-}
-
-// Tiles of up to kMI × kMJ rows (4 × 3: 12 accumulators + 4 row loads + 1 column load of the
-// 16 AVX2 registers, 12 FMAs per 7 loads); edges with smaller tiles. Only tiles with j ≥ i (the
-// upper triangle, diagonal tiles whole) are computed; the caller mirrors. Measured on one thread
-// (T = 10, P = 11.2 M fp32, loaded machine): 2 × 4 tiles 53-57 ms; 4 × 3 tiles 50 ms against
-// 45 ms for J.sum() in the same run, i.e. about the time of one read of J.
-template <typename S>
-MTL_AVX2 void gram_avx2(const S* J, int64_t T, int64_t ld, int64_t p0, int64_t p1, double* Kd) {
-  for (int64_t c0 = p0; c0 < p1; c0 += kBlock) {
-    const int64_t n = std::min(kBlock, p1 - c0);
-    for (int64_t i0 = 0; i0 < T; i0 += 4) {
-      const int64_t mi = std::min<int64_t>(4, T - i0);
-      for (int64_t j0 = i0; j0 < T; j0 += 3) {
-        const int64_t mj = std::min<int64_t>(3, T - j0);
-        switch (mi * 4 + mj) {
-          case 4 * 4 + 3: tile_avx2<S, 4, 3>(J, ld, T, i0, j0, c0, n, Kd); break;
-          case 4 * 4 + 2: tile_avx2<S, 4, 2>(J, ld, T, i0, j0, c0, n, Kd); break;
-          case 4 * 4 + 1: tile_avx2<S, 4, 1>(J, ld, T, i0, j0, c0, n, Kd); break;
-          case 3 * 4 + 3: tile_avx2<S, 3, 3>(J, ld, T, i0, j0, c0, n, Kd); break;
-          case 3 * 4 + 2: tile_avx2<S, 3, 2>(J, ld, T, i0, j0, c0, n, Kd); break;
-          case 3 * 4 + 1: tile_avx2<S, 3, 1>(J, ld, T, i0, j0, c0, n, Kd); break;
-          case 2 * 4 + 3: tile_avx2<S, 2, 3>(J, ld, T, i0, j0, c0, n, Kd); break;
-          case 2 * 4 + 2: tile_avx2<S, 2, 2>(J, ld, T, i0, j0, c0, n, Kd); break;
-          case 2 * 4 + 1: tile_avx2<S, 2, 1>(J, ld, T, i0, j0, c0, n, Kd); break;
-          case 1 * 4 + 3: tile_avx2<S, 1, 3>(J, ld, T, i0, j0, c0, n, Kd); break;
-          case 1 * 4 + 2: tile_avx2<S, 1, 2>(J, ld, T, i0, j0, c0, n, Kd); break;
-          default: tile_avx2<S, 1, 1>(J, ld, T, i0, j0, c0, n, Kd); break;
-        }
-      }
-    }
-  }
-}
+constexpr int64_t kVecBytes = 32;
+// Tiles of up to 4 × 3 rows (12 accumulators + 4 row loads + 1 column load of the 16 AVX2
+// registers, 12 FMAs per 7 loads). Measured on one thread (T = 10, P = 11.2 M fp32, loaded
+// machine): 2 × 4 tiles 53-57 ms; 4 × 3 tiles 50 ms against 45 ms for J.sum() in the same run,
+// i.e. about the time of one read of J.
+constexpr int kMI = 4;
+constexpr int kMJ = 3;
+inline int64_t block_columns(int64_t, int64_t) { return kBlock; }
+#define MTL_TARGET MTL_AVX2
+#include "dense_gram.h"
+#undef MTL_TARGET
 
 // M rows at a time (their weights in registers): one load and one store of the partial sum per
 // M rows instead of per row. The rows are added in order t = 0, 1, …, T - 1, one fma each, as in
@@ -274,7 +168,7 @@ MTL_AVX2 inline void comb_rows(const S* J, const S* w, int64_t ld, int64_t t0, i
 }
 
 template <typename S>
-MTL_AVX2 void comb_avx2(const S* J, const S* w, int64_t T, int64_t ld, int64_t p0, int64_t p1,
+MTL_AVX2 void comb(const S* J, const S* w, int64_t T, int64_t ld, int64_t p0, int64_t p1,
                         S* d) {
   constexpr int kGroup = 8;
   alignas(32) S buf[kBlockComb];
@@ -297,99 +191,37 @@ MTL_AVX2 void comb_avx2(const S* J, const S* w, int64_t T, int64_t ld, int64_t p
   }
 }
 
+}  // namespace avx2
+
 #define MTL_AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma")))
 
-MTL_AVX512 inline __m512 zzero(const float*) { return _mm512_setzero_ps(); }
-MTL_AVX512 inline __m512d zzero(const double*) { return _mm512_setzero_pd(); }
-MTL_AVX512 inline __m512 zloadu(const float* p) { return _mm512_loadu_ps(p); }
-MTL_AVX512 inline __m512d zloadu(const double* p) { return _mm512_loadu_pd(p); }
-MTL_AVX512 inline __m512 zfma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-MTL_AVX512 inline __m512d zfma(__m512d a, __m512d b, __m512d c) { return _mm512_fmadd_pd(a, b, c); }
-// The sum of the lanes in fp64, in order (stored and summed: GCC's reduction intrinsics trip
-// its own -Wuninitialized).
-MTL_AVX512 inline double zsum(__m512 v) {
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, v);
-  double s = 0.0;
-  for (int l = 0; l < 16; ++l) s += static_cast<double>(lanes[l]);
-  return s;
-}
-MTL_AVX512 inline double zsum(__m512d v) {
-  alignas(64) double lanes[8];
-  _mm512_store_pd(lanes, v);
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-}
+namespace avx512 {
 
-template <typename S, int MI, int MJ>
-MTL_AVX512 inline void tile_avx512(const S* J, int64_t ld, int64_t T, int64_t i0, int64_t j0,
-                                   int64_t c0, int64_t n, double* Kd) {
-  using V = decltype(zzero(J));
-  constexpr int64_t kLanes = 64 / sizeof(S);
-  const S* x[MI];
-  const S* y[MJ];
-  for (int a = 0; a < MI; ++a) x[a] = J + (i0 + a) * ld + c0;
-  for (int b = 0; b < MJ; ++b) y[b] = J + (j0 + b) * ld + c0;
-  V acc[MI][MJ];
-  for (int a = 0; a < MI; ++a)
-    for (int b = 0; b < MJ; ++b) acc[a][b] = zzero(J);
-  int64_t p = 0;
-  for (; p + kLanes <= n; p += kLanes) {
-    V xv[MI];
-    for (int a = 0; a < MI; ++a) xv[a] = zloadu(x[a] + p);
-    for (int b = 0; b < MJ; ++b) {
-      const V yv = zloadu(y[b] + p);
-      for (int a = 0; a < MI; ++a) acc[a][b] = zfma(xv[a], yv, acc[a][b]);
-    }
-  }
-  for (int a = 0; a < MI; ++a) {
-    for (int b = 0; b < MJ; ++b) {
-      double s = zsum(acc[a][b]);
-      for (int64_t q = p; q < n; ++q) s += static_cast<double>(x[a][q]) * y[b][q];
-      Kd[(i0 + a) * T + (j0 + b)] += s;
-    }
-  }
-}
+MTL_AVX512 inline __m512 vzero(const float*) { return _mm512_setzero_ps(); }
+MTL_AVX512 inline __m512d vzero(const double*) { return _mm512_setzero_pd(); }
+MTL_AVX512 inline __m512 vloadu(const float* p) { return _mm512_loadu_ps(p); }
+MTL_AVX512 inline __m512d vloadu(const double* p) { return _mm512_loadu_pd(p); }
+MTL_AVX512 inline void vstoreu(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+MTL_AVX512 inline void vstoreu(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
+MTL_AVX512 inline __m512 vfma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+MTL_AVX512 inline __m512d vfma(__m512d a, __m512d b, __m512d c) { return _mm512_fmadd_pd(a, b, c); }
 
-// tile_avx512<S, MI, mj> for a run-time mj in 1..MJ.
-template <typename S, int MI, int MJ>
-MTL_AVX512 inline void tile_avx512_cols(int64_t mj, const S* J, int64_t ld, int64_t T, int64_t i0,
-                                        int64_t j0, int64_t c0, int64_t n, double* Kd) {
-  if constexpr (MJ > 1) {
-    if (mj < MJ) return tile_avx512_cols<S, MI, MJ - 1>(mj, J, ld, T, i0, j0, c0, n, Kd);
-  }
-  tile_avx512<S, MI, MJ>(J, ld, T, i0, j0, c0, n, Kd);
-}
-
+constexpr int64_t kVecBytes = 64;
 // Tiles of up to 4 × 6 rows (24 accumulators + 4 row loads + 1 column load of the 32 AVX-512
-// registers, 24 FMAs per 10 loads, against 12 per 7 for AVX2), blocks of up to 2048 columns (T
-// rows of a block stay within 512 KB of L2). Measured on one thread of a loaded AMD EPYC (Zen 4,
-// thread CPU time, T = 40, P = 11.2 M fp32): 450-460 ms with the AVX2 kernel, 305-335 ms with
-// this one; T = 10, P = 21.6 M: 86-87 ms, 73-83 ms (about a read of J: 41-50 ms).
-template <typename S>
-MTL_AVX512 void gram_avx512(const S* J, int64_t T, int64_t ld, int64_t p0, int64_t p1,
-                            double* Kd) {
-  constexpr int kMI = 4;
-  constexpr int kMJ = 6;
-  const int64_t block = std::clamp<int64_t>((int64_t{1} << 19) / (T * int64_t(sizeof(S))) / 64 * 64,
-                                            kBlock, 4 * kBlock);
-  for (int64_t c0 = p0; c0 < p1; c0 += block) {
-    const int64_t n = std::min(block, p1 - c0);
-    for (int64_t i0 = 0; i0 < T; i0 += kMI) {
-      const int64_t mi = std::min<int64_t>(kMI, T - i0);
-      for (int64_t j0 = i0; j0 < T; j0 += kMJ) {
-        const int64_t mj = std::min<int64_t>(kMJ, T - j0);
-        switch (mi) {
-          case 4: tile_avx512_cols<S, 4, kMJ>(mj, J, ld, T, i0, j0, c0, n, Kd); break;
-          case 3: tile_avx512_cols<S, 3, kMJ>(mj, J, ld, T, i0, j0, c0, n, Kd); break;
-          case 2: tile_avx512_cols<S, 2, kMJ>(mj, J, ld, T, i0, j0, c0, n, Kd); break;
-          default: tile_avx512_cols<S, 1, kMJ>(mj, J, ld, T, i0, j0, c0, n, Kd); break;
-        }
-      }
-    }
-  }
+// registers, 24 FMAs per 10 loads), blocks of up to 2048 columns (T rows of a block stay within
+// 512 KB of L2). Measured on one thread of a loaded AMD EPYC (Zen 4, thread CPU time, T = 40,
+// P = 11.2 M fp32): 450-460 ms with the AVX2 kernel, 305-335 ms with this one; T = 10,
+// P = 21.6 M: 86-87 ms, 73-83 ms (about a read of J: 41-50 ms).
+constexpr int kMI = 4;
+constexpr int kMJ = 6;
+inline int64_t block_columns(int64_t T, int64_t size) {
+  return std::clamp<int64_t>((int64_t{1} << 19) / (T * size) / 64 * 64, kBlock, 4 * kBlock);
 }
+#define MTL_TARGET MTL_AVX512
+#include "dense_gram.h"
+#undef MTL_TARGET
 
+}  // namespace avx512
 #endif
 
 // The instruction set of the kernels: the portable ones always; on x86-64 AVX2+FMA, and AVX-512
@@ -421,18 +253,18 @@ template <typename S>
 auto pick_gram() {
 #ifdef MTL_HAVE_AVX2
   switch (current_isa()) {
-    case kAvx512: return gram_avx512<S>;
-    case kAvx2: return gram_avx2<S>;
+    case kAvx512: return avx512::gram<S>;
+    case kAvx2: return avx2::gram<S>;
     default: break;
   }
 #endif
-  return gram_base<S>;
+  return portable::gram<S>;
 }
 
 template <typename S>
 auto pick_comb() {
 #ifdef MTL_HAVE_AVX2
-  if (current_isa() >= kAvx2) return comb_avx2<S>;
+  if (current_isa() >= kAvx2) return avx2::comb<S>;
 #endif
   return comb_base<S>;
 }
