@@ -50,6 +50,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
     "mgda-local-gram": ("mgda", {"exchange": "local_gram"}),  # biased: must differ
 }
 RESUMED = ("mgda", "mgda-sharded-adam", "upgrad", "mgda-ub", "ls", "pertask-grouped", "stgu")
+RESUMED += ("pcgrad", "nashmtl")  # the wrapped method's state: PCGrad's generator, Nash-MTL's α
 
 
 class Net(nn.Module):

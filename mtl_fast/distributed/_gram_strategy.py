@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -15,7 +16,7 @@ from mtl_fast.distributed._layout import ShardLayout
 from mtl_fast.distributed._module import check_module, no_sync
 from mtl_fast.distributed._sharded_adam import ShardedAdam
 from mtl_fast.distributed._weighting import Weighting
-from mtl_fast.strategies import CombineStrategy
+from mtl_fast.strategies import CombineStrategy, Strategy
 from mtl_fast.strategies._base import base_arguments, check_losses, loss_vector
 from mtl_fast.strategies._combine_base import loss_grads
 
@@ -121,6 +122,36 @@ class DistributedGramStrategy(CombineStrategy):
     @property
     def _P(self) -> int:
         return sum(p.numel() for p in self.shared_params)
+
+    def _method(self) -> Strategy | None:
+        """The single-process strategy whose decision ``weighting`` is (``weighting_of`` and
+        :func:`~mtl_fast.distributed.distribute` pass its bound ``_decide``), or None."""
+        owner = getattr(self.weighting, "__self__", None)
+        return owner if isinstance(owner, Strategy) else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step count and path (:meth:`Strategy.state_dict`) and, under ``"method"``, the
+        state of the wrapped method (PCGrad's generator, Nash-MTL's α, …), so that a resumed
+        run continues exactly. ShardedAdam's state is the optimizer's own ``state_dict``."""
+        state = super().state_dict()
+        method = self._method()
+        if method is not None:
+            state["method"] = method.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a strategy built the same way (the wrapped method's
+        state first: a refused state changes nothing of this strategy)."""
+        method = self._method()
+        if method is not None:
+            if "method" not in state:
+                raise ValueError(
+                    "state has no 'method' entry: it was not taken from a distributed strategy "
+                    f"over a {type(method).__name__}"
+                )
+            self._check_state(state)
+            method.load_state_dict(state["method"])
+        super().load_state_dict(state)
 
     def no_sync(self) -> contextlib.AbstractContextManager[None]:
         """Run the step's forward and :meth:`backward` inside this: DDP's gradient hooks stay

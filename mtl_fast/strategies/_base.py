@@ -197,13 +197,17 @@ class Strategy:
             "path": None if self.path is None else self.path.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` taken from a strategy built the same way."""
+    def _check_state(self, state: dict[str, Any]) -> None:
+        """Raise unless ``state`` is for this strategy's number of tasks."""
         if state.get("num_tasks") != self.num_tasks:
             raise ValueError(
                 f"state is for num_tasks={state.get('num_tasks')}, this strategy has "
                 f"{self.num_tasks}"
             )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` taken from a strategy built the same way."""
+        self._check_state(state)
         self.num_steps = int(state["num_steps"])
         if self.path is not None and state.get("path") is not None:
             self.path.load_state_dict(state["path"])
