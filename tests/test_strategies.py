@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -139,7 +141,20 @@ def test_nonfinite_gradient_with_finite_loss_is_refused():
     T = 2
     model = Tiny(T)
     (x, _y) = batches(T, 1)[0]
-    checks.skips_an_infinite_gradient(MGDA, model, x)
+    assert checks.skips_an_infinite_gradient(MGDA, model, x).last.skipped == [0]
+
+
+def test_a_batched_fill_blames_only_the_task_whose_gradient_is_not_finite():
+    """vmap's one backward pass makes every row NaN when one task's is (0 · NaN): the step names
+    the culprit from one pass per task, as the sequential fill does."""
+    T = 2
+    model = Tiny(T)
+    (x, _y) = batches(T, 1)[0]
+    skip = checks.skips_an_infinite_gradient(functools.partial(MGDA, batched=True), model, x)
+    assert skip.last.skipped == [0]
+    arena = skip._arena()
+    assert arena.batched_fallback is None  # vmap ran: the first fill was batched
+    assert arena.filled_batched is False  # then one pass per task
 
 
 def test_errors_name_the_argument():

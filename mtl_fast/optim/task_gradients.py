@@ -70,6 +70,8 @@ class TaskGradients:
         J: (T, P) the arena, in the parameters' dtype and device.
         batched_fallback: why the last ``batched=True`` request ran sequentially instead (vmap
             could not differentiate the graph: see :meth:`backward`), or None.
+        filled_batched: whether the last :meth:`backward` filled the rows with one vmapped pass
+            (a NaN/Inf in one task's backward then reaches every row: 0 · NaN).
 
     Example:
         >>> import torch, mtl_fast
@@ -100,6 +102,7 @@ class TaskGradients:
         # refused there, on the host.
         self.layout = layout_signature(self.params)
         self.batched_fallback: str | None = None
+        self.filled_batched = False
         self._vmap_failed = False
 
     @property
@@ -223,8 +226,10 @@ class TaskGradients:
         self._check_params_unchanged()
         if batched is None:
             batched = BATCHED_DEFAULT.get(self.J.device.type, False)
+        self.filled_batched = False
         if batched and not self._vmap_failed:
             if self._backward_batched(losses, retain_graph, chunk_size, accumulate_others):
+                self.filled_batched = True
                 return
         self._backward_sequential(losses, retain_graph, accumulate_others)
 

@@ -107,6 +107,12 @@ class CombineStrategy(Strategy):
         self._lap("backward")
         K = self._gram(arena.J)
         bad = self._bad_tasks(lv, K)
+        if bad is not None and bad[1] == "gradient" and arena.filled_batched:
+            # One vmapped pass spreads a task's NaN/Inf to every row (0 · NaN in the others'):
+            # one pass per task (the graph is kept) names the culprits, or clears them all.
+            arena = self._fill_arena(losses, False)
+            K = self._gram(arena.J)
+            bad = self._bad_tasks(lv, K)
         if bad is not None:
             return self._refuse(lv, *bad)
         w, c = decide(K, lv)
