@@ -340,6 +340,8 @@ int mtl_dense_abi_version(void) { return MTL_DENSE_ABI_VERSION; }
 
 int mtl_dense_isa(void) { return current_isa(); }
 
+int mtl_dense_best_isa(void) { return best_isa(); }
+
 int mtl_dense_set_isa(int isa) {
   g_isa.store(isa < 0 ? -1 : std::min(isa, best_isa()), std::memory_order_relaxed);
   return current_isa();

@@ -21,8 +21,9 @@ int mtl_dense_abi_version(void);
 // The instruction set the kernels use: 0 portable C++, 1 AVX2+FMA, 2 AVX-512 (the Gram; the
 // combination stays AVX2). The best the processor has unless set lower: mtl_dense_set_isa(isa)
 // picks the highest it has that is ≤ isa (isa < 0: the best again) and returns it. Process-wide,
-// for tests and measurements.
+// for tests and measurements. mtl_dense_best_isa: the best the processor has.
 int mtl_dense_isa(void);
+int mtl_dense_best_isa(void);
 int mtl_dense_set_isa(int isa);
 
 // K[b] = J[b] J[b]ᵀ for b < batch. J: (batch, T, P) with rows ld elements apart (ld ≥ P) and

@@ -39,11 +39,7 @@ def isa() -> str:
 
 def available_isas() -> tuple[str, ...]:
     """Every instruction set the kernels can use on this processor, portable first."""
-    fns = _kernels()
-    current = fns["dense_isa"]()
-    best = fns["dense_set_isa"](-1)
-    fns["dense_set_isa"](current)
-    return ISAS[: best + 1]
+    return ISAS[: _kernels()["dense_best_isa"]() + 1]
 
 
 @contextlib.contextmanager

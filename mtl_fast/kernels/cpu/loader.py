@@ -135,8 +135,8 @@ def aggregator_library() -> dict[str, Callable[..., int]] | str:
 @functools.cache
 def dense_kernels() -> dict[str, _Kernel] | str:
     """The Gram and combination kernels of csrc/cpu/dense.cpp (``gram_f32``, ``gram_f64``,
-    ``combine_f32``, ``combine_f64``, and ``dense_isa``/``dense_set_isa``, the instruction set
-    they use) with their C signatures set, or why they cannot be loaded (a library built before
+    ``combine_f32``, ``combine_f64``, and ``dense_isa``/``dense_best_isa``/``dense_set_isa``, the
+    instruction set they use) with their C signatures set, or why they cannot be loaded (a library built before
     they existed lacks them)."""
     loaded = library()
     if isinstance(loaded, str):
@@ -152,6 +152,7 @@ def dense_kernels() -> dict[str, _Kernel] | str:
             "combine_f32": combine,
             "combine_f64": combine,
             "dense_isa": [],
+            "dense_best_isa": [],
             "dense_set_isa": [ctypes.c_int],
         },
         ctypes.c_int,
