@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.contracts import AdamHyper, AdamRows, AdamState
 from mtl_fast._core.precision import accumulation_dtype
 from mtl_fast.kernels.cuda.adam import combine_adam_inputs, multi_adam_inputs, scalars
 
@@ -197,20 +197,12 @@ def _adam_call(
     fn(*(_ptr(x) for x in tensors), n, P, _ptr(lr_tensor), *values)
 
 
-def multi_adam(
-    state: AdamState,
-    grads: torch.Tensor,
-    grad_rows: torch.Tensor,
-    tasks: torch.Tensor,
-    weights: torch.Tensor,
-    hyper: AdamHyper,
-    /,
-) -> None:
-    grads, grad_rows, tasks = multi_adam_inputs(state, grads, grad_rows, tasks)
+def multi_adam(state: AdamState, rows: AdamRows, hyper: AdamHyper, /) -> None:
+    grads, grad_rows, tasks = multi_adam_inputs(state, rows)
     param, m, v = state.param, state.exp_avg, state.exp_avg_sq
     assert m.dtype == v.dtype == accumulation_dtype(param.dtype), (param.dtype, m.dtype)
     assert state.step.dtype == torch.float32
-    weights = weights.to(torch.float64).contiguous()
+    weights = rows.weights.to(torch.float64).contiguous()
     suffix = _SUFFIX[param.dtype]
     if param.dtype in (torch.float16, torch.bfloat16) and grads.dtype == torch.float32:
         suffix += "_f32grads"

@@ -7,8 +7,9 @@ Each function's signature is the ``__call__`` of the op's Protocol below; a test
 backend to it. Inputs reach a backend already validated by the public op (shapes, dtypes,
 devices, finiteness where asked), with the leading batch dimensions flattened into one.
 
-The optimizer ops take their tensors as :class:`AdamState` and their hyperparameters as
-:class:`AdamHyper`, so the calling convention is one short line everywhere.
+The optimizer ops take their tensors as :class:`AdamState`, a multi-state step's gradient rows as
+:class:`AdamRows` and the hyperparameters as :class:`AdamHyper`, so the calling convention is one
+short line everywhere.
 """
 
 from __future__ import annotations
@@ -51,6 +52,24 @@ class AdamState:
     exp_avg: Tensor
     exp_avg_sq: Tensor
     step: Tensor
+
+
+@dataclass(frozen=True)
+class AdamRows:
+    """The gradients of one multi-state Adam step, for the S tasks it steps.
+
+    Attributes:
+        grads: (R, P) gradient rows; rows may alias one another (e.g. an expanded view of one
+            gradient).
+        grad_rows: (S,) int64 rows of ``grads``: task ``tasks[i]`` takes ``grads[grad_rows[i]]``.
+        tasks: (S,) int64 distinct task ids being stepped.
+        weights: (S,) fp64 weights w_t of the tasks' directions.
+    """
+
+    grads: Tensor
+    grad_rows: Tensor
+    tasks: Tensor
+    weights: Tensor
 
 
 class GramOp(Protocol):
@@ -108,20 +127,11 @@ class SignConflictOp(Protocol):
 
 
 class MultiAdamOp(Protocol):
-    """One multi-state Adam step in place for the tasks ``tasks`` ((S,) int64, distinct): task
-    ``tasks[i]`` takes gradient row ``grads[grad_rows[i]]`` ((R, P); rows may alias) and weight
-    ``weights[i]`` ((S,) fp64); ``state`` has T rows."""
+    """One multi-state Adam step in place for the tasks ``rows.tasks`` ((S,) int64, distinct):
+    task ``rows.tasks[i]`` takes gradient row ``rows.grads[rows.grad_rows[i]]`` ((R, P); rows may
+    alias) and weight ``rows.weights[i]`` ((S,) fp64); ``state`` has T rows."""
 
-    def __call__(
-        self,
-        state: AdamState,
-        grads: Tensor,
-        grad_rows: Tensor,
-        tasks: Tensor,
-        weights: Tensor,
-        hyper: AdamHyper,
-        /,
-    ) -> None: ...
+    def __call__(self, state: AdamState, rows: AdamRows, hyper: AdamHyper, /) -> None: ...
 
 
 class CombineAdamOp(Protocol):

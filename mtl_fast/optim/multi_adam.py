@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from mtl_fast._core.adam_checks import HYPER_KEYS, check_group, check_hyper
-from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.contracts import AdamHyper, AdamRows, AdamState
 from mtl_fast._core.dispatch import resolve, resolve_name
 from mtl_fast._core.flat import check_params, flatten_parameters, layout_signature
 from mtl_fast._core.precision import accumulation_dtype
@@ -274,7 +274,7 @@ class MultiAdam(torch.optim.Optimizer):
         self.last_skipped = []
         state = AdamState(self.flat, self.exp_avg, self.exp_avg_sq, self.steps)
         fn = resolve("multi_adam", self.backend, dev)
-        fn(state, G, grad_rows, task_ids, w, hyper)
+        fn(state, AdamRows(G, grad_rows, task_ids, w), hyper)
         return True
 
     def _hyper(self) -> AdamHyper:

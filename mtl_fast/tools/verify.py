@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.contracts import AdamHyper, AdamRows, AdamState
 from mtl_fast._core.dispatch import BACKEND_NAMES, _load
 from mtl_fast._core.dual_cone_problem import kkt_residual
 from mtl_fast._core.precision import (
@@ -251,8 +251,9 @@ def _check_multi_adam(
                 idx = torch.tensor(tasks)
                 w = torch.rand(len(tasks), generator=gen, dtype=torch.float64) + 0.5
                 # The explicit formula is the definition (the CPU reference takes a fused path).
-                ref.multi_adam(theirs, G, idx, idx, w, hyper, fused=False)
-                fn(ours, G.to(device), idx.to(device), idx.to(device), w.to(device), hyper)
+                ref.multi_adam(theirs, AdamRows(G, idx, idx, w), hyper, fused=False)
+                d = idx.to(device)
+                fn(ours, AdamRows(G.to(device), d, d, w.to(device)), hyper)
             yield Check(
                 backend,
                 "multi_adam",

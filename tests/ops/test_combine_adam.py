@@ -9,7 +9,7 @@ import torch
 
 import mtl_fast
 from mtl_fast import NonFiniteError
-from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.contracts import AdamHyper, AdamRows, AdamState
 from mtl_fast._core.precision import accumulation_dtype, relative_error
 from mtl_fast.kernels import reference as ref
 from tests.backends import for_backends
@@ -23,7 +23,7 @@ def reference_step(state: AdamState, J: torch.Tensor, w: torch.Tensor, hyper: Ad
     d = ref.combine(J.unsqueeze(0), w.unsqueeze(0))
     zero = torch.zeros(1, dtype=torch.int64)
     one = torch.ones(1, dtype=FP64)
-    ref.multi_adam(state, d, zero, zero, one, hyper, fused=False)
+    ref.multi_adam(state, AdamRows(d, zero, zero, one), hyper, fused=False)
 
 
 @for_backends(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mtl_fast
-from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.contracts import AdamHyper, AdamRows, AdamState
 from mtl_fast._core.precision import ADAM_TOL, relative_error
 from mtl_fast.kernels import reference as ref
 from tests.backends import for_backends
@@ -33,11 +33,11 @@ def step_both(backend, ours, theirs, G, tasks, w, lr, wd) -> None:
     """One step of the backend and one of the reference's explicit formula (the definition)."""
     idx = torch.tensor(tasks)
     kw = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=wd)
-    ref.multi_adam(theirs, G, idx, idx, w.double(), AdamHyper(lr=lr, **kw), fused=False)
+    ref.multi_adam(theirs, AdamRows(G, idx, idx, w.double()), AdamHyper(lr=lr, **kw), fused=False)
     lr_ours = backend.to(lr) if isinstance(lr, torch.Tensor) else lr
     d = backend.to
     hyper = AdamHyper(lr=lr_ours, **kw)
-    backend.op("multi_adam")(ours, d(G), d(idx), d(idx), d(w.double()), hyper)
+    backend.op("multi_adam")(ours, AdamRows(d(G), d(idx), d(idx), d(w.double())), hyper)
 
 
 def assert_states_close(ours: AdamState, theirs: AdamState, p_tol: float, m_tol: float) -> None:
@@ -107,7 +107,7 @@ def test_multi_adam_skips_tasks_outside_the_step(backend) -> None:
     ones = d(torch.ones(2, dtype=FP64))
     hyper = AdamHyper(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
     state = AdamState(d(torch.randn(P)), m, v, steps)
-    backend.op("multi_adam")(state, d(torch.randn(Tn, P)), idx, idx, ones, hyper)
+    backend.op("multi_adam")(state, AdamRows(d(torch.randn(Tn, P)), idx, idx, ones), hyper)
     for t in (0, 2, 4):
         assert torch.equal(m[t], m0[t]) and torch.equal(v[t], v0[t]) and steps[t] == s0[t]
     assert steps[1] == s0[1] + 1 and steps[3] == s0[3] + 1
@@ -456,8 +456,9 @@ def test_reference_fused_cpu_path_agrees_with_the_formula(dtype: torch.dtype) ->
         kw = dict(lr=3e-3, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.02)
         fast, slow = states
         assert ref_adam._fused_cpu_applies(fast[0], G, fast[1], fast[2], 3e-3)
-        ref_adam.multi_adam(AdamState(*fast), G, idx, idx, w.double(), AdamHyper(**kw))
-        ref_adam.multi_adam(AdamState(*slow), G, idx, idx, w.double(), AdamHyper(**kw), fused=False)
+        rows = AdamRows(G, idx, idx, w.double())
+        ref_adam.multi_adam(AdamState(*fast), rows, AdamHyper(**kw))
+        ref_adam.multi_adam(AdamState(*slow), rows, AdamHyper(**kw), fused=False)
     rtol = 1e-5 if dtype == torch.float32 else 1e-12
     for a, b in zip(*states):
         torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * 1e-2)

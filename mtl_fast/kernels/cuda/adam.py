@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.contracts import AdamHyper, AdamRows, AdamState
 
 
 def _lr_args(lr: float | torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor | None, float]:
@@ -23,7 +23,7 @@ def scalars(hyper: AdamHyper, like: torch.Tensor) -> tuple[Any, ...]:
 
 
 def multi_adam_inputs(
-    state: AdamState, grads: torch.Tensor, grad_rows: torch.Tensor, tasks: torch.Tensor
+    state: AdamState, rows: AdamRows
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """grads, grad_rows and tasks as the extension's multi_adam takes them: contiguous, the
     indices int64, grads whose dtype is neither param's nor the states' cast to the states'.
@@ -31,12 +31,13 @@ def multi_adam_inputs(
     for name, x in vars(state).items():
         if not x.is_contiguous():
             raise ValueError(f"{name} must be contiguous for backend='cuda' (updated in place)")
+    grads = rows.grads
     if grads.dtype not in (state.param.dtype, state.exp_avg.dtype):
         grads = grads.to(state.exp_avg.dtype)
     return (
         grads.contiguous(),
-        grad_rows.to(torch.int64).contiguous(),
-        tasks.to(torch.int64).contiguous(),
+        rows.grad_rows.to(torch.int64).contiguous(),
+        rows.tasks.to(torch.int64).contiguous(),
     )
 
 
@@ -52,21 +53,13 @@ def combine_adam_inputs(
     return J.contiguous(), w.contiguous()
 
 
-def multi_adam(
-    state: AdamState,
-    grads: torch.Tensor,
-    grad_rows: torch.Tensor,
-    tasks: torch.Tensor,
-    weights: torch.Tensor,
-    hyper: AdamHyper,
-    /,
-) -> None:
+def multi_adam(state: AdamState, rows: AdamRows, hyper: AdamHyper, /) -> None:
     """One multi-state Adam step in place (the calling convention of the reference's).
 
     The state tensors must be contiguous (they are updated in place); grads whose dtype is
     neither param's nor the states' is cast to the states' dtype first.
     """
-    grads, grad_rows, tasks = multi_adam_inputs(state, grads, grad_rows, tasks)
+    grads, grad_rows, tasks = multi_adam_inputs(state, rows)
     torch.ops.mtl_fast_cuda.multi_adam(
         state.param,
         grads,
@@ -75,7 +68,7 @@ def multi_adam(
         state.exp_avg_sq,
         state.step,
         tasks,
-        weights.contiguous(),
+        rows.weights.contiguous(),
         *scalars(hyper, state.param),
     )
 

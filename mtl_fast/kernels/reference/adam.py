@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.contracts import AdamHyper, AdamRows, AdamState
 from mtl_fast.kernels.reference.combine import combine
 
 
@@ -50,25 +50,13 @@ def _fused_cpu_applies(
 
 
 def multi_adam(
-    state: AdamState,
-    grads: torch.Tensor,
-    grad_rows: torch.Tensor,
-    tasks: torch.Tensor,
-    weights: torch.Tensor,
-    hyper: AdamHyper,
-    /,
-    *,
-    fused: bool | None = None,
+    state: AdamState, rows: AdamRows, hyper: AdamHyper, /, *, fused: bool | None = None
 ) -> None:
     """One multi-state Adam step, in place.
 
     Args:
         state: the parameters (P,), per-task moments (T, P) and step counts (T,).
-        grads: (R, P) gradient rows; row ``grad_rows[i]`` belongs to task ``tasks[i]`` (rows may
-            alias one another, e.g. an expanded view of one gradient).
-        grad_rows: (S,) int64 rows of ``grads``.
-        tasks: (S,) int64 distinct task ids being stepped.
-        weights: (S,) fp64 weights w_t of the tasks' directions.
+        rows: the gradient rows (R, P), the row (S,) and weight (S,) of each stepped task (S,).
         hyper: lr (a float or a 0-d tensor), betas, eps, decoupled weight decay.
         fused: run each task's update through torch's fused CPU Adam kernel with lr · w_t: one
             pass per task over (p, g, m, v) instead of the ~8 of the explicit formula (measured
@@ -78,6 +66,7 @@ def multi_adam(
             order of operations, on any device and dtype: the definition the fused path is
             tested against.
     """
+    grads, grad_rows, tasks, weights = rows.grads, rows.grad_rows, rows.tasks, rows.weights
     param, exp_avg, exp_avg_sq, step = state.param, state.exp_avg, state.exp_avg_sq, state.step
     lr, beta1, beta2, eps = hyper.lr, hyper.beta1, hyper.beta2, hyper.eps
     weight_decay = hyper.weight_decay
@@ -148,7 +137,7 @@ def combine_adam(state: AdamState, J: torch.Tensor, w: torch.Tensor, hyper: Adam
     ):
         zero = torch.zeros(1, dtype=torch.int64, device=J.device)
         one = torch.ones(1, dtype=torch.float64, device=J.device)
-        multi_adam(state, d, zero, zero, one, hyper, fused=True)
+        multi_adam(state, AdamRows(d, zero, zero, one), hyper, fused=True)
         return
     # The explicit formula for the one state, without index tensors (under torch.compile an
     # index read from a tensor is data-dependent): the same operations as multi_adam's loop.

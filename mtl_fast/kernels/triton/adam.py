@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.contracts import AdamHyper, AdamRows, AdamState
 from mtl_fast._core.precision import accumulation_dtype
 from mtl_fast.kernels.triton.combine import block_sizes
 from mtl_fast.kernels.triton.common import INTERPRETED, TL_DTYPES, pow2, round_to
@@ -257,25 +257,18 @@ def _hyper(hyper: AdamHyper) -> tuple[float, float, float, float]:
     return 1.0 - hyper.beta1, hyper.beta2, 1.0 - hyper.beta2, hyper.eps
 
 
-def multi_adam(
-    state: AdamState,
-    grads: torch.Tensor,
-    grad_rows: torch.Tensor,
-    tasks: torch.Tensor,
-    weights: torch.Tensor,
-    hyper: AdamHyper,
-    /,
-) -> None:
+def multi_adam(state: AdamState, rows: AdamRows, hyper: AdamHyper, /) -> None:
     """One multi-state Adam step in place; the calling convention of the reference's."""
     param, exp_avg, exp_avg_sq = state.param, state.exp_avg, state.exp_avg_sq
     for name, x in (("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
         if x.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous along the parameters (stride 1)")
-    tasks = tasks.contiguous()
-    grad_rows = grad_rows.contiguous()
+    tasks = rows.tasks.contiguous()
+    grad_rows = rows.grad_rows.contiguous()
+    grads = rows.grads
     if grads.stride(1) != 1:
         grads = grads.contiguous()
-    sc = _prep(state, tasks, weights, hyper)
+    sc = _prep(state, tasks, rows.weights, hyper)
     P = param.numel()
     bp = 4 * BLOCK if INTERPRETED else BLOCK
     _multi_adam_kernel[(triton.cdiv(P, bp),)](

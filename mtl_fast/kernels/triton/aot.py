@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mtl_fast._core.contracts import AdamHyper, AdamState
+from mtl_fast._core.contracts import AdamHyper, AdamRows, AdamState
 from mtl_fast._core.precision import accumulation_dtype
 
 _TORCH_TO_TRITON = {
@@ -158,9 +158,8 @@ def record(quick: bool = False) -> list[Launch]:
                 torch.zeros(T),
             )
             hyper = AdamHyper(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=wd)
-            _adam.multi_adam(
-                state, torch.zeros(T, P, dtype=pdtype), idx, idx, torch.ones(2).double(), hyper
-            )
+            rows = AdamRows(torch.zeros(T, P, dtype=pdtype), idx, idx, torch.ones(2).double())
+            _adam.multi_adam(state, rows, hyper)
     for dtype in (torch.float32, torch.float64):
         state = AdamState(
             torch.zeros(100, dtype=dtype),
