@@ -5,7 +5,8 @@ graph with ``lr`` and the step counts as device tensors:
 
 1. ``_adam_prep_kernel`` (one program): n_t ← n_t + 1 for the stepped tasks, then, in fp64 as
    the reference does, the per-task coefficient −lr·w_t/(1 − β1^n_t), √(1 − β2^n_t) and the
-   decay factor 1 − lr·λ, into a tiny scratch buffer.
+   decay factor 1 − lr·λ, with 1 − β1, β2, 1 − β2 and ε in the state dtype, into a tiny scratch
+   buffer: the one place the streaming kernels read their scalars from.
 2. The streaming kernel: one pass over the parameters; per element it reads p and, for each
    stepped task, g_t, m_t, v_t, and writes m_t, v_t and finally p (8 + 20|S| bytes in
    fp32). The combine + Adam kernel reads the T gradient rows instead of one, forms
@@ -46,6 +47,10 @@ def _adam_prep_kernel(
     log_beta1: tl.float64,
     log_beta2: tl.float64,
     weight_decay: tl.float64,
+    omb1_value: tl.float64,
+    beta2_value: tl.float64,
+    omb2_value: tl.float64,
+    eps_value: tl.float64,
     BS: tl.constexpr,
     LR_IS_PTR: tl.constexpr,
     SINGLE: tl.constexpr,
@@ -70,10 +75,14 @@ def _adam_prep_kernel(
     bc1 = 1.0 - tl.exp(nd * tl.full((), log_beta1, tl.float64))
     bc2_sqrt = tl.sqrt(1.0 - tl.exp(nd * tl.full((), log_beta2, tl.float64)))
     coef = round_to(-lr / bc1 * w, PARAM_DT).to(STATE_DT)
-    tl.store(SC + 1 + i, coef, mask=m)
-    tl.store(SC + 1 + S + i, bc2_sqrt.to(STATE_DT), mask=m)
+    tl.store(SC + 5 + i, coef, mask=m)
+    tl.store(SC + 5 + S + i, bc2_sqrt.to(STATE_DT), mask=m)
     decay = 1.0 - lr * tl.full((), weight_decay, tl.float64)
     tl.store(SC, round_to(decay, PARAM_DT).to(STATE_DT))
+    tl.store(SC + 1, tl.full((), omb1_value, STATE_DT))
+    tl.store(SC + 2, tl.full((), beta2_value, STATE_DT))
+    tl.store(SC + 3, tl.full((), omb2_value, STATE_DT))
+    tl.store(SC + 4, tl.full((), eps_value, STATE_DT))
 
 
 @triton.jit
@@ -94,28 +103,24 @@ def _adam_moments(p, g, m, v, coef, bc2_sqrt, omb1, beta2, omb2, eps, LERP_LOW: 
 
 
 @triton.jit
-def _param_and_hyper(
-    PARAM,
-    SC,
-    cols,
-    mask,
-    omb1_value,
-    beta2_value,
-    omb2_value,
-    eps_value,
-    WD_ON: tl.constexpr,
-    STATE_DT: tl.constexpr,
-):
+def _columns(P, BP: tl.constexpr):
+    """This program's block of parameter columns (int64 offsets) and its in-bounds mask."""
+    cols = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
+    return cols, cols < P
+
+
+@triton.jit
+def _param_and_hyper(PARAM, SC, cols, mask, WD_ON: tl.constexpr, STATE_DT: tl.constexpr):
     """p at ``cols`` in the state dtype, decayed by the factor SC[0] and rounded to the
     parameter's dtype (as the reference's in-place decay) when ``WD_ON``; and 1 − β1, β2, 1 − β2
-    and ε in the state dtype."""
+    and ε in the state dtype (SC[1:5], from the prep kernel)."""
     p = tl.load(PARAM + cols, mask=mask, other=0.0).to(STATE_DT)
     if WD_ON:
         p = round_to(p * tl.load(SC), PARAM.dtype.element_ty).to(STATE_DT)
-    omb1 = tl.full((), omb1_value, STATE_DT)
-    beta2 = tl.full((), beta2_value, STATE_DT)
-    omb2 = tl.full((), omb2_value, STATE_DT)
-    eps = tl.full((), eps_value, STATE_DT)
+    omb1 = tl.load(SC + 1)
+    beta2 = tl.load(SC + 2)
+    omb2 = tl.load(SC + 3)
+    eps = tl.load(SC + 4)
     return p, omb1, beta2, omb2, eps
 
 
@@ -133,20 +138,13 @@ def _multi_adam_kernel(
     sg,
     sm,
     sv,
-    omb1_value: tl.float64,
-    beta2_value: tl.float64,
-    omb2_value: tl.float64,
-    eps_value: tl.float64,
     BP: tl.constexpr,
     WD_ON: tl.constexpr,
     LERP_LOW: tl.constexpr,
     STATE_DT: tl.constexpr,
 ):
-    cols = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
-    mask = cols < P
-    p, omb1, beta2, omb2, eps = _param_and_hyper(
-        PARAM, SC, cols, mask, omb1_value, beta2_value, omb2_value, eps_value, WD_ON, STATE_DT
-    )
+    cols, mask = _columns(P, BP)
+    p, omb1, beta2, omb2, eps = _param_and_hyper(PARAM, SC, cols, mask, WD_ON, STATE_DT)
     p_dt = PARAM.dtype.element_ty
     for i in range(0, S):
         t = tl.load(TASKS + i).to(tl.int64)
@@ -154,8 +152,8 @@ def _multi_adam_kernel(
         g = tl.load(G + r * sg + cols, mask=mask, other=0.0).to(STATE_DT)
         m = tl.load(M + t * sm + cols, mask=mask, other=0.0)
         v = tl.load(V + t * sv + cols, mask=mask, other=0.0)
-        coef = tl.load(SC + 1 + i)
-        bc2_sqrt = tl.load(SC + 1 + S + i)
+        coef = tl.load(SC + 5 + i)
+        bc2_sqrt = tl.load(SC + 5 + S + i)
         p, m, v = _adam_moments(p, g, m, v, coef, bc2_sqrt, omb1, beta2, omb2, eps, LERP_LOW)
         p = round_to(p, p_dt).to(STATE_DT)  # the reference rounds p after every task's update
         tl.store(M + t * sm + cols, m, mask=mask)
@@ -176,10 +174,6 @@ def _combine_adam_kernel(
     sj_t,
     sj_p,
     sw,
-    omb1_value: tl.float64,
-    beta2_value: tl.float64,
-    omb2_value: tl.float64,
-    eps_value: tl.float64,
     BT: tl.constexpr,
     BP: tl.constexpr,
     WD_ON: tl.constexpr,
@@ -187,8 +181,7 @@ def _combine_adam_kernel(
     ACC: tl.constexpr,
     STATE_DT: tl.constexpr,
 ):
-    cols = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
-    mask = cols < P
+    cols, mask = _columns(P, BP)
     d = tl.zeros((BP,), dtype=ACC)
     for t0 in range(0, T, BT):
         rows = t0 + tl.arange(0, BT)
@@ -201,14 +194,12 @@ def _combine_adam_kernel(
         ).to(ACC)
         d += tl.sum(x * w[:, None], axis=0)
     g = round_to(d, J.dtype.element_ty).to(STATE_DT)  # the reference's combine returns J's dtype
-    p, omb1, beta2, omb2, eps = _param_and_hyper(
-        PARAM, SC, cols, mask, omb1_value, beta2_value, omb2_value, eps_value, WD_ON, STATE_DT
-    )
+    p, omb1, beta2, omb2, eps = _param_and_hyper(PARAM, SC, cols, mask, WD_ON, STATE_DT)
     p_dt = PARAM.dtype.element_ty
     m = tl.load(M + cols, mask=mask, other=0.0)
     v = tl.load(V + cols, mask=mask, other=0.0)
     p, m, v = _adam_moments(
-        p, g, m, v, tl.load(SC + 1), tl.load(SC + 2), omb1, beta2, omb2, eps, LERP_LOW
+        p, g, m, v, tl.load(SC + 5), tl.load(SC + 6), omb1, beta2, omb2, eps, LERP_LOW
     )
     tl.store(M + cols, m, mask=mask)
     tl.store(V + cols, v, mask=mask)
@@ -222,11 +213,12 @@ def _log(beta: float) -> float:
 def _prep(
     state: AdamState, tasks: torch.Tensor | None, weights: torch.Tensor | None, hyper: AdamHyper
 ) -> torch.Tensor:
-    """Launch the prep kernel; returns the scratch [decay, coef_0.., √bc2_0..] in state dtype."""
+    """Launch the prep kernel; returns the scratch [decay, 1 − β1, β2, 1 − β2, ε, coef_0..,
+    √bc2_0..] in the state dtype, all the streaming kernels take besides the tensors."""
     param, lr = state.param, hyper.lr
     S = 1 if tasks is None else tasks.shape[0]
     state_dtype = state.exp_avg.dtype
-    sc = torch.empty(1 + 2 * S, dtype=state_dtype, device=param.device)
+    sc = torch.empty(5 + 2 * S, dtype=state_dtype, device=param.device)
     lr_is_ptr = isinstance(lr, torch.Tensor) and lr.device == param.device
     lr_value = 0.0 if lr_is_ptr else float(lr)
     _adam_prep_kernel[(1,)](
@@ -241,6 +233,7 @@ def _prep(
         _log(hyper.beta1),
         _log(hyper.beta2),
         float(hyper.weight_decay),
+        *_hyper(hyper),
         BS=pow2(S),
         LR_IS_PTR=lr_is_ptr,
         SINGLE=tasks is None,
@@ -284,7 +277,6 @@ def multi_adam(state: AdamState, rows: AdamRows, hyper: AdamHyper, /) -> None:
         grads.stride(0),
         exp_avg.stride(0),
         exp_avg_sq.stride(0),
-        *_hyper(hyper),
         BP=bp,
         WD_ON=hyper.weight_decay != 0,
         LERP_LOW=1.0 - hyper.beta1 < 0.5,
@@ -310,7 +302,6 @@ def combine_adam(state: AdamState, J: torch.Tensor, w: torch.Tensor, hyper: Adam
         J.stride(0),
         J.stride(1),
         w.stride(0),
-        *_hyper(hyper),
         BT=bt,
         BP=bp,
         WD_ON=hyper.weight_decay != 0,
