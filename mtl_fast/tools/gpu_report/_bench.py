@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mtl_fast.tools.bench import BenchConfig, OpGrid, Report, Row, evaluate_targets
+from mtl_fast.tools.bench import BenchConfig, OpGrid, Report, Row, default_config, evaluate_targets
 from mtl_fast.tools.bench import run as run_bench
 from mtl_fast.tools.bench._report import write_json, write_markdown, write_plot
 
@@ -31,8 +31,10 @@ PEERS = ("torchjd-mgda", "torchjd-upgrad")  # measured when TorchJD's wheels tra
 
 def headline_config(device: torch.device, part: str, dry_run: bool) -> BenchConfig:
     """The GPU headline shapes (or the dry run's tiny ones) of ``part`` ("ops" or
-    "strategies")."""
+    "strategies"): the benchmark's own defaults for the device (quick ones for the dry run) with
+    the report's grid, strategies and the settings below."""
     strategies = ("sum", "mgda", "mgda-ub", *PEERS)
+    changes: dict[str, Any]
     if dry_run:
         grid = OpGrid(
             Ps=(2**8, 2**10),  # two sizes: the plot needs two points per line
@@ -42,21 +44,14 @@ def headline_config(device: torch.device, part: str, dry_run: bool) -> BenchConf
             loop_problems=4,
             dtypes=(torch.float32,),
         )
-        cfg = BenchConfig(
-            device,
-            True,
-            grid,
-            strategies=strategies,
-            trunks=("mlp",),
-            tasks=(2,),
-            batch=2,
-            image=16,
-            steps=1,
-            warmup=1,
-            timing={"warmup": 1, "min_repeat": 2, "max_repeat": 5, "min_time": 0.0},
-            loop_timing={"warmup": 0, "min_repeat": 1, "max_repeat": 2, "min_time": 0.0},
-            copy_bytes=2**20,
-        )
+        # The quick run's model steps (T = 2, batch 2, one step) on the MLP trunk at 16 px.
+        changes = {
+            "trunks": ("mlp",),
+            "image": 16,
+            "timing": {"warmup": 1, "min_repeat": 2, "max_repeat": 5, "min_time": 0.0},
+            "loop_timing": {"warmup": 0, "min_repeat": 1, "max_repeat": 2, "min_time": 0.0},
+            "copy_bytes": 2**20,
+        }
     else:
         grid = OpGrid(
             Ps=(2**22, 2**26),
@@ -67,20 +62,16 @@ def headline_config(device: torch.device, part: str, dry_run: bool) -> BenchConf
             loop_problems=64,
             dtypes=(torch.float32, torch.bfloat16),
         )
-        cfg = BenchConfig(
-            device,
-            False,
-            grid,
-            strategies=strategies,
-            trunks=("resnet18", "vit-s"),
-            tasks=(2, 10),
-            batch=32,
-            image=224,
-            steps=5,
-            warmup=2,
-            timing={"warmup": 3, "min_repeat": 10, "max_repeat": 100, "min_time": 0.1},
-            loop_timing={"warmup": 0, "min_repeat": 1, "max_repeat": 5, "min_time": 0.5},
-        )
+        # The GPU defaults' trunks (ResNet-18, ViT-S) at batch 32 and 224 px, fewer T and steps.
+        changes = {
+            "tasks": (2, 10),
+            "steps": 5,
+            "warmup": 2,
+            "timing": {"warmup": 3, "min_repeat": 10, "max_repeat": 100, "min_time": 0.1},
+            "loop_timing": {"warmup": 0, "min_repeat": 1, "max_repeat": 5, "min_time": 0.5},
+        }
+    base = default_config(device, quick=dry_run)
+    cfg = dataclasses.replace(base, grid=grid, strategies=strategies, **changes)
     if part == "ops":
         cfg.strategies = ()
     else:
