@@ -7,7 +7,9 @@ environment variable ``MTL_FAST_BACKEND`` sets the default). A backend is a sub-
 - ``unavailable_reason() -> str | None``: why the backend cannot run at all on this machine
   (missing package, no compiled extension, ...), or ``None``;
 - ``device_reason(device) -> str | None``: why it cannot run on tensors of ``device``;
-- ``OPS``: the names of the ops it implements, each a module-level function of that name;
+- ``OPS``: the names of the ops it implements, each a module-level function of that name
+  (defined in the file :data:`~mtl_fast._core.contracts.OP_FILES` names: :func:`op_functions`
+  collects them);
 - optionally ``TASK_LIMITS``: ``{op: largest T it supports}``. ``"auto"`` passes over a backend
   whose limit the problem exceeds; an explicit request for it raises and names the limit.
 
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import ModuleType, SimpleNamespace
 from typing import Any, TypeVar
 
 import torch
+
+from mtl_fast._core.contracts import OP_FILES
 
 BACKEND_NAMES: tuple[str, ...] = ("reference", "triton", "cuda", "cpu")
 _MODULES = {name: f"mtl_fast.kernels.{name}" for name in BACKEND_NAMES}
@@ -73,6 +77,12 @@ CPU_AUTO_PREFERENCE: dict[str, tuple[str, ...]] = {
     "aligned_mtl": ("cpu",),
     "config": ("cpu",),
 }
+
+
+def op_functions(package: str, ops: Iterable[str]) -> dict[str, Callable[..., Any]]:
+    """The function of each op of ``ops`` in the backend package ``package``: the one named after
+    the op in the file of the package that ``OP_FILES`` names (imported here if need be)."""
+    return {op: getattr(importlib.import_module(f"{package}.{OP_FILES[op]}"), op) for op in ops}
 
 
 class BackendUnavailableError(RuntimeError):

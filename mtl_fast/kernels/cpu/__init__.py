@@ -30,15 +30,8 @@ from __future__ import annotations
 import torch
 
 from mtl_fast._core.contracts import AGGREGATOR_OPS
-from mtl_fast.kernels.cpu.aggregators import (
-    MAX_AGGREGATOR_TASKS,
-    aligned_mtl,
-    cagrad,
-    config,
-    imtlg,
-    nash_mtl,
-    pcgrad,
-)
+from mtl_fast._core.dispatch import op_functions
+from mtl_fast.kernels.cpu.aggregators import MAX_AGGREGATOR_TASKS
 from mtl_fast.kernels.cpu.combine import combine
 from mtl_fast.kernels.cpu.dual_cone import MAX_DUAL_CONE_TASKS, dual_cone
 from mtl_fast.kernels.cpu.gram import gram
@@ -53,6 +46,9 @@ from mtl_fast.kernels.cpu.loader import (
     library_path,
 )
 from mtl_fast.kernels.cpu.min_norm import MAX_MIN_NORM_TASKS, min_norm
+
+# The aggregators' functions (aggregators.py), one each.
+globals().update(op_functions(__name__, AGGREGATOR_OPS))
 
 # gram and combine only when the library has them (one built before they existed does not). The
 # aggregators (PCGrad, IMTL-G, CAGrad, Nash-MTL, Aligned-MTL, ConFIG: csrc/cpu/aggregators.cpp)
@@ -78,22 +74,17 @@ __all__ = [
     "OPS",
     "TASK_LIMITS",
     "aggregator_library",
-    "aligned_mtl",
-    "cagrad",
     "combine",
-    "config",
     "dense_kernels",
     "device_reason",
     "dual_cone",
     "dual_cone_library",
     "gram",
-    "imtlg",
     "library",
     "library_path",
     "min_norm",
-    "nash_mtl",
-    "pcgrad",
     "unavailable_reason",
+    *AGGREGATOR_OPS,
 ]
 
 

@@ -9,16 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from mtl_fast._core.contracts import CONTRACTS
+from mtl_fast._core.contracts import AGGREGATOR_OPS, CONTRACTS
+from mtl_fast._core.dispatch import op_functions
 from mtl_fast.kernels.reference.adam import combine_adam, multi_adam
-from mtl_fast.kernels.reference.aggregators import (
-    aligned_mtl,
-    cagrad,
-    config,
-    imtlg,
-    nash_mtl,
-    pcgrad,
-)
 from mtl_fast.kernels.reference.combine import combine
 from mtl_fast.kernels.reference.dual_cone import dual_cone
 from mtl_fast.kernels.reference.gram import gram, gram_list
@@ -26,23 +19,20 @@ from mtl_fast.kernels.reference.min_norm import min_norm
 from mtl_fast.kernels.reference.sign_conflict import sign_conflict
 
 OPS = frozenset(CONTRACTS)  # every op, one function each, named after it
+# The Gram-space aggregators (aggregators.py), one function each.
+globals().update(op_functions(__name__, AGGREGATOR_OPS))
 
 __all__ = [
     "OPS",
-    "aligned_mtl",
-    "cagrad",
     "combine",
     "combine_adam",
-    "config",
     "dual_cone",
     "gram",
     "gram_list",
-    "imtlg",
     "min_norm",
     "multi_adam",
-    "nash_mtl",
-    "pcgrad",
     "sign_conflict",
+    *AGGREGATOR_OPS,
 ]
 
 

@@ -42,15 +42,14 @@ except ImportError as exc:  # the core package must work without Triton
 else:
     import numpy as np
 
-    from mtl_fast.kernels.triton.adam import combine_adam, multi_adam
+    from mtl_fast._core.dispatch import op_functions
     from mtl_fast.kernels.triton.aggregators import MAX_TASKS as MAX_AGGREGATOR_TASKS
-    from mtl_fast.kernels.triton.aggregators import cagrad, nash_mtl, pcgrad
-    from mtl_fast.kernels.triton.combine import combine
     from mtl_fast.kernels.triton.common import INTERPRETED, interpreter_problem
     from mtl_fast.kernels.triton.dual_cone import MAX_TASKS as DUAL_CONE_MAX_TASKS
-    from mtl_fast.kernels.triton.dual_cone import dual_cone
-    from mtl_fast.kernels.triton.gram import gram, gram_list
-    from mtl_fast.kernels.triton.min_norm import MAX_TASKS, min_norm
+    from mtl_fast.kernels.triton.min_norm import MAX_TASKS
+
+    # Each op's function, from the file OP_FILES names (gram.py, adam.py, ...).
+    globals().update(op_functions(__name__, OPS))
 
     # The solver keeps K and its face system in registers: one program per problem.
     TASK_LIMITS["min_norm"] = MAX_TASKS
@@ -59,22 +58,7 @@ else:
     TASK_LIMITS["dual_cone"] = DUAL_CONE_MAX_TASKS
     _IMPORT_ERROR = interpreter_problem(triton.__version__, np.__version__) if INTERPRETED else None
 
-__all__ = [
-    "MAX_TASKS",
-    "OPS",
-    "cagrad",
-    "combine",
-    "combine_adam",
-    "device_reason",
-    "dual_cone",
-    "gram",
-    "gram_list",
-    "min_norm",
-    "multi_adam",
-    "nash_mtl",
-    "pcgrad",
-    "unavailable_reason",
-]
+__all__ = ["MAX_TASKS", "OPS", "device_reason", "unavailable_reason", *sorted(OPS)]
 
 
 def unavailable_reason() -> str | None:
