@@ -46,7 +46,8 @@ const double* lr_pointer(const std::optional<at::Tensor>& lr_tensor, const at::T
 }
 
 int blocks_for(int64_t P) {
-  return static_cast<int>(std::max<int64_t>(1, std::min(ceil_div(P, kThreads), kMaxBlocks)));
+  const int64_t blocks = std::min(ceil_div(P, kStreamThreads), kStreamMaxBlocks);
+  return static_cast<int>(std::max<int64_t>(1, blocks));
 }
 
 // param: a contiguous 1-D CUDA tensor; every other tensor contiguous and on its device.
@@ -116,12 +117,12 @@ void multi_adam(const at::Tensor& param, const at::Tensor& grads, const at::Tens
     using param_t = decltype(param_tag);
     using grad_t = decltype(grad_tag);
     using state_t = decltype(state_tag);
-    adam_prologue_kernel<param_t, state_t><<<1, kThreads, 0, stream>>>(
+    adam_prologue_kernel<param_t, state_t><<<1, kStreamThreads, 0, stream>>>(
         step.data_ptr<float>(), tasks.data_ptr<int64_t>(), weights.data_ptr<double>(), S, lr_ptr,
         lr, beta1, beta2, weight_decay, coefs.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (P == 0) return;
-    multi_adam_kernel<param_t, grad_t, state_t><<<blocks_for(P), kThreads, 0, stream>>>(
+    multi_adam_kernel<param_t, grad_t, state_t><<<blocks_for(P), kStreamThreads, 0, stream>>>(
         param.data_ptr<param_t>(), grads.data_ptr<grad_t>(), grad_rows.data_ptr<int64_t>(),
         exp_avg.data_ptr<state_t>(), exp_avg_sq.data_ptr<state_t>(), tasks.data_ptr<int64_t>(),
         coefs.data_ptr<double>(), S, P, h);
@@ -191,7 +192,7 @@ void combine_adam(const at::Tensor& param, const at::Tensor& J, const at::Tensor
         coefs.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (P == 0) return;
-    combine_adam_kernel<state_t, j_t><<<blocks_for(P), kThreads, 0, stream>>>(
+    combine_adam_kernel<state_t, j_t><<<blocks_for(P), kStreamThreads, 0, stream>>>(
         param.data_ptr<state_t>(), J.data_ptr<j_t>(), w.data_ptr<acc_t>(),
         exp_avg.data_ptr<state_t>(), exp_avg_sq.data_ptr<state_t>(), coefs.data_ptr<double>(), T,
         P, h);

@@ -6,11 +6,10 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "streaming.cuh"
+
 namespace mtl_fast {
 namespace adam_detail {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 65535;
 
 // Scalars of one step, on the device: [decay, c_0 .. c_{S-1}, bc2s_0 .. bc2s_{S-1}].
 // tasks == nullptr means task 0 only (combine_adam); weights == nullptr means w = 1.
@@ -61,7 +60,7 @@ __device__ __forceinline__ param_t add_rounded(param_t p, state_t term) {
 }
 
 template <typename param_t, typename grad_t, typename state_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kStreamThreads)
     multi_adam_kernel(param_t* __restrict__ param, const grad_t* __restrict__ grads,
                       const int64_t* __restrict__ grad_rows, state_t* __restrict__ exp_avg,
                       state_t* __restrict__ exp_avg_sq, const int64_t* __restrict__ tasks,
@@ -92,7 +91,7 @@ __global__ void __launch_bounds__(kThreads)
 // d = Σ_t w_t J_t for element e (accumulated like combine, rounded to J's dtype as the
 // reference's combine output is), then one single-state Adam step with d.
 template <typename state_t, typename j_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kStreamThreads)
     combine_adam_kernel(state_t* __restrict__ param, const j_t* __restrict__ J,
                         const std::conditional_t<std::is_same_v<j_t, double>, double, float>*
                             __restrict__ w,

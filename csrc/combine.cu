@@ -44,13 +44,13 @@ at::Tensor combine(const at::Tensor& J, const at::Tensor& w) {
   const c10::cuda::CUDAGuard guard(J.device());
   if (B == 0 || P == 0 || T == 0) return at::zeros({B, P}, J.options());
   at::Tensor d = at::empty({B, P}, J.options());
-  const dim3 grid(static_cast<unsigned>(std::min(ceil_div(P, kThreads), kMaxBlocks)),
-                  static_cast<unsigned>(B));
+  const int64_t blocks = std::min(ceil_div(P, kStreamThreads), kStreamMaxBlocks);
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(B));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, J.scalar_type(), "mtl_fast_combine",
                                   [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    combine_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+    combine_kernel<scalar_t, acc_t><<<grid, kStreamThreads, 0, stream>>>(
         J.data_ptr<scalar_t>(), w.data_ptr<acc_t>(), d.data_ptr<scalar_t>(), T, P);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

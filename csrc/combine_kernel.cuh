@@ -5,16 +5,13 @@
 #include <cmath>
 #include <cstdint>
 
+#include "streaming.cuh"
+
 namespace mtl_fast {
 namespace combine_detail {
 
-constexpr int kThreads = 256;
-// Enough resident blocks per SM-sized slice of P to hide latency, with a grid-stride loop
-// beyond; 65535 keeps the grid legal in x.
-constexpr int64_t kMaxBlocks = 65535;
-
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kStreamThreads)
     combine_kernel(const scalar_t* __restrict__ J, const acc_t* __restrict__ w,
                    scalar_t* __restrict__ d, int64_t T, int64_t P) {
   const int64_t b = blockIdx.y;

@@ -26,6 +26,7 @@ SOURCES = ("bindings.cpp", "gram.cu", "min_norm.cu", "combine.cu", "adam.cu")
 HEADERS = (
     "checks.h",
     "ops.h",
+    "streaming.cuh",
     "adam_kernel.cuh",
     "combine_kernel.cuh",
     "gram_kernel.cuh",
