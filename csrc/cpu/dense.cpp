@@ -99,26 +99,32 @@ void comb_base(const S* J, const S* w, int64_t T, int64_t ld, int64_t p0, int64_
 
 #define MTL_AVX2 __attribute__((target("avx2,fma")))
 
+// One instruction set's intrinsics as overloads on the element type, declared once for AVX2 and
+// AVX-512: TARGET the function attribute, PS and PD the fp32 and fp64 vector types, MM the
+// intrinsics' prefix (_mm256, _mm512). Each is one inline intrinsic, as if written out.
+#define MTL_VECTOR_OVERLOADS(TARGET, PS, PD, MM)                                               \
+  TARGET inline PS vzero(const float*) { return MM##_setzero_ps(); }                           \
+  TARGET inline PD vzero(const double*) { return MM##_setzero_pd(); }                          \
+  TARGET inline PS vset1(float x) { return MM##_set1_ps(x); }                                  \
+  TARGET inline PD vset1(double x) { return MM##_set1_pd(x); }                                 \
+  TARGET inline PS vload(const float* p) { return MM##_load_ps(p); }                           \
+  TARGET inline PD vload(const double* p) { return MM##_load_pd(p); }                          \
+  TARGET inline PS vloadu(const float* p) { return MM##_loadu_ps(p); }                         \
+  TARGET inline PD vloadu(const double* p) { return MM##_loadu_pd(p); }                        \
+  TARGET inline void vstore(float* p, PS v) { MM##_store_ps(p, v); }                           \
+  TARGET inline void vstore(double* p, PD v) { MM##_store_pd(p, v); }                          \
+  TARGET inline void vstoreu(float* p, PS v) { MM##_storeu_ps(p, v); }                         \
+  TARGET inline void vstoreu(double* p, PD v) { MM##_storeu_pd(p, v); }                        \
+  TARGET inline PS vfma(PS a, PS b, PS c) { return MM##_fmadd_ps(a, b, c); }                   \
+  TARGET inline PD vfma(PD a, PD b, PD c) { return MM##_fmadd_pd(a, b, c); }
+
 // The lane arrays above are not turned into SIMD reliably (measured: scalar speed, 200 ms for
 // T = 10, P = 11.2 M), hence explicit AVX2 for the x86-64 path: 8 fp32 or 4 fp64 lanes, an
 // MI × MJ tile of accumulators in registers. The overloads below pick the intrinsic per element
 // type, so that one template (dense_gram.h) serves fp32 and fp64.
 namespace avx2 {
 
-MTL_AVX2 inline __m256 vzero(const float*) { return _mm256_setzero_ps(); }
-MTL_AVX2 inline __m256d vzero(const double*) { return _mm256_setzero_pd(); }
-MTL_AVX2 inline __m256 vset1(float x) { return _mm256_set1_ps(x); }
-MTL_AVX2 inline __m256d vset1(double x) { return _mm256_set1_pd(x); }
-MTL_AVX2 inline __m256 vload(const float* p) { return _mm256_load_ps(p); }
-MTL_AVX2 inline __m256d vload(const double* p) { return _mm256_load_pd(p); }
-MTL_AVX2 inline __m256 vloadu(const float* p) { return _mm256_loadu_ps(p); }
-MTL_AVX2 inline __m256d vloadu(const double* p) { return _mm256_loadu_pd(p); }
-MTL_AVX2 inline void vstore(float* p, __m256 v) { _mm256_store_ps(p, v); }
-MTL_AVX2 inline void vstore(double* p, __m256d v) { _mm256_store_pd(p, v); }
-MTL_AVX2 inline void vstoreu(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-MTL_AVX2 inline void vstoreu(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
-MTL_AVX2 inline __m256 vfma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
-MTL_AVX2 inline __m256d vfma(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
+MTL_VECTOR_OVERLOADS(MTL_AVX2, __m256, __m256d, _mm256)
 
 constexpr int64_t kVecBytes = 32;
 // Tiles of up to 4 × 3 rows (12 accumulators + 4 row loads + 1 column load of the 16 AVX2
@@ -197,14 +203,7 @@ MTL_AVX2 void comb(const S* J, const S* w, int64_t T, int64_t ld, int64_t p0, in
 
 namespace avx512 {
 
-MTL_AVX512 inline __m512 vzero(const float*) { return _mm512_setzero_ps(); }
-MTL_AVX512 inline __m512d vzero(const double*) { return _mm512_setzero_pd(); }
-MTL_AVX512 inline __m512 vloadu(const float* p) { return _mm512_loadu_ps(p); }
-MTL_AVX512 inline __m512d vloadu(const double* p) { return _mm512_loadu_pd(p); }
-MTL_AVX512 inline void vstoreu(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-MTL_AVX512 inline void vstoreu(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
-MTL_AVX512 inline __m512 vfma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-MTL_AVX512 inline __m512d vfma(__m512d a, __m512d b, __m512d c) { return _mm512_fmadd_pd(a, b, c); }
+MTL_VECTOR_OVERLOADS(MTL_AVX512, __m512, __m512d, _mm512)
 
 constexpr int64_t kVecBytes = 64;
 // Tiles of up to 4 × 6 rows (24 accumulators + 4 row loads + 1 column load of the 32 AVX-512
