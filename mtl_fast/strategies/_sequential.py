@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mtl_fast._core.adam_checks import check_hyper, check_lr
 from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.options import spells
 from mtl_fast._core.validate import (
     all_finite,
     require_backend_name,
@@ -17,7 +18,11 @@ from mtl_fast._core.validate import (
 )
 from mtl_fast.optim.multi_adam import MultiAdam
 from mtl_fast.optim.task_gradients import TaskGradients
-from mtl_fast.strategies._base import Strategy, base_arguments, check_losses, raise_or_skip
+from mtl_fast.strategies._base import Strategy, check_losses, raise_or_skip
+from mtl_fast.strategies._options import StrategyKwargs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Closure = Callable[[], Sequence[torch.Tensor]]
 
@@ -27,6 +32,7 @@ def partition(order: Sequence[int], size: int) -> list[list[int]]:
     return [list(order[i : i + size]) for i in range(0, len(order), size)]
 
 
+@spells(Strategy.__init__, StrategyKwargs)
 class SequentialStrategy(Strategy):
     """Base of the strategies that own their optimizers and step group by group.
 
@@ -55,17 +61,20 @@ class SequentialStrategy(Strategy):
         num_tasks: int,
         *,
         num_states: int,
-        lr: float,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        head_lr: float | None,
         seed: int,
-        diagnostics_every: int,
-        on_nonfinite: str,
-        backend: str | None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        head_lr: float | None = None,
+        backend: str | None = None,
+        **options: Unpack[StrategyKwargs],
     ) -> None:
-        super().__init__(**base_arguments(locals(), Strategy))
+        """The arguments of :class:`~mtl_fast.strategies.Strategy`; ``num_states`` Adam
+        states of the shared parameters; ``seed`` of the strategy's random draws; ``lr``,
+        ``betas``, ``eps``, ``weight_decay``, ``head_lr`` and ``backend`` as in
+        :class:`~mtl_fast.strategies.PerTaskUpdates`."""
+        super().__init__(shared_params, task_params, num_tasks, **options)
         # Every argument is judged before MultiAdam re-points the parameters at its buffer.
         require_seed("seed", seed)
         device = self.shared_params[0].device
@@ -96,6 +105,7 @@ class SequentialStrategy(Strategy):
             else:
                 self.head_optimizer = torch.optim.Adam(heads, lr=hlr, betas=betas, eps=eps)
         self._heads = heads
+        self.seed = seed
         self.rng = random.Random(seed)
 
     # -- one group step ----------------------------------------------------------------------
