@@ -75,7 +75,6 @@ class PCGrad(GramAggregator):
         shared_params, task_params, num_tasks, backend, batched, chunk_size, diagnostics_every,
             on_nonfinite: see :class:`~mtl_fast.strategies.MGDA`.
         seed: seed of the projection orders.
-
     """
 
     def __init__(
@@ -114,7 +113,6 @@ class IMTLG(GramAggregator):
     Args:
         shared_params, task_params, num_tasks, backend, batched, chunk_size, diagnostics_every,
             on_nonfinite: see :class:`~mtl_fast.strategies.MGDA`.
-
     """
 
     def coefficients(self, K: torch.Tensor) -> torch.Tensor:
@@ -134,7 +132,6 @@ class CAGrad(GramAggregator):
             on_nonfinite: see :class:`~mtl_fast.strategies.MGDA`.
         c: radius scale (default 0.5, the official code's; TorchJD has no default).
         norm_eps, rescale, max_iter, tol: see :func:`mtl_fast.cagrad_weights`.
-
     """
 
     def __init__(
@@ -186,7 +183,6 @@ class NashMTL(GramAggregator):
         max_norm: the clipping bound (0: none).
         update_weights_every: steps between weight updates.
         max_iter, tol: the Newton budget and tolerance (see :func:`mtl_fast.nash_mtl_step`).
-
     """
 
     def __init__(
@@ -258,7 +254,6 @@ class AlignedMTL(GramAggregator):
             on_nonfinite: see :class:`~mtl_fast.strategies.MGDA`.
         pref: (T,) preference vector (default 1/T each, TorchJD's).
         scale_mode: "min", "median" or "rmse".
-
     """
 
     def __init__(
@@ -294,7 +289,6 @@ class ConFIG(GramAggregator):
         shared_params, task_params, num_tasks, backend, batched, chunk_size, diagnostics_every,
             on_nonfinite: see :class:`~mtl_fast.strategies.MGDA`.
         pref: (T,) target cosine weights (default ones).
-
     """
 
     def __init__(

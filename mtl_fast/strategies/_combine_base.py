@@ -53,6 +53,11 @@ class CombineStrategy(Strategy):
     the backend of each op, the hyperparameters' validity) is settled once, at construction or
     on the first step; a step then runs the user's backward passes, the few ops of the method,
     and at most one host read-back for the NaN/Inf refusal (none with ``on_nonfinite="ignore"``).
+
+    Args:
+        shared_params, task_params, num_tasks, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.Strategy`.
+        backend, batched, chunk_size: see :class:`~mtl_fast.strategies.MGDA`.
     """
 
     # Set by the strategy benchmark to time the phases inside ``backward`` (called with the name
@@ -77,8 +82,6 @@ class CombineStrategy(Strategy):
         chunk_size: int | None = None,
         **options: Unpack[StrategyKwargs],
     ) -> None:
-        """The arguments of :class:`~mtl_fast.strategies.Strategy`, and ``backend``,
-        ``batched``, ``chunk_size`` as in :class:`~mtl_fast.strategies.MGDA`."""
         super().__init__(shared_params, task_params, num_tasks, **options)
         self._backend_options(backend, batched, chunk_size)
 

@@ -49,6 +49,14 @@ class SequentialStrategy(Strategy):
 
     Note that the shared parameters become views of one flat buffer (``optimizer.flat``): the
     Parameter objects and values are kept, so the model is unaffected.
+
+    Args:
+        shared_params, task_params, num_tasks, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.Strategy`.
+        num_states: the number of Adam states of the shared parameters.
+        seed: seeds the strategy's random draws (an int in [0, 2**32)).
+        lr, betas, eps, weight_decay, head_lr, backend: see
+            :class:`~mtl_fast.strategies.PerTaskUpdates`.
     """
 
     # The current task groups (set by the subclass; saved and restored with the state).
@@ -70,10 +78,6 @@ class SequentialStrategy(Strategy):
         backend: str | None = None,
         **options: Unpack[StrategyKwargs],
     ) -> None:
-        """The arguments of :class:`~mtl_fast.strategies.Strategy`; ``num_states`` Adam
-        states of the shared parameters; ``seed`` of the strategy's random draws; ``lr``,
-        ``betas``, ``eps``, ``weight_decay``, ``head_lr`` and ``backend`` as in
-        :class:`~mtl_fast.strategies.PerTaskUpdates`."""
         super().__init__(shared_params, task_params, num_tasks, **options)
         # Every argument is judged before MultiAdam re-points the parameters at its buffer.
         require_seed("seed", seed)
