@@ -83,3 +83,26 @@ def test_refuses_a_function_without_var_keyword() -> None:
         @spells(Solver, SolverKwargs)
         def solve(x: float, *, max_iter: int = 1) -> float:
             return x
+
+
+def test_a_decorated_class_spells_its_own_init() -> None:
+    class Base:
+        def __init__(self, a: int, *, max_iter: int = 7, tol: float = 0.5) -> None:
+            self.a, self.max_iter, self.tol = a, max_iter, tol
+
+    @spells(Base.__init__, SolverKwargs)
+    class Sub(Base):
+        def __init__(self, a: int, *, seed: int = 0, **options: object) -> None:
+            super().__init__(a, **options)  # type: ignore[arg-type]
+            self.seed = seed
+
+    params = inspect.signature(Sub).parameters
+    assert list(params) == ["a", "seed", "max_iter", "tol"]
+    assert (params["max_iter"].default, params["tol"].default) == (7, 0.5)
+    assert Sub(1, tol=0.25).tol == 0.25
+
+    with pytest.raises(TypeError, match="has no __init__ of its own"):
+
+        @spells(Base.__init__, SolverKwargs)
+        class Leaf(Sub):
+            pass

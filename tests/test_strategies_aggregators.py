@@ -11,15 +11,7 @@ import pytest
 import torch
 
 import mtl_fast
-from mtl_fast.strategies import (
-    IMTLG,
-    AlignedMTL,
-    CAGrad,
-    ConFIG,
-    GramAggregator,
-    NashMTL,
-    PCGrad,
-)
+from mtl_fast import strategies
 from tests import strategy_checks as checks
 from tests.strategy_models import Tiny, batches, manual_jacobian, one_batch
 
@@ -27,22 +19,24 @@ F64 = torch.float64
 
 
 # name → (strategy factory, expected coefficients from K)
-CASES: dict[str, tuple[Callable[..., GramAggregator], Callable[[torch.Tensor], torch.Tensor]]] = {
+CASES: dict[
+    str, tuple[Callable[..., strategies.GramAggregator], Callable[[torch.Tensor], torch.Tensor]]
+] = {
     "pcgrad": (
-        lambda *a, **k: PCGrad(*a, seed=3, **k),
+        lambda *a, **k: strategies.PCGrad(*a, seed=3, **k),
         lambda K: mtl_fast.pcgrad_weights(K, generator=torch.Generator().manual_seed(3)),
     ),
-    "imtlg": (IMTLG, mtl_fast.imtlg_weights),
+    "imtlg": (strategies.IMTLG, mtl_fast.imtlg_weights),
     "cagrad": (
-        lambda *a, **k: CAGrad(*a, c=0.4, **k),
+        lambda *a, **k: strategies.CAGrad(*a, c=0.4, **k),
         lambda K: mtl_fast.cagrad_weights(K, c=0.4),
     ),
-    "nashmtl": (NashMTL, mtl_fast.nash_mtl_weights),
+    "nashmtl": (strategies.NashMTL, mtl_fast.nash_mtl_weights),
     "alignedmtl": (
-        lambda *a, **k: AlignedMTL(*a, scale_mode="median", **k),
+        lambda *a, **k: strategies.AlignedMTL(*a, scale_mode="median", **k),
         lambda K: mtl_fast.aligned_mtl_weights(K, scale_mode="median"),
     ),
-    "config": (ConFIG, mtl_fast.config_weights),
+    "config": (strategies.ConFIG, mtl_fast.config_weights),
 }
 
 
@@ -61,7 +55,7 @@ def test_writes_the_gradients_of_the_weighted_losses(name: str) -> None:
     checks.assert_gradients(model, expected, rtol=1e-8, atol=1e-12)
 
 
-def _run(strategy: GramAggregator, model: Tiny, data: list[Any]) -> list[torch.Tensor]:
+def _run(strategy: strategies.GramAggregator, model: Tiny, data: list[Any]) -> list[torch.Tensor]:
     out = []
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     for x, y in data:
@@ -96,7 +90,9 @@ def test_state_resumes_exactly(name: str) -> None:
 def test_nash_mtl_update_weights_every_reuses_the_state() -> None:
     T = 3
     model = Tiny(T, dtype=F64)
-    nash = NashMTL(model.trunk.parameters(), model.heads.parameters(), T, update_weights_every=2)
+    nash = strategies.NashMTL(
+        model.trunk.parameters(), model.heads.parameters(), T, update_weights_every=2
+    )
     data = batches(T, 3, dtype=F64)
     alphas = []
     for x, y in data:
@@ -105,22 +101,24 @@ def test_nash_mtl_update_weights_every_reuses_the_state() -> None:
         alphas.append(nash.alpha.clone())
     assert torch.equal(alphas[0], alphas[1]) and not torch.equal(alphas[1], alphas[2])
     with pytest.raises(ValueError, match="update_weights_every"):
-        NashMTL(model.trunk.parameters(), model.heads.parameters(), T, update_weights_every=0)
+        strategies.NashMTL(
+            model.trunk.parameters(), model.heads.parameters(), T, update_weights_every=0
+        )
 
 
 def test_bad_hyperparameters_are_refused_at_construction() -> None:
     model = Tiny(2)
     shared, heads = list(model.trunk.parameters()), list(model.heads.parameters())
     with pytest.raises(ValueError, match="c must be"):
-        CAGrad(shared, heads, 2, c=-1.0)
+        strategies.CAGrad(shared, heads, 2, c=-1.0)
     with pytest.raises(ValueError, match="max_norm"):
-        NashMTL(shared, heads, 2, max_norm=-1.0)
+        strategies.NashMTL(shared, heads, 2, max_norm=-1.0)
     with pytest.raises(ValueError, match="scale_mode"):
-        AlignedMTL(shared, heads, 2, scale_mode="max")  # type: ignore[arg-type]
+        strategies.AlignedMTL(shared, heads, 2, scale_mode="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"pref must have shape \(2,\)"):
-        ConFIG(shared, heads, 2, pref=[1.0, 2.0, 3.0])
+        strategies.ConFIG(shared, heads, 2, pref=[1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="losses has 3 entries"):
-        IMTLG(shared, heads, 2).backward([torch.ones(1, requires_grad=True)] * 3)
+        strategies.IMTLG(shared, heads, 2).backward([torch.ones(1, requires_grad=True)] * 3)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -4,6 +4,7 @@ parameters it is given (frozen ones refused); a call refused for its arguments c
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -251,3 +252,80 @@ def test_a_parameter_frozen_after_construction_refuses_the_step(name: str) -> No
         else:
             strategy.step(lambda: model.losses(x, y)[0])  # type: ignore[attr-defined]
     assert _same(_snapshot(strategy, model), before)
+
+
+# ---- the keyword groups: declared once, spelled in every signature -------------------------
+
+
+def _public_strategies() -> list[type[Strategy]]:
+    import mtl_fast.distributed as distributed
+    import mtl_fast.strategies as strategies
+
+    found = []
+    for module in (strategies, distributed):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, Strategy) and obj is not Strategy:
+                found.append(obj)
+    return found
+
+
+# The defaults of every group's names (those of the base constructor that keeps them).
+GROUP_DEFAULTS: dict[str, Any] = {
+    "diagnostics_every": 0,
+    "on_nonfinite": "raise",
+    "backend": None,
+    "batched": None,
+    "chunk_size": None,
+    "lr": 1e-3,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "head_lr": None,
+}
+
+
+def _group(cls: type[Strategy]) -> tuple[type, dict[str, Any], dict[str, Any]]:
+    """The keyword group ``cls`` takes, the defaults it spells differently, and the arguments
+    it needs besides the parameters."""
+    from mtl_fast.distributed import DistributedGramStrategy, fixed
+    from mtl_fast.strategies import CombineStrategy, SequentialStrategy
+    from mtl_fast.strategies import _options as groups
+
+    if issubclass(cls, DistributedGramStrategy):
+        return groups.BackendKwargs, {"batched": False}, {"weighting": fixed([1.0] * T)}
+    if cls is SequentialStrategy:
+        return groups.StrategyKwargs, {}, {"num_states": 1, "seed": 0}
+    if issubclass(cls, SequentialStrategy):
+        return groups.SequentialKwargs, {}, {}
+    if cls is CombineStrategy or issubclass(cls, LinearScalarization):
+        return groups.StrategyKwargs, {}, {}
+    return groups.ArenaKwargs, {}, {}
+
+
+@pytest.mark.parametrize("cls", _public_strategies(), ids=lambda cls: cls.__name__)
+def test_every_signature_spells_its_keyword_group_and_a_misspelling_is_refused(
+    cls: type[Strategy],
+) -> None:
+    from mtl_fast._core.options import spelled_names
+
+    group, own_defaults, needed = _group(cls)
+    params = inspect.signature(cls).parameters
+    assert list(params)[:3] == ["shared_params", "task_params", "num_tasks"]
+    for name in spelled_names(group):
+        assert name in params, name
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert params[name].default == own_defaults.get(name, GROUP_DEFAULTS[name]), name
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+    model = Tiny(T)
+    before = [p.data_ptr() for p in model.parameters()]
+    with pytest.raises(TypeError, match="diagnostics_evry"):
+        cls(  # type: ignore[call-arg]
+            model.trunk.parameters(),
+            model.heads.parameters(),
+            T,
+            **needed,
+            diagnostics_evry=1,
+        )
+    assert [p.data_ptr() for p in model.parameters()] == before  # nothing re-pointed

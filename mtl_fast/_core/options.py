@@ -43,9 +43,10 @@ def spelled_names(group: type) -> tuple[str, ...]:
 
 
 def spells(source: Callable[..., Any], group: type) -> Callable[[F], F]:
-    """Decorator: the runtime signature of a function (or ``__init__``) whose ``**options`` are
-    typed ``Unpack[group]``, with ``**options`` replaced by the keyword-only parameters named in
-    ``group``, their annotations and defaults taken from ``source``'s signature.
+    """Decorator: the runtime signature of a function (or ``__init__``, or a class: its own
+    ``__init__``) whose ``**options`` are typed ``Unpack[group]``, with ``**options`` replaced
+    by the keyword-only parameters named in ``group``, their annotations and defaults taken from
+    ``source``'s signature.
 
     Names the function spells itself stay as it spells them. Raises ``TypeError`` at import when
     the function has no ``**options`` or ``source`` lacks one of ``group``'s names, so that the
@@ -58,6 +59,11 @@ def spells(source: Callable[..., Any], group: type) -> Callable[[F], F]:
         raise TypeError(f"{group.__name__} names {missing}, which {source!r} does not take")
 
     def decorate(fn: F) -> F:
+        if isinstance(fn, type):  # a class: its own __init__
+            if "__init__" not in vars(fn):
+                raise TypeError(f"{fn.__qualname__} has no __init__ of its own to spell")
+            decorate(vars(fn)["__init__"])
+            return fn
         params = list(inspect.signature(fn).parameters.values())
         if not params or params[-1].kind is not inspect.Parameter.VAR_KEYWORD:
             raise TypeError(f"{fn.__qualname__} has no **options to spell as {group.__name__}")

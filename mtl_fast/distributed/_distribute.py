@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -29,12 +33,17 @@ from mtl_fast.strategies import (
     SelectiveTaskGroupUpdates,
     Strategy,
 )
-from mtl_fast.strategies._base import base_arguments
 
 _SEQUENTIAL: dict[type, type] = {
     PerTaskUpdates: DistributedPerTaskUpdates,
     SelectiveTaskGroupUpdates: DistributedSelectiveTaskGroupUpdates,
 }
+
+
+def constructor_arguments(values: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """The arguments of ``cls``'s constructor by name (its spelled signature: every keyword of
+    its groups too), read back from ``values`` (a strategy's attributes of the same names)."""
+    return {name: values[name] for name in inspect.signature(cls).parameters if name in values}
 
 
 def distribute(
@@ -94,26 +103,23 @@ def distribute(
         if gram_only:
             raise ValueError("exchange and optimizer apply to the Gram-space methods only")
         return DistributedMGDAUB(
-            **base_arguments(options, MGDAUB), comm=comm, module=module, broadcast=broadcast
+            **constructor_arguments(options, MGDAUB), comm=comm, module=module, broadcast=broadcast
         )
     if isinstance(strategy, LinearScalarization) and not gram_only:
         return DistributedLinearScalarization(
-            **base_arguments(options, LinearScalarization),
+            **constructor_arguments(options, LinearScalarization),
             comm=comm,
             module=module,
             broadcast=broadcast,
         )
     if isinstance(strategy, (MGDA, DualConeStrategy, GramAggregator, LinearScalarization)):
         return DistributedGramStrategy(
-            **base_arguments(options, CombineStrategy),
+            **constructor_arguments(options, CombineStrategy),
             weighting=weighting_of(strategy),
             comm=comm,
             module=module,
             exchange=exchange,
             optimizer=optimizer,
             broadcast=broadcast,
-            batched=getattr(strategy, "batched", False),
-            chunk_size=getattr(strategy, "chunk_size", None),
-            backend=getattr(strategy, "backend", None),
         )
     raise TypeError(f"strategy: no distributed form of {type(strategy).__name__}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
+from mtl_fast._core.options import spells
 from mtl_fast.diagnostics import gradient_diagnostics
 from mtl_fast.distributed._comm import Communicator
 from mtl_fast.distributed._grads import all_reduce_grads, broadcast_parameters
@@ -17,12 +18,17 @@ from mtl_fast.distributed._module import check_module, no_sync
 from mtl_fast.distributed._sharded_adam import ShardedAdam
 from mtl_fast.distributed._weighting import Weighting
 from mtl_fast.strategies import CombineStrategy, Strategy
-from mtl_fast.strategies._base import base_arguments, check_losses, loss_vector
+from mtl_fast.strategies._base import check_losses, loss_vector
 from mtl_fast.strategies._combine_base import loss_grads
+from mtl_fast.strategies._options import BackendKwargs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 EXCHANGES = ("reduce_scatter", "all_reduce", "local_gram")
 
 
+@spells(CombineStrategy.__init__, BackendKwargs)
 class DistributedGramStrategy(CombineStrategy):
     """One data-parallel step of a Gram-space method, exact: the weights are those of the
     single-process method on the whole (concatenated) batch.
@@ -67,8 +73,6 @@ class DistributedGramStrategy(CombineStrategy):
         batched, chunk_size, backend: as :class:`~mtl_fast.strategies.MGDA`.
     """
 
-    space = "parameters"
-
     def __init__(
         self,
         shared_params: Iterable[torch.Tensor],
@@ -84,12 +88,9 @@ class DistributedGramStrategy(CombineStrategy):
         reduce_scatter: str = "auto",
         broadcast: bool = True,
         batched: bool | None = False,
-        chunk_size: int | None = None,
-        backend: str | None = None,
-        diagnostics_every: int = 0,
-        on_nonfinite: str = "raise",
+        **options: Unpack[BackendKwargs],
     ) -> None:
-        super().__init__(**base_arguments(locals(), CombineStrategy))
+        super().__init__(shared_params, task_params, num_tasks, batched=batched, **options)
         if not callable(weighting):
             raise TypeError(f"weighting must be callable (K, losses) -> (w, c), got {weighting!r}")
         if exchange not in EXCHANGES:
@@ -106,9 +107,6 @@ class DistributedGramStrategy(CombineStrategy):
         self.weighting = weighting
         self.exchange = exchange
         self.optimizer = optimizer
-        self.batched = batched
-        self.chunk_size = chunk_size
-        self._ops(backend)
         self.comm.check_same("num_tasks and the number of shared scalars", [num_tasks, self._P])
         if broadcast:
             broadcast_parameters(self.comm, [*self.shared_params, *self.task_params])

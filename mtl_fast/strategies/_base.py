@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,25 +89,18 @@ def raise_or_skip(mode: str, what: str, bad: list[int]) -> None:
         raise NonFiniteError(what, bad)
 
 
-def check_strategy_options(
-    num_tasks: object, diagnostics_every: object, on_nonfinite: object
-) -> int:
-    """The options every strategy takes; returns num_tasks. Subclasses call it before their own
-    checks that depend on T, so that every argument is judged before anything is built."""
+def check_strategy_options(num_tasks: object, **options: object) -> int:
+    """``num_tasks`` and the options every strategy takes (``diagnostics_every``,
+    ``on_nonfinite``) among ``options`` as given (a default is valid; other names are left to
+    their owners); returns num_tasks. Subclasses call it before their own checks that depend on
+    T, so that every argument is judged before anything is built."""
     require_positive_int("num_tasks", num_tasks, 1)
-    require_positive_int("diagnostics_every", diagnostics_every, 0)
-    require_choice("on_nonfinite", on_nonfinite, _ON_NONFINITE)
+    if "diagnostics_every" in options:
+        require_positive_int("diagnostics_every", options["diagnostics_every"], 0)
+    if "on_nonfinite" in options:
+        require_choice("on_nonfinite", options["on_nonfinite"], _ON_NONFINITE)
     assert isinstance(num_tasks, int)
     return num_tasks
-
-
-def base_arguments(args: Mapping[str, Any], base: type, **given: Any) -> dict[str, Any]:
-    """The arguments of ``base.__init__`` by name, from a subclass constructor's ``locals()``
-    (plus ``given``): the subclass keeps its explicit signature and passes the options it shares
-    with ``base`` through unchanged, where ``base`` checks and keeps them."""
-    names = inspect.signature(base).parameters
-    forwarded = {name: args[name] for name in names if name in args}
-    return {**forwarded, **given}
 
 
 class Strategy:
@@ -139,7 +131,9 @@ class Strategy:
         diagnostics_every: int = 0,
         on_nonfinite: str = "raise",
     ) -> None:
-        check_strategy_options(num_tasks, diagnostics_every, on_nonfinite)
+        check_strategy_options(
+            num_tasks, diagnostics_every=diagnostics_every, on_nonfinite=on_nonfinite
+        )
         self.shared_params, self.task_params = check_strategy_params(shared_params, task_params)
         self.num_tasks = num_tasks
         self.diagnostics_every = diagnostics_every

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.options import spells
 from mtl_fast._core.precision import accumulation_dtype
 from mtl_fast._core.validate import (
     require_backend_name,
@@ -16,6 +17,10 @@ from mtl_fast._core.validate import (
 )
 from mtl_fast.optim.task_gradients import TaskGradients
 from mtl_fast.strategies._base import Strategy, check_losses, loss_vector, raise_or_skip
+from mtl_fast.strategies._options import StrategyKwargs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def loss_grads(losses: Sequence[torch.Tensor], scales: torch.Tensor) -> list[torch.Tensor]:
@@ -30,6 +35,7 @@ def loss_grads(losses: Sequence[torch.Tensor], scales: torch.Tensor) -> list[tor
 Decide = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+@spells(Strategy.__init__, StrategyKwargs)
 class CombineStrategy(Strategy):
     """Base of the strategies that write gradients and leave the step to the user's optimizer.
 
@@ -47,17 +53,37 @@ class CombineStrategy(Strategy):
     the backend of each op, the hyperparameters' validity) is settled once, at construction or
     on the first step; a step then runs the user's backward passes, the few ops of the method,
     and at most one host read-back for the NaN/Inf refusal (none with ``on_nonfinite="ignore"``).
+
+    Args:
+        shared_params, task_params, num_tasks, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.Strategy`.
+        backend, batched, chunk_size: see :class:`~mtl_fast.strategies.MGDA`.
     """
 
     # Set by the strategy benchmark to time the phases inside ``backward`` (called with the name
     # of each phase as it ends); None in normal use, where it costs one attribute test a phase.
     _phase: Callable[[str], None] | None = None
-    # How the arena is filled (see :meth:`_arena_options`); the Gram-space methods take both as
-    # constructor arguments.
-    batched: bool | None = False
-    chunk_size: int | None = None
-    # The ops' backend (set by :meth:`_backend_options`).
+    # Where the diagnostics' gradients live (MGDA-UB's are w.r.t. the features).
+    space = "parameters"
+    # How the arena is filled (see :meth:`_arena_options`) and the ops' backend: constructor
+    # arguments, checked and kept by :meth:`_backend_options`.
+    batched: bool | None
+    chunk_size: int | None
     backend: str | None
+
+    def __init__(
+        self,
+        shared_params: Iterable[torch.Tensor],
+        task_params: Iterable[torch.Tensor] = (),
+        num_tasks: int = 2,
+        *,
+        backend: str | None = None,
+        batched: bool | None = None,
+        chunk_size: int | None = None,
+        **options: Unpack[StrategyKwargs],
+    ) -> None:
+        super().__init__(shared_params, task_params, num_tasks, **options)
+        self._backend_options(backend, batched, chunk_size)
 
     def backward(
         self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None

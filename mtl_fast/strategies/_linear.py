@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mtl_fast._core.options import spells
 from mtl_fast._core.validate import nonfinite_rows
-from mtl_fast.strategies._base import (
-    base_arguments,
-    check_losses,
-    check_strategy_options,
-    loss_vector,
-)
+from mtl_fast.strategies._base import check_losses, check_strategy_options, loss_vector
 from mtl_fast.strategies._combine_base import CombineStrategy
+from mtl_fast.strategies._options import StrategyKwargs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def fixed_weights(weights: object, num_tasks: int) -> torch.Tensor:
@@ -34,6 +34,7 @@ def fixed_weights(weights: object, num_tasks: int) -> torch.Tensor:
     return w
 
 
+@spells(CombineStrategy.__init__, StrategyKwargs)
 class LinearScalarization(CombineStrategy):
     """Linear scalarisation: gradients of L = Σ_t w_t L_t with fixed weights (default all 1).
 
@@ -67,14 +68,13 @@ class LinearScalarization(CombineStrategy):
         num_tasks: int = 2,
         *,
         weights: Sequence[float] | torch.Tensor | None = None,
-        diagnostics_every: int = 0,
-        on_nonfinite: str = "raise",
+        **options: Unpack[StrategyKwargs],
     ) -> None:
-        num_tasks = check_strategy_options(num_tasks, diagnostics_every, on_nonfinite)
+        num_tasks = check_strategy_options(num_tasks, **options)
         w = fixed_weights(weights, num_tasks)
-        super().__init__(**base_arguments(locals(), CombineStrategy))
+        # One backward pass per step (per task on a diagnostics step): no batched fill.
+        super().__init__(shared_params, task_params, num_tasks, batched=False, **options)
         self.weights = w.to(self.shared_params[0].device)
-        self._ops(None)
 
     def backward(
         self, losses: Sequence[torch.Tensor], /, *, features: torch.Tensor | None = None

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
 from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.options import spells
 from mtl_fast._core.validate import (
     require_choice,
     require_nonneg_float,
     require_positive_int,
 )
 from mtl_fast.ops.min_norm import DEFAULT_MAX_ITER, DEFAULT_TOL, min_norm
-from mtl_fast.strategies._base import base_arguments
 from mtl_fast.strategies._combine_base import CombineStrategy
+from mtl_fast.strategies._options import ArenaKwargs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 APPLY_TO = ("raw", "normalized")
@@ -78,6 +83,7 @@ def solve_weights(
     return w, c
 
 
+@spells(CombineStrategy.__init__, ArenaKwargs)
 class MGDA(CombineStrategy):
     """MGDA on the gradients w.r.t. the shared parameters (Sener & Koltun, NeurIPS 2018).
 
@@ -124,8 +130,6 @@ class MGDA(CombineStrategy):
         True
     """
 
-    space = "parameters"
-
     def __init__(
         self,
         shared_params: Iterable[torch.Tensor],
@@ -136,13 +140,9 @@ class MGDA(CombineStrategy):
         apply_to: str = "raw",
         max_iter: int = DEFAULT_MAX_ITER,
         tol: float = DEFAULT_TOL,
-        backend: str | None = None,
-        batched: bool | None = None,
-        chunk_size: int | None = None,
-        diagnostics_every: int = 0,
-        on_nonfinite: str = "raise",
+        **options: Unpack[ArenaKwargs],
     ) -> None:
-        super().__init__(**base_arguments(locals(), CombineStrategy))
+        super().__init__(shared_params, task_params, num_tasks, **options)
         require_choice("normalization", normalization, NORMALIZATIONS)
         require_choice("apply_to", apply_to, APPLY_TO)
         require_positive_int("max_iter", max_iter)
@@ -151,10 +151,9 @@ class MGDA(CombineStrategy):
         self.apply_to = apply_to
         self.max_iter = max_iter
         self.tol = float(tol)
-        self._backend_options(backend, batched, chunk_size)
         device = self.shared_params[0].device
         self._solve = (
-            resolve("min_norm", backend, device, tasks=num_tasks) if num_tasks > 1 else None
+            resolve("min_norm", self.backend, device, tasks=num_tasks) if num_tasks > 1 else None
         )
         self._sync_free = device.type != "cpu"
 
@@ -168,12 +167,5 @@ class MGDA(CombineStrategy):
                     K.unsqueeze(0), max_iter=self.max_iter, tol=self.tol, sync_free=self._sync_free
                 )[0]
             return w, w
-        return solve_weights(
-            K,
-            lv,
-            normalization=self.normalization,
-            apply_to=self.apply_to,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            backend=self.backend,
-        )
+        names = ("normalization", "apply_to", "max_iter", "tol", "backend")
+        return solve_weights(K, lv, **{name: getattr(self, name) for name in names})

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
+from mtl_fast._core.options import spells
 from mtl_fast._core.validate import require_bool, require_positive_int
-from mtl_fast.strategies._base import base_arguments, check_strategy_options, loss_vector
+from mtl_fast.strategies._base import check_strategy_options, loss_vector
+from mtl_fast.strategies._options import SequentialKwargs
 from mtl_fast.strategies._sequential import Closure, SequentialStrategy, partition
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
+
+@spells(SequentialStrategy.__init__, SequentialKwargs)
 class PerTaskUpdates(SequentialStrategy):
     """One optimizer step per task (or per task group) in sequence, each with a fresh forward.
 
@@ -60,6 +67,12 @@ class PerTaskUpdates(SequentialStrategy):
         torch.Size([3])
         >>> pt.last.groups
         [[0], [1], [2]]
+        >>> from mtl_fast.strategies import SelectiveTaskGroupUpdates  # used alike
+        >>> stgu = SelectiveTaskGroupUpdates(trunk.parameters(), heads.parameters(),
+        ...                                  num_tasks=3, warmup=1)
+        >>> _ = stgu.step(closure); _ = stgu.step(closure)
+        >>> stgu.last.affinity.shape
+        torch.Size([3, 3])
     """
 
     def __init__(
@@ -71,23 +84,14 @@ class PerTaskUpdates(SequentialStrategy):
         group_size: int = 1,
         redraw: bool = False,
         seed: int = 0,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        head_lr: float | None = None,
-        diagnostics_every: int = 0,
-        on_nonfinite: str = "raise",
-        backend: str | None = None,
+        **options: Unpack[SequentialKwargs],
     ) -> None:
-        num_tasks = check_strategy_options(num_tasks, diagnostics_every, on_nonfinite)
+        num_tasks = check_strategy_options(num_tasks, **options)
         group_size = min(require_positive_int("group_size", group_size, 1), num_tasks)
         require_bool("redraw", redraw)
-        num_groups = -(-num_tasks // group_size)
+        num_states = num_tasks if redraw else -(-num_tasks // group_size)  # one per group
         super().__init__(
-            **base_arguments(
-                locals(), SequentialStrategy, num_states=num_tasks if redraw else num_groups
-            )
+            shared_params, task_params, num_tasks, num_states=num_states, seed=seed, **options
         )
         self.group_size = group_size
         self.redraw = redraw

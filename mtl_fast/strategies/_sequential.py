@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mtl_fast._core.adam_checks import check_hyper, check_lr
 from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.options import spells
 from mtl_fast._core.validate import (
     all_finite,
     require_backend_name,
@@ -17,7 +18,11 @@ from mtl_fast._core.validate import (
 )
 from mtl_fast.optim.multi_adam import MultiAdam
 from mtl_fast.optim.task_gradients import TaskGradients
-from mtl_fast.strategies._base import Strategy, base_arguments, check_losses, raise_or_skip
+from mtl_fast.strategies._base import Strategy, check_losses, raise_or_skip
+from mtl_fast.strategies._options import StrategyKwargs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Closure = Callable[[], Sequence[torch.Tensor]]
 
@@ -27,6 +32,7 @@ def partition(order: Sequence[int], size: int) -> list[list[int]]:
     return [list(order[i : i + size]) for i in range(0, len(order), size)]
 
 
+@spells(Strategy.__init__, StrategyKwargs)
 class SequentialStrategy(Strategy):
     """Base of the strategies that own their optimizers and step group by group.
 
@@ -43,6 +49,14 @@ class SequentialStrategy(Strategy):
 
     Note that the shared parameters become views of one flat buffer (``optimizer.flat``): the
     Parameter objects and values are kept, so the model is unaffected.
+
+    Args:
+        shared_params, task_params, num_tasks, diagnostics_every, on_nonfinite: see
+            :class:`~mtl_fast.strategies.Strategy`.
+        num_states: the number of Adam states of the shared parameters.
+        seed: seeds the strategy's random draws (an int in [0, 2**32)).
+        lr, betas, eps, weight_decay, head_lr, backend: see
+            :class:`~mtl_fast.strategies.PerTaskUpdates`.
     """
 
     # The current task groups (set by the subclass; saved and restored with the state).
@@ -55,17 +69,16 @@ class SequentialStrategy(Strategy):
         num_tasks: int,
         *,
         num_states: int,
-        lr: float,
-        betas: tuple[float, float],
-        eps: float,
-        weight_decay: float,
-        head_lr: float | None,
         seed: int,
-        diagnostics_every: int,
-        on_nonfinite: str,
-        backend: str | None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        head_lr: float | None = None,
+        backend: str | None = None,
+        **options: Unpack[StrategyKwargs],
     ) -> None:
-        super().__init__(**base_arguments(locals(), Strategy))
+        super().__init__(shared_params, task_params, num_tasks, **options)
         # Every argument is judged before MultiAdam re-points the parameters at its buffer.
         require_seed("seed", seed)
         device = self.shared_params[0].device
@@ -96,6 +109,7 @@ class SequentialStrategy(Strategy):
             else:
                 self.head_optimizer = torch.optim.Adam(heads, lr=hlr, betas=betas, eps=eps)
         self._heads = heads
+        self.seed = seed
         self.rng = random.Random(seed)
 
     # -- one group step ----------------------------------------------------------------------

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mtl_fast._core.extras import require
+from mtl_fast._core.options import spells
 from mtl_fast._core.validate import (
     require_choice,
     require_positive_int,
     require_real,
     require_seed,
 )
-from mtl_fast.strategies._base import base_arguments, check_strategy_options, loss_vector
+from mtl_fast.strategies._base import check_strategy_options, loss_vector
+from mtl_fast.strategies._options import SequentialKwargs
 from mtl_fast.strategies._sequential import Closure, SequentialStrategy
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 CREDITING = ("corrected", "reference")
 
@@ -134,6 +139,7 @@ def affinity_groups(
     return sorted(groups.values(), key=lambda g: g[0]), True
 
 
+@spells(SequentialStrategy.__init__, SequentialKwargs)
 class SelectiveTaskGroupUpdates(SequentialStrategy):
     """Selective Task Group Updates (Jeong & Yoon, ICLR 2025).
 
@@ -159,6 +165,8 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
     step. Heads use ordinary Adam; the paper lets task-specific parameters use lr × T: pass
     ``head_lr=lr * num_tasks`` for that.
 
+    Example: see :class:`~mtl_fast.strategies.PerTaskUpdates`.
+
     Args:
         shared_params, task_params, num_tasks, diagnostics_every, on_nonfinite: see
             :class:`~mtl_fast.strategies.Strategy`.
@@ -170,21 +178,6 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
         seed: seeds the group order and the clustering (an int in [0, 2**32)).
         lr, betas, eps, weight_decay, head_lr, backend: as in
             :class:`~mtl_fast.strategies.PerTaskUpdates`.
-
-    Example:
-        >>> import torch
-        >>> from mtl_fast.strategies import SelectiveTaskGroupUpdates
-        >>> trunk, heads = torch.nn.Linear(4, 8), torch.nn.ModuleList(
-        ...     torch.nn.Linear(8, 1) for _ in range(3))
-        >>> x = torch.randn(16, 4)
-        >>> def closure():
-        ...     z = trunk(x)
-        ...     return [h(z).pow(2).mean() for h in heads]
-        >>> stgu = SelectiveTaskGroupUpdates(trunk.parameters(), heads.parameters(),
-        ...                                  num_tasks=3, warmup=1)
-        >>> _ = stgu.step(closure); _ = stgu.step(closure)
-        >>> stgu.last.affinity.shape
-        torch.Size([3, 3])
     """
 
     def __init__(
@@ -199,28 +192,22 @@ class SelectiveTaskGroupUpdates(SequentialStrategy):
         damping: float = 0.5,
         ap_max_iter: int = 200,
         seed: int = 0,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        head_lr: float | None = None,
-        diagnostics_every: int = 0,
-        on_nonfinite: str = "raise",
-        backend: str | None = None,
+        **options: Unpack[SequentialKwargs],
     ) -> None:
-        num_tasks = check_strategy_options(num_tasks, diagnostics_every, on_nonfinite)
+        num_tasks = check_strategy_options(num_tasks, **options)
         # Judged before the parameters are flattened, and not at the first regrouping.
         require_real("beta", beta, low=0.0, high=1.0, low_open=True)
         require_positive_int("warmup", warmup, 0)
         require_choice("crediting", crediting, CREDITING)
         check_clustering(damping, ap_max_iter, seed)
-        super().__init__(**base_arguments(locals(), SequentialStrategy, num_states=num_tasks))
+        super().__init__(
+            shared_params, task_params, num_tasks, num_states=num_tasks, seed=seed, **options
+        )
         self.beta = beta
         self.warmup = warmup
         self.crediting = crediting
         self.damping = damping
         self.ap_max_iter = ap_max_iter
-        self.seed = seed
         dev = self.shared_params[0].device
         self.affinity = torch.zeros(num_tasks, num_tasks, dtype=torch.float32, device=dev)
         self.groups = [[t] for t in range(num_tasks)]

@@ -5,11 +5,12 @@ of the task gradients, combined then stepped by the user's optimizer."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.options import spells
 from mtl_fast._core.validate import require_float, require_tensor
 from mtl_fast.ops.dual_cone import (
     DEFAULT_MAX_ITER,
@@ -20,10 +21,14 @@ from mtl_fast.ops.dual_cone import (
     refuse_nonfinite_weights,
 )
 from mtl_fast.ops.dual_cone_weights import upgrad_weights
-from mtl_fast.strategies._base import base_arguments
 from mtl_fast.strategies._combine_base import CombineStrategy
+from mtl_fast.strategies._options import ArenaKwargs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
+@spells(CombineStrategy.__init__, ArenaKwargs)
 class DualConeStrategy(CombineStrategy):
     """Base of the strategies whose weights come from projections onto the dual cone
     {x : Jx ≥ 0} of the task gradients (:func:`mtl_fast.dual_cone_projection`).
@@ -36,8 +41,6 @@ class DualConeStrategy(CombineStrategy):
     unweighted ∇L_t instead; the shared update is the same.
     """
 
-    space = "parameters"
-
     def __init__(
         self,
         shared_params: Iterable[torch.Tensor],
@@ -49,13 +52,9 @@ class DualConeStrategy(CombineStrategy):
         reg_eps: float = DEFAULT_REG_EPS,
         max_iter: int = DEFAULT_MAX_ITER,
         tol: float = DEFAULT_TOL,
-        backend: str | None = None,
-        batched: bool | None = None,
-        chunk_size: int | None = None,
-        diagnostics_every: int = 0,
-        on_nonfinite: str = "raise",
+        **options: Unpack[ArenaKwargs],
     ) -> None:
-        super().__init__(**base_arguments(locals(), CombineStrategy))
+        super().__init__(shared_params, task_params, num_tasks, **options)
         if pref is not None:
             pref = require_tensor("pref", pref)
             require_float("pref", pref)
@@ -71,9 +70,8 @@ class DualConeStrategy(CombineStrategy):
         self.reg_eps = reg_eps
         self.max_iter = max_iter
         self.tol = tol
-        self._backend_options(backend, batched, chunk_size)
         # The solver's backend too: an explicit one that cannot run raises now, not at step 1.
-        resolve("dual_cone", backend, self.shared_params[0].device, tasks=num_tasks)
+        resolve("dual_cone", self.backend, self.shared_params[0].device, tasks=num_tasks)
 
     def _weights(self, K: torch.Tensor) -> torch.Tensor:
         """(T,) weights from the (T, T) Gram of the raw gradients, in K's dtype."""

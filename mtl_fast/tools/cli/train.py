@@ -106,30 +106,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stgu-warmup", type=int_at_least(0), default=100)
     parser.add_argument("--stgu-beta", type=real(0.0, 1.0, low_open=True), default=1e-3)
     parser.add_argument("--stgu-crediting", choices=["corrected", "reference"], default="corrected")
-    parser.add_argument(
-        "--cagrad-c",
-        type=real(0.0),
-        default=0.5,
-        help="cagrad: radius scale c (official default 0.5)",
-    )
-    parser.add_argument(
-        "--nash-max-norm",
-        type=real(0.0),
-        default=1.0,
-        help="nashmtl: clip ‖d‖ of the shared update to this (0: no clipping; TorchJD's default 1)",
-    )
-    parser.add_argument(
-        "--aligned-scale-mode",
-        choices=["min", "median", "rmse"],
-        default="min",
-        help="alignedmtl: which eigenvalue sets the scale",
-    )
-    parser.add_argument(
-        "--diagnostics-every",
-        type=int_at_least(0),
-        default=25,
-        help="steps between diagnostics (0: none)",
-    )
+    # (flag, type or the list of its choices, default, help)
+    options: list[tuple[str, Any, object, str]] = [
+        ("--cagrad-c", real(0.0), 0.5, "cagrad: radius scale c (official default 0.5)"),
+        (
+            "--nash-max-norm",
+            real(0.0),
+            1.0,
+            "nashmtl: clip ‖d‖ of the shared update to this (0: no clipping; TorchJD's default 1)",
+        ),
+        (
+            "--aligned-scale-mode",
+            ["min", "median", "rmse"],
+            "min",
+            "alignedmtl: which eigenvalue sets the scale",
+        ),
+        ("--diagnostics-every", int_at_least(0), 25, "steps between diagnostics (0: none)"),
+    ]
+    for flag, kind, default, text in options:
+        how = {"choices": kind} if isinstance(kind, list) else {"type": kind}
+        parser.add_argument(flag, **how, default=default, help=text)
     parser.add_argument(
         "--single-task",
         action="store_true",
