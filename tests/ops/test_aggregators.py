@@ -10,6 +10,7 @@ package is missing.
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import Callable
 
@@ -981,6 +982,38 @@ def test_bad_hyperparameters_raise_and_touch_nothing() -> None:
         pcgrad_weights(K, order=torch.zeros(3, 2, dtype=torch.int64))
 
 
+BACKEND_DEFAULTS = {"backend": None, "check_finite": None, "sync_free": None}
+NASH_SOLVE_DEFAULTS = {**BACKEND_DEFAULTS, "prev_alpha": None, "max_iter": 50, "tol": 1e-10}
+SPELLED = {
+    "cagrad_weights": (
+        {"c": inspect.Parameter.empty, "norm_eps": 1e-4, "rescale": 0, "max_iter": 100}
+        | {"tol": 1e-12, **BACKEND_DEFAULTS}
+    ),
+    "nash_mtl_step": {**NASH_SOLVE_DEFAULTS, "max_norm": 1.0},
+    "nash_mtl_weights": {**NASH_SOLVE_DEFAULTS, "max_norm": 1.0},
+    "nash_mtl_solve": NASH_SOLVE_DEFAULTS,
+}
+
+
+@pytest.mark.parametrize("name", list(SPELLED))
+def test_keyword_groups_are_spelled_out_and_misspellings_refused(name: str) -> None:
+    """help() and inspect show every keyword of the op's group with its default, keyword-only;
+    a misspelled keyword is a TypeError naming it, before anything is computed."""
+    op = getattr(mtl_fast, name)
+    params = inspect.signature(op).parameters
+    assert next(iter(params)) == "K" and params["K"].kind is inspect.Parameter.POSITIONAL_ONLY
+    assert {n: p.default for n, p in params.items() if n != "K"} == SPELLED[name]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in params.items() if n != "K")
+    extra = {"c": 0.5} if name == "cagrad_weights" else {}
+    with pytest.raises(TypeError, match="max_iters"):
+        op(torch.eye(2), max_iters=3, **extra)
+    with pytest.raises(TypeError, match="max_iters"):  # named before K is looked at
+        op("not a tensor", max_iters=3, **extra)
+    if name == "nash_mtl_solve":  # it does not clip: max_norm is not one of its keywords
+        with pytest.raises(TypeError, match="max_norm"):
+            op(torch.eye(2), max_norm=1.0)
+
+
 def test_explicit_backend_without_the_op_says_why() -> None:
     cuda = _load("cuda")
     if isinstance(cuda, str):
@@ -990,9 +1023,7 @@ def test_explicit_backend_without_the_op_says_why() -> None:
 
 @pytest.mark.parametrize("op", AGGREGATOR_OPS)
 def test_every_backend_follows_the_contract(op: str) -> None:
-    """Positional-only tensors, keyword-only hyperparameters, as the op's Protocol says."""
-    import inspect
-
+    """Positional-only tensors and hyperparameter dataclass, as the op's Protocol says."""
     from mtl_fast._core.contracts import CONTRACTS, OP_FILES
 
     want = inspect.signature(CONTRACTS[op].__call__)
