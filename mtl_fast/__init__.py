@@ -31,6 +31,7 @@ from mtl_fast._core.flat import flatten_parameters
 from mtl_fast._core.validate import LayoutError, NonFiniteError
 from mtl_fast._version import __version__
 from mtl_fast.ops import *  # noqa: F403 (the public ops: the names of ops.__all__)
+from mtl_fast.ops.aggregators import *  # noqa: F403 (in ops.__all__ too; said again for mypy)
 from mtl_fast.optim import MultiAdam, TaskGradients
 
 _aliases.install()

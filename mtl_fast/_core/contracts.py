@@ -7,9 +7,11 @@ Each function's signature is the ``__call__`` of the op's Protocol below; a test
 backend to it. Inputs reach a backend already validated by the public op (shapes, dtypes,
 devices, finiteness where asked), with the leading batch dimensions flattened into one.
 
-The optimizer ops take their tensors as :class:`AdamState`, a multi-state step's gradient rows as
-:class:`AdamRows` and the hyperparameters as :class:`AdamHyper`, so the calling convention is one
-short line everywhere.
+Every op takes its hyperparameters as one frozen dataclass, positional after the tensors
+(:class:`AdamHyper`, :class:`DualConeHyper`, ...); the optimizer ops take their tensors as
+:class:`AdamState` and a multi-state step's gradient rows as :class:`AdamRows`, so the calling
+convention is one short line everywhere; the public op checks the values before they reach a
+backend.
 """
 
 from __future__ import annotations
@@ -93,25 +95,26 @@ class MinNormOp(Protocol):
     def __call__(self, K: Tensor, /, *, max_iter: int, tol: float, sync_free: bool) -> Tensor: ...
 
 
+@dataclass(frozen=True)
+class DualConeHyper:
+    """The dual-cone solver's settings: the normalisation G̃ = G / tr G + reg_eps·I (reg_eps·I
+    when tr G < norm_eps), at most ``max_iter`` factorisations per row, the stopping rule's
+    ``tol``, and ``sync_free``: no host read-back (a fixed budget with per-row masks where the
+    backend needs one)."""
+
+    norm_eps: float
+    reg_eps: float
+    max_iter: int
+    tol: float
+    sync_free: bool
+
+
 class DualConeOp(Protocol):
     """U: (B, R, T) and G: (B, T, T), each fp32/fp64 (they may differ), T ≥ 1 → W: (B, R, T) in
-    G's dtype, W[b, r] = argmin_{v ≥ U[b, r]} vᵀG̃[b]v with G̃ = G / tr G + reg_eps·I
-    (reg_eps·I when tr G < norm_eps), W ≥ U exactly; NaN rows for non-finite input.
-    ``sync_free``: no host read-back (a fixed budget with per-row masks where the backend
-    needs one)."""
+    G's dtype, W[b, r] = argmin_{v ≥ U[b, r]} vᵀG̃[b]v (G̃ as :class:`DualConeHyper` says),
+    W ≥ U exactly; NaN rows for non-finite input."""
 
-    def __call__(
-        self,
-        U: Tensor,
-        G: Tensor,
-        /,
-        *,
-        norm_eps: float,
-        reg_eps: float,
-        max_iter: int,
-        tol: float,
-        sync_free: bool,
-    ) -> Tensor: ...
+    def __call__(self, U: Tensor, G: Tensor, hyper: DualConeHyper, /) -> Tensor: ...
 
 
 class CombineOp(Protocol):
@@ -148,29 +151,49 @@ class PCGradOp(Protocol):
     def __call__(self, K: Tensor, order: Tensor, /) -> Tensor: ...
 
 
-class IMTLGOp(Protocol):
-    """K: (B, T, T) fp32/fp64 → (B, T) IMTL-G weights in K's dtype; ``rtol``: the
-    pseudo-inverse cut-off relative to the largest eigenvalue of K / max_i K_ii."""
+@dataclass(frozen=True)
+class PinvHyper:
+    """A pseudo-inverse's cut-off: eigenvalues |λ| ≤ ``rtol``·max|λ| count as zero."""
 
-    def __call__(self, K: Tensor, /, *, rtol: float) -> Tensor: ...
+    rtol: float
+
+
+class IMTLGOp(Protocol):
+    """K: (B, T, T) fp32/fp64 → (B, T) IMTL-G weights in K's dtype; the pseudo-inverse is that
+    of K / max_i K_ii."""
+
+    def __call__(self, K: Tensor, hyper: PinvHyper, /) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class CAGradHyper:
+    """CAGrad's settings (see :func:`mtl_fast.ops.aggregators.cagrad_weights`): the radius scale
+    ``c``, the zero rules' threshold ``norm_eps``, the final ``rescale`` (0, 1 or 2), and the
+    inner solve's budget, duality gap and ``sync_free``."""
+
+    c: float
+    norm_eps: float
+    rescale: int
+    max_iter: int
+    tol: float
+    sync_free: bool
 
 
 class CAGradOp(Protocol):
-    """K: (B, T, T) fp32/fp64 → (B, T) CAGrad weights in K's dtype (see
-    :func:`mtl_fast.ops.aggregators.cagrad_weights` for the hyperparameters)."""
+    """K: (B, T, T) fp32/fp64 → (B, T) CAGrad weights in K's dtype."""
 
-    def __call__(
-        self,
-        K: Tensor,
-        /,
-        *,
-        c: float,
-        norm_eps: float,
-        rescale: int,
-        max_iter: int,
-        tol: float,
-        sync_free: bool,
-    ) -> Tensor: ...
+    def __call__(self, K: Tensor, hyper: CAGradHyper, /) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class NashMTLHyper:
+    """Nash-MTL's settings: the clipping norm ``max_norm`` (0: none), the Newton budget
+    ``max_iter`` and decrement tolerance ``tol``, and ``sync_free``."""
+
+    max_norm: float
+    max_iter: int
+    tol: float
+    sync_free: bool
 
 
 class NashMTLOp(Protocol):
@@ -178,31 +201,30 @@ class NashMTLOp(Protocol):
     K's dtype: the clipped Nash-MTL weights and the new state."""
 
     def __call__(
-        self,
-        K: Tensor,
-        prev_alpha: Tensor,
-        /,
-        *,
-        max_norm: float,
-        max_iter: int,
-        tol: float,
-        sync_free: bool,
+        self, K: Tensor, prev_alpha: Tensor, hyper: NashMTLHyper, /
     ) -> tuple[Tensor, Tensor]: ...
 
 
-class AlignedMTLOp(Protocol):
-    """K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) Aligned-MTL weights in K's dtype;
-    ``scale_mode`` "min" | "median" | "rmse"; ``rtol``: the rank cut-off relative to the largest
-    eigenvalue."""
+@dataclass(frozen=True)
+class AlignedMTLHyper:
+    """Aligned-MTL's ``scale_mode`` ("min" | "median" | "rmse") and its rank cut-off ``rtol``,
+    relative to the largest eigenvalue."""
 
-    def __call__(self, K: Tensor, pref: Tensor, /, *, scale_mode: str, rtol: float) -> Tensor: ...
+    scale_mode: str
+    rtol: float
+
+
+class AlignedMTLOp(Protocol):
+    """K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) Aligned-MTL weights in K's dtype."""
+
+    def __call__(self, K: Tensor, pref: Tensor, hyper: AlignedMTLHyper, /) -> Tensor: ...
 
 
 class ConFIGOp(Protocol):
-    """K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) ConFIG weights in K's dtype; ``rtol``:
-    the cut-off of the cosine matrix's pseudo-inverse."""
+    """K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) ConFIG weights in K's dtype; the
+    pseudo-inverse is that of the cosine matrix."""
 
-    def __call__(self, K: Tensor, pref: Tensor, /, *, rtol: float) -> Tensor: ...
+    def __call__(self, K: Tensor, pref: Tensor, hyper: PinvHyper, /) -> Tensor: ...
 
 
 CONTRACTS: dict[str, type] = {

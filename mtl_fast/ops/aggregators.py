@@ -35,13 +35,16 @@ agreement are in docs/aggregators.md.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from mtl_fast._core.contracts import ALIGNED_MTL_SCALE_MODES as SCALE_MODES
+from mtl_fast._core.contracts import AlignedMTLHyper, CAGradHyper, NashMTLHyper, PinvHyper
 from mtl_fast._core.dispatch import resolve
+from mtl_fast._core.options import spells
 from mtl_fast._core.validate import (
     NonFiniteError,
     all_finite,
@@ -50,6 +53,10 @@ from mtl_fast._core.validate import (
     require_positive_int,
     should_check,
 )
+from mtl_fast.ops._options import BackendKwargs, BackendOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "NashMTLStep",
@@ -162,12 +169,26 @@ def _vector_arg(
     return xb.to(torch.float64).reshape(-1, T).contiguous()
 
 
+def _pref_arg(pref: object, fill: float, batch: tuple[int, ...], K3: Tensor, check: bool) -> Tensor:
+    """``pref`` as a contiguous (B, T) fp64 tensor (:func:`_vector_arg`); None: ``fill``."""
+    B, T, _ = K3.shape
+    if pref is None:
+        return torch.full((B, T), fill, dtype=torch.float64, device=K3.device)
+    return _vector_arg("pref", pref, T, batch, K3, check)
+
+
 def _finish(c: Tensor, batch: tuple[int, ...]) -> Tensor:
     return c.reshape(*batch, c.shape[-1])
 
 
-def _sync_free(sync_free: bool | None, device: torch.device) -> bool:
-    return device.type != "cpu" if sync_free is None else bool(sync_free)
+def _run(op: str, backend: str | None, K3: Tensor, batch: tuple[int, ...], *args: object) -> Tensor:
+    """The backend's ``op`` on the validated (B, T, T) batch K3 and ``args`` (the op's other
+    tensors and its hyperparameters), in K's batch shape; zeros for an empty batch."""
+    B, T, _ = K3.shape
+    if B == 0:
+        return K3.new_zeros(*batch, T)
+    fn = resolve(op, backend, K3.device, tasks=T)
+    return _finish(fn(K3, *args), batch)
 
 
 def _default_rtol(rtol: float | None, T: int, dtype: torch.dtype) -> float:
@@ -286,10 +307,7 @@ def pcgrad_weights(
             ref = torch.arange(T, device=ordr.device)
             if not bool((ordr.sort(dim=-1).values == ref).all()):
                 raise ValueError("each order[..., i, :] must be a permutation of range(T)")
-    if B == 0:
-        return K3.new_zeros(*batch, T)
-    fn = resolve("pcgrad", backend, K3.device, tasks=T)
-    return _finish(fn(K3, ordr), batch)
+    return _run("pcgrad", backend, K3, batch, ordr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,12 +355,8 @@ def imtlg_weights(
         tensor([0.6667, 0.3333])
     """
     K3, batch, _ = _check_gram(K, check_finite)
-    B, T, _ = K3.shape
-    tol = _default_rtol(rtol, T, K.dtype)
-    if B == 0:
-        return K3.new_zeros(*batch, T)
-    fn = resolve("imtlg", backend, K3.device, tasks=T)
-    return _finish(fn(K3, rtol=tol), batch)
+    hyper = PinvHyper(_default_rtol(rtol, K3.shape[-1], K.dtype))
+    return _run("imtlg", backend, K3, batch, hyper)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,18 +405,12 @@ def aligned_mtl_weights(
         tensor([0.2500, 0.5000])
     """
     K3, batch, check = _check_gram(K, check_finite)
-    B, T, _ = K3.shape
+    T = K3.shape[-1]
     if scale_mode not in SCALE_MODES:
         raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
-    if pref is None:
-        p = torch.full((B, T), 1.0 / T, dtype=torch.float64, device=K3.device)
-    else:
-        p = _vector_arg("pref", pref, T, batch, K3, check)
-    if B == 0:
-        return K3.new_zeros(*batch, T)
-    rtol = T * torch.finfo(K.dtype).eps
-    fn = resolve("aligned_mtl", backend, K3.device, tasks=T)
-    return _finish(fn(K3, p, scale_mode=scale_mode, rtol=rtol), batch)
+    p = _pref_arg(pref, 1.0 / T, batch, K3, check)
+    hyper = AlignedMTLHyper(scale_mode, _default_rtol(None, T, K.dtype))
+    return _run("aligned_mtl", backend, K3, batch, p, hyper)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,8 +454,7 @@ def config_weights(
         pref: (..., T) target cosine weights broadcastable to K's batch; None: ones (both
             references' default).
         rtol: cut-off of C's pseudo-inverse; default T·eps(K.dtype).
-        backend: "auto", "reference" or "cpu".
-        check_finite: validate K's values and ``pref``; None: on the CPU only.
+        backend, check_finite: as in :func:`aligned_mtl_weights`.
 
     Returns:
         (..., T) weights, fp32 (fp64 for fp64 K).
@@ -458,16 +465,9 @@ def config_weights(
         tensor([1.5000, 0.7500])
     """
     K3, batch, check = _check_gram(K, check_finite)
-    B, T, _ = K3.shape
-    tol = _default_rtol(rtol, T, K.dtype)
-    if pref is None:
-        p = torch.ones((B, T), dtype=torch.float64, device=K3.device)
-    else:
-        p = _vector_arg("pref", pref, T, batch, K3, check)
-    if B == 0:
-        return K3.new_zeros(*batch, T)
-    fn = resolve("config", backend, K3.device, tasks=T)
-    return _finish(fn(K3, p, rtol=tol), batch)
+    hyper = PinvHyper(_default_rtol(rtol, K3.shape[-1], K.dtype))
+    p = _pref_arg(pref, 1.0, batch, K3, check)
+    return _run("config", backend, K3, batch, p, hyper)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,18 +475,39 @@ def config_weights(
 # ----------------------------------------------------------------------------------------------
 
 
+class CAGradKwargs(BackendKwargs, total=False):
+    """:func:`cagrad_weights`' keyword options; the defaults are :class:`CAGradOptions`'."""
+
+    norm_eps: float
+    rescale: Literal[0, 1, 2]
+    max_iter: int
+    tol: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class CAGradOptions(BackendOptions):
+    """CAGrad's options but ``c``, with their defaults; checked once, here."""
+
+    norm_eps: float = CAGRAD_NORM_EPS
+    rescale: Literal[0, 1, 2] = 0
+    max_iter: int = CAGRAD_MAX_ITER
+    tol: float = CAGRAD_TOL
+
+    def __post_init__(self) -> None:
+        _finite_float("norm_eps", self.norm_eps)
+        if isinstance(self.rescale, bool) or self.rescale not in (0, 1, 2):
+            raise ValueError(f"rescale must be 0, 1 or 2, got {self.rescale!r}")
+        require_positive_int("max_iter", self.max_iter)
+        _finite_float("tol", self.tol)
+
+
+@spells(CAGradOptions, CAGradKwargs)
 def cagrad_weights(
     K: Tensor,
     /,
     *,
     c: float,
-    norm_eps: float = CAGRAD_NORM_EPS,
-    rescale: Literal[0, 1, 2] = 0,
-    max_iter: int = CAGRAD_MAX_ITER,
-    tol: float = CAGRAD_TOL,
-    backend: str | None = None,
-    check_finite: bool | None = None,
-    sync_free: bool | None = None,
+    **options: Unpack[CAGradKwargs],
 ) -> Tensor:
     r"""CAGrad weights: the best worst-task improvement within a ball around the mean gradient.
 
@@ -528,27 +549,10 @@ def cagrad_weights(
         >>> mtl_fast.cagrad_weights(torch.tensor([[1.0, -0.5], [-0.5, 1.0]]), c=0.5)
         tensor([0.7500, 0.7500])
     """
-    K3, batch, _ = _check_gram(K, check_finite)
-    B, T, _ = K3.shape
-    cc = _finite_float("c", c)
-    eps = _finite_float("norm_eps", norm_eps)
-    if isinstance(rescale, bool) or rescale not in (0, 1, 2):
-        raise ValueError(f"rescale must be 0, 1 or 2, got {rescale!r}")
-    require_positive_int("max_iter", max_iter)
-    tolerance = _finite_float("tol", tol)
-    if B == 0:
-        return K3.new_zeros(*batch, T)
-    fn = resolve("cagrad", backend, K3.device, tasks=T)
-    out = fn(
-        K3,
-        c=cc,
-        norm_eps=eps,
-        rescale=int(rescale),
-        max_iter=max_iter,
-        tol=tolerance,
-        sync_free=_sync_free(sync_free, K3.device),
-    )
-    return _finish(out, batch)
+    given = CAGradOptions(**options)
+    K3, batch, _ = _check_gram(K, given.check_finite)
+    hyper = given.hyper(CAGradHyper, K3.device, c=_finite_float("c", c))
+    return _run("cagrad", given.backend, K3, batch, hyper)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -556,18 +560,39 @@ def cagrad_weights(
 # ----------------------------------------------------------------------------------------------
 
 
-def nash_mtl_step(
-    K: Tensor,
-    /,
-    *,
-    prev_alpha: Tensor | None = None,
-    max_norm: float = NASH_MAX_NORM,
-    max_iter: int = NASH_MAX_ITER,
-    tol: float = NASH_TOL,
-    backend: str | None = None,
-    check_finite: bool | None = None,
-    sync_free: bool | None = None,
-) -> NashMTLStep:
+class NashSolveKwargs(BackendKwargs, total=False):
+    """:func:`nash_mtl_solve`'s keyword options; the defaults are :class:`NashMTLOptions`'."""
+
+    prev_alpha: Tensor | None
+    max_iter: int
+    tol: float
+
+
+class NashMTLKwargs(NashSolveKwargs, total=False):
+    """:func:`nash_mtl_step`'s and :func:`nash_mtl_weights`' keyword options: the solve's and
+    the clipping norm."""
+
+    max_norm: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class NashMTLOptions(BackendOptions):
+    """Nash-MTL's options with their defaults; checked once, here (``prev_alpha`` against K,
+    by :func:`nash_mtl_step`)."""
+
+    prev_alpha: Tensor | None = None
+    max_iter: int = NASH_MAX_ITER
+    tol: float = NASH_TOL
+    max_norm: float = NASH_MAX_NORM
+
+    def __post_init__(self) -> None:
+        _finite_float("max_norm", self.max_norm)
+        require_positive_int("max_iter", self.max_iter)
+        _finite_float("tol", self.tol)
+
+
+@spells(NashMTLOptions, NashMTLKwargs)
+def nash_mtl_step(K: Tensor, /, **options: Unpack[NashMTLKwargs]) -> NashMTLStep:
     r"""One Nash-MTL update: the weights to apply and the new state, in one call.
 
     Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022, Algorithm 1. The Nash
@@ -610,44 +635,25 @@ def nash_mtl_step(
         >>> step.alpha, step.weights  # α_i = 1 / ‖g_i‖, then ‖Jᵀα‖ = √2 is clipped to 1
         (tensor([1.0000, 0.5000]), tensor([0.7071, 0.3536]))
     """
-    K3, batch, check = _check_gram(K, check_finite)
+    given = NashMTLOptions(**options)
+    K3, batch, check = _check_gram(K, given.check_finite)
     B, T, _ = K3.shape
-    norm = _finite_float("max_norm", max_norm)
-    require_positive_int("max_iter", max_iter)
-    tolerance = _finite_float("tol", tol)
-    if prev_alpha is None:
+    if given.prev_alpha is None:
         prev = torch.ones((B, T), dtype=torch.float64, device=K3.device)
     else:
-        prev = _vector_arg("prev_alpha", prev_alpha, T, batch, K3, check)
+        prev = _vector_arg("prev_alpha", given.prev_alpha, T, batch, K3, check)
         if check and prev.numel() > 0 and not bool((prev > 0).all()):
             raise ValueError("prev_alpha must be positive")
     if B == 0:
         empty = K3.new_zeros(*batch, T)
         return NashMTLStep(empty, empty.clone())
-    fn = resolve("nash_mtl", backend, K3.device, tasks=T)
-    weights, alpha = fn(
-        K3,
-        prev,
-        max_norm=norm,
-        max_iter=max_iter,
-        tol=tolerance,
-        sync_free=_sync_free(sync_free, K3.device),
-    )
+    fn = resolve("nash_mtl", given.backend, K3.device, tasks=T)
+    weights, alpha = fn(K3, prev, given.hyper(NashMTLHyper, K3.device))
     return NashMTLStep(_finish(weights, batch), _finish(alpha, batch))
 
 
-def nash_mtl_weights(
-    K: Tensor,
-    /,
-    *,
-    prev_alpha: Tensor | None = None,
-    max_norm: float = NASH_MAX_NORM,
-    max_iter: int = NASH_MAX_ITER,
-    tol: float = NASH_TOL,
-    backend: str | None = None,
-    check_finite: bool | None = None,
-    sync_free: bool | None = None,
-) -> Tensor:
+@spells(NashMTLOptions, NashMTLKwargs)
+def nash_mtl_weights(K: Tensor, /, **options: Unpack[NashMTLKwargs]) -> Tensor:
     """Nash-MTL weights: ``nash_mtl_step(...).weights`` (see :func:`nash_mtl_step`).
 
     The method is stateful: to carry the state across steps, call :func:`nash_mtl_step` and
@@ -658,29 +664,11 @@ def nash_mtl_weights(
         >>> mtl_fast.nash_mtl_weights(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
         tensor([0.7071, 0.3536])
     """
-    return nash_mtl_step(
-        K,
-        prev_alpha=prev_alpha,
-        max_norm=max_norm,
-        max_iter=max_iter,
-        tol=tol,
-        backend=backend,
-        check_finite=check_finite,
-        sync_free=sync_free,
-    ).weights
+    return nash_mtl_step(K, **options).weights
 
 
-def nash_mtl_solve(
-    K: Tensor,
-    /,
-    *,
-    prev_alpha: Tensor | None = None,
-    max_iter: int = NASH_MAX_ITER,
-    tol: float = NASH_TOL,
-    backend: str | None = None,
-    check_finite: bool | None = None,
-    sync_free: bool | None = None,
-) -> Tensor:
+@spells(NashMTLOptions, NashSolveKwargs)
+def nash_mtl_solve(K: Tensor, /, **options: Unpack[NashSolveKwargs]) -> Tensor:
     """The Nash bargaining α (Kα = 1/α), or ``prev_alpha`` where there is none: the unclipped
     ``nash_mtl_step(...).alpha`` (see :func:`nash_mtl_step`).
 
@@ -689,16 +677,8 @@ def nash_mtl_solve(
         >>> mtl_fast.nash_mtl_solve(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))  # α_i = 1 / ‖g_i‖
         tensor([1.0000, 0.5000])
     """
-    return nash_mtl_step(
-        K,
-        prev_alpha=prev_alpha,
-        max_norm=0.0,
-        max_iter=max_iter,
-        tol=tol,
-        backend=backend,
-        check_finite=check_finite,
-        sync_free=sync_free,
-    ).alpha
+    # max_norm = 0: no clipping (a max_norm passed here is refused: "multiple values").
+    return nash_mtl_step(K, **options, max_norm=0.0).alpha
 
 
 def nash_mtl_clip(

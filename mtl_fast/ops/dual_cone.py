@@ -14,12 +14,14 @@ fp64 inside) is described in :mod:`mtl_fast.kernels.reference.dual_cone` and doc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 
+from mtl_fast._core.contracts import DualConeHyper
 from mtl_fast._core.dispatch import resolve
 from mtl_fast._core.dual_cone_problem import kkt_residual as _kkt_residual
+from mtl_fast._core.options import spells
 from mtl_fast._core.validate import (
     refuse_nonfinite_gram,
     refuse_nonfinite_weights,
@@ -34,6 +36,10 @@ from mtl_fast._core.validate import (
     require_tensor,
     should_check,
 )
+from mtl_fast.ops._options import BackendKwargs, BackendOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 DEFAULT_MAX_ITER = 64  # factorisations per row; at most 41 measured over ~200k rows
 DEFAULT_TOL = 1e-10
@@ -49,24 +55,35 @@ def check_options(norm_eps: object, reg_eps: object, max_iter: object, tol: obje
     require_nonneg_float("tol", tol)
 
 
-@dataclass(frozen=True)
-class SolverOptions:
-    """What the dual-cone ops pass on to the solver: the scalars :func:`check_options` checks,
-    the backend and ``sync_free`` (checked by :func:`project`)."""
+class DualConeKwargs(BackendKwargs, total=False):
+    """The solver's keyword options, shared by :func:`dual_cone_projection`,
+    :func:`~mtl_fast.upgrad_weights` and :func:`~mtl_fast.dualproj_weights`; the defaults are
+    :class:`SolverOptions`'."""
 
     norm_eps: float
     reg_eps: float
     max_iter: int
     tol: float
-    backend: str | None
-    sync_free: bool | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SolverOptions(BackendOptions):
+    """What the dual-cone ops pass on to the solver, with their defaults; checked once, here
+    (errors name the argument)."""
+
+    norm_eps: float = DEFAULT_NORM_EPS
+    reg_eps: float = DEFAULT_REG_EPS
+    max_iter: int = DEFAULT_MAX_ITER
+    tol: float = DEFAULT_TOL
+
+    def __post_init__(self) -> None:
+        check_options(self.norm_eps, self.reg_eps, self.max_iter, self.tol)
+        require_optional_bool("sync_free", self.sync_free)
 
 
 def project(U: torch.Tensor, G: torch.Tensor, options: SolverOptions) -> torch.Tensor:
     """The projection on validated input: U (..., R, T) or (T,), G (..., T, T) of any float
     dtypes → W of U's broadcast shape in G's dtype (fp32 for fp16/bf16)."""
-    sync_free = options.sync_free
-    require_optional_bool("sync_free", sync_free)
     T = G.shape[-1]
     work = G if G.dtype in (torch.float32, torch.float64) else G.float()
     Uw = U if U.dtype in (torch.float32, torch.float64) else U.float()
@@ -93,18 +110,8 @@ def project(U: torch.Tensor, G: torch.Tensor, options: SolverOptions) -> torch.T
             R = out_shape[-2]
             U3 = U2.expand(*out_shape).reshape(-1, R, T)
             G3 = work.expand(*out_shape[:-2], T, T).reshape(-1, T, T)
-        if sync_free is None:
-            sync_free = G.device.type != "cpu"
         solve = resolve("dual_cone", options.backend, G.device, tasks=T)
-        W3 = solve(
-            U3,
-            G3,
-            norm_eps=float(options.norm_eps),
-            reg_eps=float(options.reg_eps),
-            max_iter=options.max_iter,
-            tol=float(options.tol),
-            sync_free=sync_free,
-        )
+        W3 = solve(U3, G3, options.hyper(DualConeHyper, G.device))
         W = W3.reshape(out_shape)
     return W[..., 0, :] if vector else W
 
@@ -131,14 +138,8 @@ def dual_cone_projection(
     G: torch.Tensor,
     /,
     *,
-    norm_eps: float = ...,
-    reg_eps: float = ...,
-    max_iter: int = ...,
-    tol: float = ...,
-    backend: str | None = ...,
-    check_finite: bool | None = ...,
-    sync_free: bool | None = ...,
     return_converged: Literal[False] = ...,
+    **options: Unpack[DualConeKwargs],
 ) -> torch.Tensor: ...
 
 
@@ -148,30 +149,19 @@ def dual_cone_projection(
     G: torch.Tensor,
     /,
     *,
-    norm_eps: float = ...,
-    reg_eps: float = ...,
-    max_iter: int = ...,
-    tol: float = ...,
-    backend: str | None = ...,
-    check_finite: bool | None = ...,
-    sync_free: bool | None = ...,
     return_converged: Literal[True],
+    **options: Unpack[DualConeKwargs],
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+@spells(SolverOptions, DualConeKwargs)
 def dual_cone_projection(
     U: torch.Tensor,
     G: torch.Tensor,
     /,
     *,
-    norm_eps: float = DEFAULT_NORM_EPS,
-    reg_eps: float = DEFAULT_REG_EPS,
-    max_iter: int = DEFAULT_MAX_ITER,
-    tol: float = DEFAULT_TOL,
-    backend: str | None = None,
-    check_finite: bool | None = None,
-    sync_free: bool | None = None,
     return_converged: bool = False,
+    **options: Unpack[DualConeKwargs],
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Weights of the projections of the rows of U onto the dual cone of G, batched.
 
@@ -222,6 +212,7 @@ def dual_cone_projection(
         tensor([[1.0000, 0.2222],
                 [1.9980, 1.0000]])
     """
+    solver = SolverOptions(**options)
     G = require_gram("G", G)
     T = G.shape[-1]
     U = require_tensor("U", U)
@@ -233,15 +224,13 @@ def dual_cone_projection(
             f"got {tuple(U.shape)}"
         )
     require_same_device("U", U, "G", G)
-    check_options(norm_eps, reg_eps, max_iter, tol)
     require_bool("return_converged", return_converged)
-    if should_check(check_finite, G.device):
+    if should_check(solver.check_finite, G.device):
         refuse_nonfinite_gram("G", G)
         refuse_nonfinite_weights("U", U)
     # With the flags, solve in fp64 and compute them from the fp64 weights (rounding W to fp32
     # alone would move the residual by ~1e-7 × cond(G̃)); only then round W to G's dtype.
-    options = SolverOptions(norm_eps, reg_eps, max_iter, tol, backend, sync_free)
-    W = project(U, G.to(torch.float64) if return_converged else G, options)
+    W = project(U, G.to(torch.float64) if return_converged else G, solver)
     if not return_converged:
         return W
     vector = U.dim() == 1
@@ -249,9 +238,9 @@ def dual_cone_projection(
         U[None] if vector else U,
         G,
         W[..., None, :] if vector else W,
-        norm_eps=norm_eps,
-        reg_eps=reg_eps,
-        tol=tol,
+        norm_eps=solver.norm_eps,
+        reg_eps=solver.reg_eps,
+        tol=solver.tol,
     )
     out = G.dtype if G.dtype in (torch.float32, torch.float64) else torch.float32
     return W.to(out), conv[..., 0] if vector else conv

@@ -8,8 +8,12 @@ Validation and the shared preference-vector handling are the private functions a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 
+from mtl_fast._core.options import spells
 from mtl_fast._core.validate import (
     refuse_nonfinite_gram,
     refuse_nonfinite_weights,
@@ -20,15 +24,10 @@ from mtl_fast._core.validate import (
     require_tensor,
     should_check,
 )
-from mtl_fast.ops.dual_cone import (
-    DEFAULT_MAX_ITER,
-    DEFAULT_NORM_EPS,
-    DEFAULT_REG_EPS,
-    DEFAULT_TOL,
-    SolverOptions,
-    check_options,
-    project,
-)
+from mtl_fast.ops.dual_cone import DualConeKwargs, SolverOptions, project
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def _out_dtype(K: torch.Tensor) -> torch.dtype:
@@ -53,32 +52,36 @@ def _preference(pref: torch.Tensor | None, K: torch.Tensor, check: bool) -> torc
     return pref.to(torch.float64)
 
 
+class WeightingKwargs(DualConeKwargs, total=False):
+    """The keyword options of both projection weightings: the solver's and ``pref`` (defaults:
+    :class:`WeightingOptions`')."""
+
+    pref: torch.Tensor | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightingOptions(SolverOptions):
+    """The solver's options with the preference vector of a projection weighting (None: 1/T)."""
+
+    pref: torch.Tensor | None = None
+
+
 def _checked(
-    K: object, pref: torch.Tensor | None, options: SolverOptions, check_finite: bool | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K, p) after the checks every projection weighting makes; errors name the argument."""
+    K: object, options: WeightingKwargs
+) -> tuple[torch.Tensor, torch.Tensor, WeightingOptions]:
+    """(K, p, the options) after the checks every projection weighting makes; errors name the
+    argument (a keyword it does not take, too)."""
+    given = WeightingOptions(**options)
     K = require_gram("K", K)
-    check_options(options.norm_eps, options.reg_eps, options.max_iter, options.tol)
-    check = should_check(check_finite, K.device)
-    p = _preference(pref, K, check)
+    check = should_check(given.check_finite, K.device)
+    p = _preference(given.pref, K, check)
     if check:
         refuse_nonfinite_gram("K", K)
-    return K, p
+    return K, p, given
 
 
-def upgrad_weights(
-    K: torch.Tensor,
-    /,
-    *,
-    pref: torch.Tensor | None = None,
-    norm_eps: float = DEFAULT_NORM_EPS,
-    reg_eps: float = DEFAULT_REG_EPS,
-    max_iter: int = DEFAULT_MAX_ITER,
-    tol: float = DEFAULT_TOL,
-    backend: str | None = None,
-    check_finite: bool | None = None,
-    sync_free: bool | None = None,
-) -> torch.Tensor:
+@spells(WeightingOptions, WeightingKwargs)
+def upgrad_weights(K: torch.Tensor, /, **options: Unpack[WeightingKwargs]) -> torch.Tensor:
     r"""UPGrad weights (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024).
 
     Each task gradient g_i is projected onto the dual cone {x : Jx ≥ 0} and the projections are
@@ -106,25 +109,13 @@ def upgrad_weights(
         >>> mtl_fast.upgrad_weights(K)  # TorchJD's UPGradWeighting()(K) gives the same
         tensor([1.4990, 0.6111])
     """
-    options = SolverOptions(norm_eps, reg_eps, max_iter, tol, backend, sync_free)
-    K, p = _checked(K, pref, options, check_finite)
-    W = project(torch.diag_embed(p), K.to(torch.float64), options)
+    K, p, given = _checked(K, options)
+    W = project(torch.diag_embed(p), K.to(torch.float64), given)
     return W.sum(dim=-2).to(_out_dtype(K))
 
 
-def dualproj_weights(
-    K: torch.Tensor,
-    /,
-    *,
-    pref: torch.Tensor | None = None,
-    norm_eps: float = DEFAULT_NORM_EPS,
-    reg_eps: float = DEFAULT_REG_EPS,
-    max_iter: int = DEFAULT_MAX_ITER,
-    tol: float = DEFAULT_TOL,
-    backend: str | None = None,
-    check_finite: bool | None = None,
-    sync_free: bool | None = None,
-) -> torch.Tensor:
+@spells(WeightingOptions, WeightingKwargs)
+def dualproj_weights(K: torch.Tensor, /, **options: Unpack[WeightingKwargs]) -> torch.Tensor:
     r"""DualProj weights: the projection weights of the preference vector p itself.
 
     w = argmin_{v ≥ p} vᵀK̃v, so wᵀJ is the projection of pᵀJ onto the dual cone of the rows of J
@@ -146,7 +137,6 @@ def dualproj_weights(
         >>> mtl_fast.dualproj_weights(K)  # TorchJD's DualProjWeighting()(K) gives the same
         tensor([0.9990, 0.5000])
     """
-    options = SolverOptions(norm_eps, reg_eps, max_iter, tol, backend, sync_free)
-    K, p = _checked(K, pref, options, check_finite)
-    W = project(p[..., None, :], K.to(torch.float64), options)
+    K, p, given = _checked(K, options)
+    W = project(p[..., None, :], K.to(torch.float64), given)
     return W[..., 0, :].to(_out_dtype(K))

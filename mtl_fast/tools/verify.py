@@ -11,7 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
-from mtl_fast._core.contracts import AdamHyper, AdamRows, AdamState
+from mtl_fast._core.contracts import (
+    AdamHyper,
+    AdamRows,
+    AdamState,
+    AlignedMTLHyper,
+    CAGradHyper,
+    DualConeHyper,
+    NashMTLHyper,
+    PinvHyper,
+)
 from mtl_fast._core.dispatch import BACKEND_NAMES, _load
 from mtl_fast._core.dual_cone_problem import kkt_residual
 from mtl_fast._core.precision import (
@@ -206,11 +215,14 @@ def _check_dual_cone(
         ).expand(n, T + 3, T)
         for dtype in (torch.float32, torch.float64):
             G = Gd.to(dtype)
-            truth, _, _ = project(U, G.double(), max_iter=256, tol=1e-13, sync_free=False, **eps)
+            truth, _, _ = project(
+                U, G.double(), DualConeHyper(max_iter=256, tol=1e-13, sync_free=False, **eps)
+            )
             # The form each device runs by default: on the CPU the reference's sync-free form
             # would pay its whole budget of masked factorisations (minutes at T = 128).
             sync_free = device.type != "cpu"
-            W = fn(U.to(device), G.to(device), max_iter=64, tol=1e-10, sync_free=sync_free, **eps)
+            hyper = DualConeHyper(max_iter=64, tol=1e-10, sync_free=sync_free, **eps)
+            W = fn(U.to(device), G.to(device), hyper)
             W = W.cpu().double()
             scale = truth.abs().amax(dim=-1, keepdim=True).clamp_min(1e-300)
             err = ((W - truth).abs() / scale).max().item()
@@ -321,19 +333,22 @@ def _aggregator_call(
     if op == "pcgrad":
         out: torch.Tensor = fn(K, extra["order"])
     elif op == "imtlg":
-        out = fn(K, rtol=eps)
+        out = fn(K, PinvHyper(eps))
     elif op == "cagrad":
-        out = fn(K, c=0.5, norm_eps=1e-4, rescale=0, max_iter=100, tol=1e-12, sync_free=True)
+        out = fn(
+            K, CAGradHyper(c=0.5, norm_eps=1e-4, rescale=0, max_iter=100, tol=1e-12, sync_free=True)
+        )
     elif op == "nash_mtl":
-        weights, alpha = fn(K, extra["alpha"], max_norm=1.0, max_iter=50, tol=1e-10, sync_free=True)
+        nash = NashMTLHyper(max_norm=1.0, max_iter=50, tol=1e-10, sync_free=True)
+        weights, alpha = fn(K, extra["alpha"], nash)
         out = torch.cat([weights, alpha], dim=-1)
     elif op == "aligned_mtl":
         out = torch.cat(
-            [fn(K, extra["pref"], scale_mode=m, rtol=eps) for m in ("min", "median", "rmse")],
+            [fn(K, extra["pref"], AlignedMTLHyper(m, eps)) for m in ("min", "median", "rmse")],
             dim=-1,
         )
     else:
-        out = fn(K, extra["pref"], rtol=eps)
+        out = fn(K, extra["pref"], PinvHyper(eps))
     return out
 
 

@@ -10,6 +10,7 @@ package is missing.
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import Callable
 
@@ -19,18 +20,6 @@ import torch
 from torch import Tensor
 
 import mtl_fast
-from mtl_fast import (
-    aligned_mtl_weights,
-    cagrad_weights,
-    config_weights,
-    imtlg_weights,
-    nash_mtl_clip,
-    nash_mtl_solve,
-    nash_mtl_step,
-    nash_mtl_weights,
-    pcgrad_order,
-    pcgrad_weights,
-)
 from mtl_fast._core.contracts import AGGREGATOR_OPS
 from mtl_fast._core.dispatch import _load
 
@@ -172,20 +161,23 @@ def _call(
 ) -> Tensor:
     """One op on K with the settings the cross-backend tests use."""
     if op == "pcgrad":
-        return pcgrad_weights(K, order=order, backend=backend)
+        return mtl_fast.pcgrad_weights(K, order=order, backend=backend)
     if op == "imtlg":
-        return imtlg_weights(K, backend=backend)
+        return mtl_fast.imtlg_weights(K, backend=backend)
     if op == "cagrad":
-        return cagrad_weights(K, c=0.5, backend=backend)
+        return mtl_fast.cagrad_weights(K, c=0.5, backend=backend)
     if op == "nash_mtl":
-        step = nash_mtl_step(K, max_norm=0.0, max_iter=nash_iter, backend=backend)
+        step = mtl_fast.nash_mtl_step(K, max_norm=0.0, max_iter=nash_iter, backend=backend)
         return torch.cat(step, dim=-1)
     if op == "aligned_mtl":
         return torch.cat(
-            [aligned_mtl_weights(K, scale_mode=m, backend=backend) for m in ("min", "median")]
+            [
+                mtl_fast.aligned_mtl_weights(K, scale_mode=m, backend=backend)
+                for m in ("min", "median")
+            ]
         )
     if op == "config":
-        return config_weights(K, backend=backend)
+        return mtl_fast.config_weights(K, backend=backend)
     raise ValueError(op)
 
 
@@ -215,7 +207,7 @@ def test_backend_agrees_with_the_reference(op: str, backend: str) -> None:
         gen = torch.Generator().manual_seed(900 + T)
         kinds = UNIQUE_KINDS[op]
         _, K = kinds_batch(T, gen, kinds)
-        order = pcgrad_order((len(kinds),), T, generator=gen)
+        order = mtl_fast.pcgrad_order((len(kinds),), T, generator=gen)
         for dtype in (F64, torch.float32):
             Kt = K.to(dtype)
             got = _call(op, Kt, backend, order, nash_iter)
@@ -239,8 +231,8 @@ def test_backends_give_the_same_nash_state_and_fallback(backend: str) -> None:
     K = J @ J.mT
     prev = torch.rand(4, T, generator=gen, dtype=F64) + 0.5
     for max_iter in (0, 1, 3, 50):
-        got = nash_mtl_step(K, prev_alpha=prev, max_iter=max_iter, backend=backend)
-        want = nash_mtl_step(K, prev_alpha=prev, max_iter=max_iter, backend="reference")
+        got = mtl_fast.nash_mtl_step(K, prev_alpha=prev, max_iter=max_iter, backend=backend)
+        want = mtl_fast.nash_mtl_step(K, prev_alpha=prev, max_iter=max_iter, backend="reference")
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
 
@@ -268,14 +260,14 @@ def test_pcgrad_matches_torchjd_given_its_order(T: int, backend: str, aggregatio
             order = torchjd_pcgrad_orders(T, seed)
             torch.manual_seed(seed)
             expected = aggregation.PCGradWeighting()(K)
-            got = pcgrad_weights(K, order=order, backend=backend)
+            got = mtl_fast.pcgrad_weights(K, order=order, backend=backend)
             torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=kind)
         # float32: TorchJD computes in float32, we compute in float64.
         K32 = K.float()
         order = torchjd_pcgrad_orders(T, 7)
         torch.manual_seed(7)
         expected = aggregation.PCGradWeighting()(K32)
-        got = pcgrad_weights(K32, order=order, backend=backend)
+        got = mtl_fast.pcgrad_weights(K32, order=order, backend=backend)
         assert got.dtype == torch.float32
         assert direction_error(J, got, expected) < 1e-3, kind
 
@@ -284,20 +276,20 @@ def test_pcgrad_generator_is_reproducible() -> None:
     gen = torch.Generator().manual_seed(0)
     J = jacobian(6, "conflicting", gen)
     K = J @ J.T
-    a = pcgrad_weights(K, generator=torch.Generator().manual_seed(5))
-    b = pcgrad_weights(K, generator=torch.Generator().manual_seed(5))
+    a = mtl_fast.pcgrad_weights(K, generator=torch.Generator().manual_seed(5))
+    b = mtl_fast.pcgrad_weights(K, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
-    order = pcgrad_order((), 6, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(pcgrad_weights(K, order=order), a)
+    order = mtl_fast.pcgrad_order((), 6, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(mtl_fast.pcgrad_weights(K, order=order), a)
     draws = {
-        tuple(pcgrad_weights(K, generator=torch.Generator().manual_seed(s)).tolist())
+        tuple(mtl_fast.pcgrad_weights(K, generator=torch.Generator().manual_seed(s)).tolist())
         for s in range(8)
     }
     assert len(draws) > 1, "the order should matter for conflicting gradients"
 
 
 def test_pcgrad_order_is_a_permutation_per_task() -> None:
-    order = pcgrad_order((4, 2), 7, generator=torch.Generator().manual_seed(1))
+    order = mtl_fast.pcgrad_order((4, 2), 7, generator=torch.Generator().manual_seed(1))
     assert order.shape == (4, 2, 7, 7)
     assert torch.equal(order.sort(dim=-1).values, torch.arange(7).expand_as(order))
 
@@ -310,7 +302,7 @@ def test_pcgrad_two_task_guarantee_and_no_conflict_case(backend: str) -> None:
     # gradients, and each projected gradient is orthogonal to the other task's gradient.
     J = torch.stack([jacobian(2, "conflicting", gen) for _ in range(12)])
     K = J @ J.mT
-    c = pcgrad_weights(K, generator=gen, backend=backend)
+    c = mtl_fast.pcgrad_weights(K, generator=gen, backend=backend)
     Kc = (K @ c.unsqueeze(-1)).squeeze(-1)
     assert (Kc >= -1e-12 * K.diagonal(dim1=1, dim2=2).amax(-1, keepdim=True)).all()
     conflict = K[:, 0, 1] < 0
@@ -319,7 +311,7 @@ def test_pcgrad_two_task_guarantee_and_no_conflict_case(backend: str) -> None:
     # Gradients that never conflict are left alone: c = 1.
     for T in (3, 5):
         Jp = jacobian(T, "positive", gen)
-        c = pcgrad_weights(Jp @ Jp.T, generator=gen, backend=backend)
+        c = mtl_fast.pcgrad_weights(Jp @ Jp.T, generator=gen, backend=backend)
         torch.testing.assert_close(c, torch.ones(T, dtype=F64))
 
 
@@ -330,7 +322,7 @@ def test_pcgrad_last_projection_removes_the_conflict(T: int) -> None:
     gen = torch.Generator().manual_seed(T)
     J = jacobian(T, "conflicting", gen)
     K = J @ J.T
-    order = pcgrad_order((), T, generator=gen)
+    order = mtl_fast.pcgrad_order((), T, generator=gen)
     total = torch.zeros(T, dtype=F64)
     for i in range(T):
         c_i = torch.zeros(T, dtype=F64)
@@ -341,7 +333,9 @@ def test_pcgrad_last_projection_removes_the_conflict(T: int) -> None:
         last = [j for j in order[i].tolist() if j != i][-1]
         assert float(K[last] @ c_i) >= -1e-12 * float(K.diagonal().max())
         total += c_i
-    torch.testing.assert_close(pcgrad_weights(K, order=order), total, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        mtl_fast.pcgrad_weights(K, order=order), total, rtol=1e-12, atol=1e-12
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,14 +349,14 @@ def test_imtlg_matches_torchjd(T: int, backend: str, aggregation) -> None:
     require_backend(backend, "imtlg")
     for kind, _, _, K in every_kind(T, 200):
         expected = aggregation.IMTLGWeighting()(K)
-        got = imtlg_weights(K, backend=backend)
+        got = mtl_fast.imtlg_weights(K, backend=backend)
         scale = max(1.0, float(expected.abs().max()))
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-9 * scale, msg=kind)
         # float32: TorchJD's pinv and its absolute |Σv| < 1e-12 test run in float32, where
         # opposite gradients leave |Σv| at rounding noise above 1e-12 (it returns noise/noise).
         if kind in ("random", "conflicting", "zero-row", "zero"):
             expected32 = aggregation.IMTLGWeighting()(K.float())
-            got32 = imtlg_weights(K.float(), backend=backend)
+            got32 = mtl_fast.imtlg_weights(K.float(), backend=backend)
             torch.testing.assert_close(got32, expected32, rtol=0, atol=1e-3 * scale, msg=kind)
 
 
@@ -372,7 +366,7 @@ def test_imtlg_equal_projections_on_unit_gradients(backend: str) -> None:
     for T in (2, 3, 5, 10, 40):
         for kind in ("random", "conflicting", "duplicated", "positive"):
             _, J, K = seeded_jacobian(T, kind, T)
-            c = imtlg_weights(K, backend=backend)
+            c = mtl_fast.imtlg_weights(K, backend=backend)
             proj = (J @ (J.T @ c)) / J.norm(dim=1)
             torch.testing.assert_close(proj, proj.mean().expand(T), rtol=1e-8, atol=0)
             assert abs(float(c.sum()) - 1) < 1e-10
@@ -390,11 +384,11 @@ def test_aligned_mtl_matches_torchjd(T: int, scale_mode: str, backend: str, aggr
     require_backend(backend, "aligned_mtl")
     for kind, gen, _, K in every_kind(T, 300):
         expected = aggregation.AlignedMTLWeighting(scale_mode=scale_mode)(K)
-        got = aligned_mtl_weights(K, scale_mode=scale_mode, backend=backend)  # type: ignore[arg-type]
+        got = mtl_fast.aligned_mtl_weights(K, scale_mode=scale_mode, backend=backend)  # type: ignore[arg-type]
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12, msg=kind)
         pref = torch.rand(T, generator=gen, dtype=F64) + 0.1
         expected = aggregation.AlignedMTLWeighting(pref_vector=pref, scale_mode=scale_mode)(K)
-        got = aligned_mtl_weights(K, pref=pref, scale_mode=scale_mode, backend=backend)  # type: ignore[arg-type]
+        got = mtl_fast.aligned_mtl_weights(K, pref=pref, scale_mode=scale_mode, backend=backend)  # type: ignore[arg-type]
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12, msg=kind)
 
 
@@ -406,7 +400,7 @@ def test_aligned_mtl_balanced_gram_has_equal_eigenvalues(scale_mode: str, backen
     for T in (2, 3, 5, 10, 40):
         for kind in ("random", "conflicting", "low-rank", "duplicated"):
             _, _, K = seeded_jacobian(T, kind, T)
-            B = aligned_mtl_weights(
+            B = mtl_fast.aligned_mtl_weights(
                 K.expand(T, T, T),
                 pref=torch.eye(T, dtype=F64),
                 scale_mode=scale_mode,  # type: ignore[arg-type]
@@ -425,8 +419,12 @@ def test_aligned_mtl_balanced_gram_has_equal_eigenvalues(scale_mode: str, backen
 
 def test_aligned_mtl_zero_gram_returns_the_preference() -> None:
     pref = torch.tensor([0.2, 0.3, 0.5], dtype=F64)
-    torch.testing.assert_close(aligned_mtl_weights(torch.zeros(3, 3, dtype=F64), pref=pref), pref)
-    torch.testing.assert_close(aligned_mtl_weights(torch.zeros(3, 3)), torch.full((3,), 1 / 3))
+    torch.testing.assert_close(
+        mtl_fast.aligned_mtl_weights(torch.zeros(3, 3, dtype=F64), pref=pref), pref
+    )
+    torch.testing.assert_close(
+        mtl_fast.aligned_mtl_weights(torch.zeros(3, 3)), torch.full((3,), 1 / 3)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,7 +453,7 @@ def _conflictfree_update(J: Tensor) -> Tensor:
 def test_config_matches_torchjd_and_conflictfree(T: int, backend: str, aggregation) -> None:
     require_backend(backend, "config")
     for kind, _, J, K in every_kind(T, 400):
-        c = config_weights(K, backend=backend)
+        c = mtl_fast.config_weights(K, backend=backend)
         d = J.T @ c
         scale = max(float(J.norm()), 1e-300)
         expected = aggregation.ConFIG()(J)
@@ -481,14 +479,14 @@ def test_config_equal_positive_cosines_and_projection_length(backend: str) -> No
     for T in (2, 3, 5, 10, 40):
         for kind in ("random", "conflicting", "positive", "zero-row"):
             gen, J, K = seeded_jacobian(T, kind, T)
-            d = J.T @ config_weights(K, backend=backend)
+            d = J.T @ mtl_fast.config_weights(K, backend=backend)
             live = J.norm(dim=1) > 0
             cos = (J[live] @ d) / (J[live].norm(dim=1) * d.norm())
             assert (cos > 0).all()
             torch.testing.assert_close(cos, cos.mean().expand_as(cos), rtol=1e-9, atol=0)
             torch.testing.assert_close(d.norm(), (J @ d).sum() / d.norm(), rtol=1e-10, atol=0)
             pref = torch.rand(T, generator=gen, dtype=F64) + 0.5
-            d = J.T @ config_weights(K, pref=pref, backend=backend)
+            d = J.T @ mtl_fast.config_weights(K, pref=pref, backend=backend)
             cos = (J[live] @ d) / (J[live].norm(dim=1) * d.norm())
             ratio = cos / pref[live]
             torch.testing.assert_close(ratio, ratio.mean().expand_as(ratio), rtol=1e-8, atol=0)
@@ -499,7 +497,7 @@ def test_config_two_tasks_matches_the_closed_form_operator() -> None:
     gen = torch.Generator().manual_seed(0)
     for kind in ("random", "conflicting", "positive"):
         J = jacobian(2, kind, gen).float()
-        d = J.double().T @ config_weights(J.double() @ J.double().T)
+        d = J.double().T @ mtl_fast.config_weights(J.double() @ J.double().T)
         official = grad_operator.ConFIG_update_double(J[0], J[1])
         assert float((d - official.double()).norm()) <= 1e-5 * float(J.norm())
 
@@ -509,7 +507,7 @@ def test_config_two_tasks_matches_the_closed_form_operator() -> None:
 def test_imtlg_and_config_zero_direction_conventions(op: str, backend: str) -> None:
     """Zero gradients and two opposite ones: c = 0; a single task: c = 1."""
     require_backend(backend, op)
-    weights = {"imtlg": imtlg_weights, "config": config_weights}[op]
+    weights = {"imtlg": mtl_fast.imtlg_weights, "config": mtl_fast.config_weights}[op]
     assert weights(torch.zeros(3, 3), backend=backend).tolist() == [0.0, 0.0, 0.0]
     for scale in (1.0, 2.0):
         opposite = scale * torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=F64)
@@ -574,7 +572,7 @@ def test_cagrad_reaches_the_optimum_and_kkt(T: int, c: float, backend: str) -> N
     require_backend(backend, "cagrad")
     for kind in CAGRAD_KINDS:
         _, _, K = seeded_jacobian(T, kind, 500 * T + len(kind))
-        weights = cagrad_weights(K, c=c, backend=backend)
+        weights = mtl_fast.cagrad_weights(K, c=c, backend=backend)
         Kn, b, phi = cagrad_problem(K, c)
         if weights.abs().max() == 0:
             # Pareto-stationary (TorchJD's zero rule): the optimum is 0, g_w = 0 in the hull.
@@ -605,7 +603,7 @@ def test_cagrad_matches_torchjd_and_tight_clarabel(T: int, backend: str, aggrega
     for kind in ("random", "conflicting", "positive", "duplicated"):
         _, J, K = seeded_jacobian(T, kind, 600 * T + len(kind))
         c = 0.5
-        weights = cagrad_weights(K, c=c, backend=backend)
+        weights = mtl_fast.cagrad_weights(K, c=c, backend=backend)
         Kn, b, phi = cagrad_problem(K, c)
         f = cagrad_objective(Kn, b, phi, cagrad_inner_point(weights))
         w_tight = clarabel_cagrad(Kn, b, phi)
@@ -624,7 +622,7 @@ def test_cagrad_matches_torchjd_and_tight_clarabel(T: int, backend: str, aggrega
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cagrad_conventions(backend: str) -> None:
     require_backend(backend, "cagrad")
-    cag = functools.partial(cagrad_weights, backend=backend)
+    cag = functools.partial(mtl_fast.cagrad_weights, backend=backend)
     gen = torch.Generator().manual_seed(0)
     J = jacobian(4, "random", gen)
     K = J @ J.T
@@ -670,7 +668,7 @@ def test_nash_mtl_matches_torchjd_where_it_solves(T: int, backend: str) -> None:
         compared = 0
         for seed in range(4):
             _, J, K = seeded_jacobian(T, kind, 700 * T + 10 * seed + len(kind))
-            alpha = nash_mtl_solve(K, backend=backend)
+            alpha = mtl_fast.nash_mtl_solve(K, backend=backend)
             if kind in ("random", "positive", "duplicated") or T <= 3:
                 assert nash_residual(K, alpha) <= 1e-8, "a solution exists for these Jacobians"
             (expected,) = torchjd_nash(J, max_norm=0.0)
@@ -691,7 +689,7 @@ def test_nash_mtl_clipped_direction_matches_torchjd_aggregator(aggregation) -> N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             expected = aggregation.NashMTL(n_tasks=T)(J)
-        d = J.T @ nash_mtl_weights(J @ J.T)
+        d = J.T @ mtl_fast.nash_mtl_weights(J @ J.T)
         assert float((d - expected).norm()) <= 1e-5
         assert abs(float(d.norm()) - 1.0) < 1e-12  # clipped to max_norm = 1 (αᵀKα = T > 1)
 
@@ -711,7 +709,7 @@ def test_nash_mtl_stateful_sequence() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             expected = weighting(J)
-        state = nash_mtl_solve(J @ J.T, prev_alpha=state)
+        state = mtl_fast.nash_mtl_solve(J @ J.T, prev_alpha=state)
         torch.testing.assert_close(state, expected, rtol=1e-4, atol=0)
 
 
@@ -724,33 +722,35 @@ def test_nash_mtl_equation_holds_and_no_solution_keeps_the_state(backend: str) -
     gen = torch.Generator().manual_seed(3)
     J = torch.stack([jacobian(T, k, gen) for k in ("random", "positive", "duplicated")])
     K = J @ J.mT
-    alpha = nash_mtl_solve(K, backend=backend)
+    alpha = mtl_fast.nash_mtl_solve(K, backend=backend)
     for k in range(3):
         assert nash_residual(K[k], alpha[k]) <= 1e-8
     J = torch.stack([jacobian(T, k, gen) for k in ("opposite", "zero-row", "zero", "rank-1")])
     J[3] *= torch.where(torch.arange(T) % 2 == 0, 1.0, -1.0).to(F64)[:, None]  # signs mixed
     K = J @ J.mT
-    assert torch.equal(nash_mtl_solve(K, backend=backend), torch.ones(4, T, dtype=F64))
+    assert torch.equal(mtl_fast.nash_mtl_solve(K, backend=backend), torch.ones(4, T, dtype=F64))
     prev = torch.rand(T, generator=gen, dtype=F64) + 0.5
-    assert torch.equal(nash_mtl_solve(K, prev_alpha=prev, backend=backend), prev.expand(4, T))
+    assert torch.equal(
+        mtl_fast.nash_mtl_solve(K, prev_alpha=prev, backend=backend), prev.expand(4, T)
+    )
     # max_iter = 0 (the steps between weight updates) returns the state whatever K is.
     Jp = jacobian(T, "positive", gen)
-    kept = nash_mtl_solve(Jp @ Jp.T, prev_alpha=prev, max_iter=0, backend=backend)
+    kept = mtl_fast.nash_mtl_solve(Jp @ Jp.T, prev_alpha=prev, max_iter=0, backend=backend)
     assert torch.equal(kept, prev)
 
 
 def test_nash_mtl_closed_forms_and_clip() -> None:
     K = torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=F64)
-    torch.testing.assert_close(nash_mtl_solve(K), torch.tensor([1.0, 0.5], dtype=F64))
+    torch.testing.assert_close(mtl_fast.nash_mtl_solve(K), torch.tensor([1.0, 0.5], dtype=F64))
     # Two gradients at 60°, equal norms: α₁ = α₂ = 1/sqrt(‖g‖²(1 + cos)).
     K = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=F64)
-    torch.testing.assert_close(nash_mtl_solve(K), torch.full((2,), 1 / 3**0.5, dtype=F64))
+    torch.testing.assert_close(mtl_fast.nash_mtl_solve(K), torch.full((2,), 1 / 3**0.5, dtype=F64))
     alpha = torch.tensor([1.0, 1.0], dtype=F64)
-    torch.testing.assert_close(nash_mtl_clip(K, alpha, max_norm=1.0), alpha / 6**0.5)
-    torch.testing.assert_close(nash_mtl_clip(K, alpha, max_norm=10.0), alpha)
-    torch.testing.assert_close(nash_mtl_clip(K, alpha, max_norm=0.0), alpha)
-    step = nash_mtl_step(K, max_norm=1.0)
-    torch.testing.assert_close(step.weights, nash_mtl_clip(K, step.alpha, max_norm=1.0))
+    torch.testing.assert_close(mtl_fast.nash_mtl_clip(K, alpha, max_norm=1.0), alpha / 6**0.5)
+    torch.testing.assert_close(mtl_fast.nash_mtl_clip(K, alpha, max_norm=10.0), alpha)
+    torch.testing.assert_close(mtl_fast.nash_mtl_clip(K, alpha, max_norm=0.0), alpha)
+    step = mtl_fast.nash_mtl_step(K, max_norm=1.0)
+    torch.testing.assert_close(step.weights, mtl_fast.nash_mtl_clip(K, step.alpha, max_norm=1.0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -759,14 +759,16 @@ def test_nash_mtl_closed_forms_and_clip() -> None:
 
 Method = Callable[..., Tensor]
 METHODS: dict[str, Method] = {
-    "pcgrad": lambda K, **kw: pcgrad_weights(K, generator=torch.Generator().manual_seed(0), **kw),
-    "imtlg": imtlg_weights,
-    "aligned_mtl": aligned_mtl_weights,
-    "aligned_mtl_median": functools.partial(aligned_mtl_weights, scale_mode="median"),
-    "config": config_weights,
-    "cagrad": functools.partial(cagrad_weights, c=0.5),
-    "nash_mtl": nash_mtl_solve,
-    "nash_mtl_weights": nash_mtl_weights,
+    "pcgrad": lambda K, **kw: mtl_fast.pcgrad_weights(
+        K, generator=torch.Generator().manual_seed(0), **kw
+    ),
+    "imtlg": mtl_fast.imtlg_weights,
+    "aligned_mtl": mtl_fast.aligned_mtl_weights,
+    "aligned_mtl_median": functools.partial(mtl_fast.aligned_mtl_weights, scale_mode="median"),
+    "config": mtl_fast.config_weights,
+    "cagrad": functools.partial(mtl_fast.cagrad_weights, c=0.5),
+    "nash_mtl": mtl_fast.nash_mtl_solve,
+    "nash_mtl_weights": mtl_fast.nash_mtl_weights,
 }
 OP_OF = {name: name.removesuffix("_median").removesuffix("_weights") for name in METHODS}
 
@@ -781,11 +783,11 @@ def test_batched_equals_looped(name: str, backend: str) -> None:
         _, Ks = kinds_batch(T, gen)
         batched = method(Ks.reshape(2, 4, T, T))
         assert batched.shape == (2, 4, T)
-        order = pcgrad_order((2, 4), T, generator=torch.Generator().manual_seed(0))
+        order = mtl_fast.pcgrad_order((2, 4), T, generator=torch.Generator().manual_seed(0))
         order = order.reshape(8, T, T)
         for k, K in enumerate(Ks):
             if name == "pcgrad":
-                single = pcgrad_weights(K, order=order[k], backend=backend)
+                single = mtl_fast.pcgrad_weights(K, order=order[k], backend=backend)
             else:
                 single = method(K)
             torch.testing.assert_close(batched.reshape(8, T)[k], single, rtol=1e-9, atol=1e-12)
@@ -852,9 +854,9 @@ def test_dtypes_and_empty_batch(name: str) -> None:
 @pytest.mark.parametrize(
     "solve",
     [
-        functools.partial(cagrad_weights, c=0.5, max_iter=30),
-        functools.partial(nash_mtl_solve, max_iter=30),
-        functools.partial(nash_mtl_weights, max_iter=30),
+        functools.partial(mtl_fast.cagrad_weights, c=0.5, max_iter=30),
+        functools.partial(mtl_fast.nash_mtl_solve, max_iter=30),
+        functools.partial(mtl_fast.nash_mtl_weights, max_iter=30),
     ],
 )
 def test_sync_free_form_equals_early_exit(solve: Callable[..., Tensor]) -> None:
@@ -869,9 +871,11 @@ def test_sync_free_form_equals_early_exit(solve: Callable[..., Tensor]) -> None:
 @pytest.mark.parametrize(
     "solve",
     [
-        functools.partial(cagrad_weights, c=0.5, max_iter=3, sync_free=True),
-        functools.partial(nash_mtl_weights, max_iter=3, sync_free=True),
-        functools.partial(pcgrad_weights, order=torch.stack([torch.randperm(5) for _ in range(5)])),
+        functools.partial(mtl_fast.cagrad_weights, c=0.5, max_iter=3, sync_free=True),
+        functools.partial(mtl_fast.nash_mtl_weights, max_iter=3, sync_free=True),
+        functools.partial(
+            mtl_fast.pcgrad_weights, order=torch.stack([torch.randperm(5) for _ in range(5)])
+        ),
     ],
 )
 def test_sync_free_form_has_no_host_sync(solve: Callable[..., Tensor]) -> None:
@@ -891,7 +895,7 @@ def test_early_exit_form_is_not_sync_free() -> None:
     gen = torch.Generator().manual_seed(16)
     J = jacobian(5, "random", gen)
     fn = functools.partial(
-        cagrad_weights, c=0.5, sync_free=False, check_finite=False, backend="reference"
+        mtl_fast.cagrad_weights, c=0.5, sync_free=False, check_finite=False, backend="reference"
     )
     torch._dynamo.reset()
     with pytest.raises(Exception):  # noqa: B017 - dynamo's error class varies across versions
@@ -905,7 +909,7 @@ def test_compiled_library_is_one_node_under_torch_compile(op: str) -> None:
     require_backend("cpu", op)
     gen = torch.Generator().manual_seed(17)
     _, Ks = kinds_batch(4, gen, ["random", "conflicting"])
-    order = pcgrad_order((2,), 4, generator=gen)
+    order = mtl_fast.pcgrad_order((2,), 4, generator=gen)
     fn = functools.partial(_call, op, backend="cpu", order=order)
     torch._dynamo.reset()
     compiled = torch.compile(fn, fullgraph=True, backend="eager")
@@ -936,63 +940,95 @@ def test_bad_gram_raises(name: str) -> None:
 def test_bad_hyperparameters_raise_and_touch_nothing() -> None:
     K = torch.eye(3)
     with pytest.raises(ValueError, match="c must be"):
-        cagrad_weights(K, c=-1.0)
+        mtl_fast.cagrad_weights(K, c=-1.0)
     with pytest.raises(ValueError, match="c must be"):
-        cagrad_weights(K, c=float("inf"))
+        mtl_fast.cagrad_weights(K, c=float("inf"))
     with pytest.raises(ValueError, match="norm_eps"):
-        cagrad_weights(K, c=0.5, norm_eps=-1e-4)
+        mtl_fast.cagrad_weights(K, c=0.5, norm_eps=-1e-4)
     with pytest.raises(ValueError, match="rescale"):
-        cagrad_weights(K, c=0.5, rescale=3)  # type: ignore[arg-type]
+        mtl_fast.cagrad_weights(K, c=0.5, rescale=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_iter"):
-        cagrad_weights(K, c=0.5, max_iter=-1)
+        mtl_fast.cagrad_weights(K, c=0.5, max_iter=-1)
     with pytest.raises(ValueError, match="max_iter"):
-        nash_mtl_solve(K, max_iter=2.5)  # type: ignore[arg-type]
+        mtl_fast.nash_mtl_solve(K, max_iter=2.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="tol"):
-        nash_mtl_solve(K, tol=float("nan"))
+        mtl_fast.nash_mtl_solve(K, tol=float("nan"))
     state = torch.tensor([1.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="prev_alpha must be positive"):
-        nash_mtl_step(K, prev_alpha=state)
+        mtl_fast.nash_mtl_step(K, prev_alpha=state)
     assert state.tolist() == [1.0, 0.0, 1.0]  # a refused call leaves the state as it was
     with pytest.raises(ValueError, match=r"prev_alpha must have shape"):
-        nash_mtl_solve(K, prev_alpha=torch.ones(4))
+        mtl_fast.nash_mtl_solve(K, prev_alpha=torch.ones(4))
     with pytest.raises(ValueError, match="prev_alpha holds NaN"):
-        nash_mtl_solve(K, prev_alpha=torch.tensor([1.0, float("nan"), 1.0]))
+        mtl_fast.nash_mtl_solve(K, prev_alpha=torch.tensor([1.0, float("nan"), 1.0]))
     with pytest.raises(ValueError, match="max_norm"):
-        nash_mtl_weights(K, max_norm=-1.0)
+        mtl_fast.nash_mtl_weights(K, max_norm=-1.0)
     with pytest.raises(ValueError, match="scale_mode"):
-        aligned_mtl_weights(K, scale_mode="max")  # type: ignore[arg-type]
+        mtl_fast.aligned_mtl_weights(K, scale_mode="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="pref must have shape"):
-        aligned_mtl_weights(K, pref=torch.ones(2))
+        mtl_fast.aligned_mtl_weights(K, pref=torch.ones(2))
     with pytest.raises(TypeError, match=r"pref must be a torch\.Tensor"):
-        config_weights(K, pref=[1.0, 1.0, 1.0])  # type: ignore[arg-type]
+        mtl_fast.config_weights(K, pref=[1.0, 1.0, 1.0])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="does not broadcast"):
-        config_weights(K.expand(2, 3, 3), pref=torch.ones(3, 3))
+        mtl_fast.config_weights(K.expand(2, 3, 3), pref=torch.ones(3, 3))
     with pytest.raises(ValueError, match="pref is on meta"):
-        config_weights(K, pref=torch.ones(3, device="meta"))
+        mtl_fast.config_weights(K, pref=torch.ones(3, device="meta"))
     with pytest.raises(ValueError, match="rtol"):
-        imtlg_weights(K, rtol=-1.0)
+        mtl_fast.imtlg_weights(K, rtol=-1.0)
     with pytest.raises(ValueError, match="permutation"):
-        pcgrad_weights(K, order=torch.zeros(3, 3, dtype=torch.int64))
+        mtl_fast.pcgrad_weights(K, order=torch.zeros(3, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="not both"):
-        pcgrad_weights(K, order=torch.zeros(3, 3, dtype=torch.int64), generator=torch.Generator())
+        mtl_fast.pcgrad_weights(
+            K, order=torch.zeros(3, 3, dtype=torch.int64), generator=torch.Generator()
+        )
     with pytest.raises(TypeError, match="integer"):
-        pcgrad_weights(K, order=torch.zeros(3, 3))
+        mtl_fast.pcgrad_weights(K, order=torch.zeros(3, 3))
     with pytest.raises(ValueError, match=r"order must have shape"):
-        pcgrad_weights(K, order=torch.zeros(3, 2, dtype=torch.int64))
+        mtl_fast.pcgrad_weights(K, order=torch.zeros(3, 2, dtype=torch.int64))
+
+
+BACKEND_DEFAULTS = {"backend": None, "check_finite": None, "sync_free": None}
+NASH_SOLVE_DEFAULTS = {**BACKEND_DEFAULTS, "prev_alpha": None, "max_iter": 50, "tol": 1e-10}
+SPELLED = {
+    "cagrad_weights": (
+        {"c": inspect.Parameter.empty, "norm_eps": 1e-4, "rescale": 0, "max_iter": 100}
+        | {"tol": 1e-12, **BACKEND_DEFAULTS}
+    ),
+    "nash_mtl_step": {**NASH_SOLVE_DEFAULTS, "max_norm": 1.0},
+    "nash_mtl_weights": {**NASH_SOLVE_DEFAULTS, "max_norm": 1.0},
+    "nash_mtl_solve": NASH_SOLVE_DEFAULTS,
+}
+
+
+@pytest.mark.parametrize("name", list(SPELLED))
+def test_keyword_groups_are_spelled_out_and_misspellings_refused(name: str) -> None:
+    """help() and inspect show every keyword of the op's group with its default, keyword-only;
+    a misspelled keyword is a TypeError naming it, before anything is computed."""
+    op = getattr(mtl_fast, name)
+    params = inspect.signature(op).parameters
+    assert next(iter(params)) == "K" and params["K"].kind is inspect.Parameter.POSITIONAL_ONLY
+    assert {n: p.default for n, p in params.items() if n != "K"} == SPELLED[name]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in params.items() if n != "K")
+    extra = {"c": 0.5} if name == "cagrad_weights" else {}
+    with pytest.raises(TypeError, match="max_iters"):
+        op(torch.eye(2), max_iters=3, **extra)
+    with pytest.raises(TypeError, match="max_iters"):  # named before K is looked at
+        op("not a tensor", max_iters=3, **extra)
+    if name == "nash_mtl_solve":  # it does not clip: max_norm is not one of its keywords
+        with pytest.raises(TypeError, match="max_norm"):
+            op(torch.eye(2), max_norm=1.0)
 
 
 def test_explicit_backend_without_the_op_says_why() -> None:
     cuda = _load("cuda")
     if isinstance(cuda, str):
         with pytest.raises(mtl_fast.BackendUnavailableError, match="backend='cuda'"):
-            imtlg_weights(torch.eye(2), backend="cuda")
+            mtl_fast.imtlg_weights(torch.eye(2), backend="cuda")
 
 
 @pytest.mark.parametrize("op", AGGREGATOR_OPS)
 def test_every_backend_follows_the_contract(op: str) -> None:
-    """Positional-only tensors, keyword-only hyperparameters, as the op's Protocol says."""
-    import inspect
-
+    """Positional-only tensors and hyperparameter dataclass, as the op's Protocol says."""
     from mtl_fast._core.contracts import CONTRACTS, OP_FILES
 
     want = inspect.signature(CONTRACTS[op].__call__)

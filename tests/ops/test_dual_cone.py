@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import functools
 import inspect
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 import mtl_fast
 from mtl_fast._core import dispatch as _dispatch
-from mtl_fast._core.contracts import CONTRACTS
+from mtl_fast._core.contracts import CONTRACTS, DualConeHyper
 from mtl_fast._core.dual_cone_problem import normalized_gram
 from mtl_fast.kernels import cpu
 from mtl_fast.kernels.cpu import loader
@@ -42,6 +43,9 @@ SIZES = [1, 2, 3, 5, 8, 16, 32, 64, 128]
 # Triton runs under its interpreter here (~0.1 s per program at T = 8): small problems only.
 INTERPRETED_T = 8
 EPS = {"norm_eps": 1e-4, "reg_eps": 1e-4}
+# The solver's settings of the iterate comparisons: stop early, or run the whole budget.
+EARLY = DualConeHyper(max_iter=64, tol=1e-10, sync_free=False, **EPS)
+FIXED = DualConeHyper(max_iter=64, tol=1e-10, sync_free=True, **EPS)
 
 
 def usable(backend: str, T: int = 2) -> None:
@@ -141,7 +145,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def solve(U: torch.Tensor, G: torch.Tensor, backend: str, **kw: object) -> torch.Tensor:
-    return mtl_fast.dual_cone_projection(U, G, backend=backend, **kw)  # type: ignore[arg-type]
+    return mtl_fast.dual_cone_projection(U, G, backend=backend, **kw)  # type: ignore[call-overload]
 
 
 # --- against the QP oracle, KKT --------------------------------------------------------------
@@ -434,7 +438,7 @@ def test_bad_arguments_name_them() -> None:
     ]
     for exc, match, kw, args in cases:
         with pytest.raises(exc, match=match):
-            mtl_fast.dual_cone_projection(*args, **kw)  # type: ignore[arg-type]
+            mtl_fast.dual_cone_projection(*args, **kw)  # type: ignore[call-overload]
 
 
 # --- convergence -----------------------------------------------------------------------------
@@ -450,7 +454,7 @@ def test_return_converged_flags_rows_that_ran_out(backend: str) -> None:
     W, conv = mtl_fast.dual_cone_projection(U, G, backend=backend, return_converged=True)
     assert conv.shape == (U.shape[0],) and conv.dtype == torch.bool and conv.all()
     torch.testing.assert_close(W, solve(U, G, backend), atol=0, rtol=0)
-    _, iters, _ = project(U[None], G[None], max_iter=64, tol=1e-10, sync_free=False, **EPS)
+    _, iters, _ = project(U[None], G[None], EARLY)
     assert iters.max() >= 2
     W1, conv1 = mtl_fast.dual_cone_projection(
         U, G.float(), backend=backend, max_iter=1, return_converged=True
@@ -470,8 +474,8 @@ def test_sync_free_form_agrees_with_early_exit() -> None:
     T = 12
     Gs = torch.stack(list(kinds(T, gen).values()))
     U = torch.randn(len(Gs), 5, T, generator=gen, dtype=torch.float64)
-    early, it_e, conv_e = project(U, Gs, max_iter=64, tol=1e-10, sync_free=False, **EPS)
-    fixed, it_f, conv_f = project(U, Gs, max_iter=64, tol=1e-10, sync_free=True, **EPS)
+    early, it_e, conv_e = project(U, Gs, EARLY)
+    fixed, it_f, conv_f = project(U, Gs, FIXED)
     assert conv_e.all() and conv_f.all()
     assert torch.equal(it_e, it_f)
     assert rel_err(fixed, early) <= 1e-11  # the same iterates, up to BLAS paths
@@ -526,8 +530,8 @@ def test_cpu_takes_the_reference_iterates(T: int) -> None:
     gen = torch.Generator().manual_seed(T)
     Gs = torch.stack(list(kinds(T, gen).values()))
     U = torch.stack([rows(T, gen) for _ in range(len(Gs))])
-    W, iters, unconverged = cpu_solve(U, Gs, max_iter=64, tol=1e-10, counts=True, **EPS)
-    W_ref, it_ref, conv_ref = project(U, Gs, max_iter=64, tol=1e-10, sync_free=False, **EPS)
+    W, iters, unconverged = cpu_solve(U, Gs, EARLY, counts=True)
+    W_ref, it_ref, conv_ref = project(U, Gs, EARLY)
     assert unconverged == 0 and conv_ref.all()
     assert rel_err(W, W_ref) <= 1e-9
     assert iters is not None and (iters != it_ref).float().mean() <= 0.02
@@ -564,8 +568,8 @@ def test_cpu_rows_that_start_alike_reuse_factors() -> None:
         grams.append(J @ J.T)
     G = torch.stack(grams)
     U = (torch.eye(T, dtype=torch.float64) / T).expand(3, T, T)
-    W, iters, bad = cpu_solve(U, G, max_iter=64, tol=1e-10, counts=True, **EPS)
-    W_ref, it_ref, _ = project(U, G, max_iter=64, tol=1e-10, sync_free=False, **EPS)
+    W, iters, bad = cpu_solve(U, G, EARLY, counts=True)
+    W_ref, it_ref, _ = project(U, G, EARLY)
     assert bad == 0 and rel_err(W, W_ref) <= 1e-9
     assert iters is not None and (iters != it_ref).float().mean() <= 0.02
     for b in range(3):
@@ -684,8 +688,9 @@ def test_triton_takes_the_reference_iterates() -> None:
     G = torch.stack([psd_with_rank(6, 2, gen), conflicting_gram(6, gen, 0.2)])
     U = torch.stack([rows(6, gen), rows(6, gen)])
     for k in (0, 1, 2, 3, 64):
-        W_t = triton_dual_cone(U, G, max_iter=k, tol=1e-10, sync_free=True, **EPS)
-        W_r, _, _ = project(U, G, max_iter=k, tol=1e-10, sync_free=True, **EPS)
+        budget = dataclasses.replace(FIXED, max_iter=k)
+        W_t = triton_dual_cone(U, G, budget)
+        W_r, _, _ = project(U, G, budget)
         assert rel_err(W_t, W_r) <= 1e-10, f"budget {k}"
 
 
@@ -703,6 +708,43 @@ def test_backend_signature_is_the_contract(backend: str) -> None:
     assert [(p.name, p.kind) for p in found.parameters.values()] == [
         (p.name, p.kind) for p in params
     ]
+
+
+SOLVER_DEFAULTS = {
+    "norm_eps": 1e-4,
+    "reg_eps": 1e-4,
+    "max_iter": 64,
+    "tol": 1e-10,
+    "backend": None,
+    "sync_free": None,
+}
+
+
+@pytest.mark.parametrize(
+    "op", [mtl_fast.dual_cone_projection, mtl_fast.upgrad_weights, mtl_fast.dualproj_weights]
+)
+def test_dual_cone_ops_spell_every_solver_option(op) -> None:  # type: ignore[no-untyped-def]
+    """help() and inspect show the solver's keyword options with their defaults, keyword-only;
+    a misspelled keyword is a TypeError naming it."""
+    params = inspect.signature(op).parameters
+    own = (
+        {"return_converged": False, "check_finite": None}
+        if op is mtl_fast.dual_cone_projection
+        else {"pref": None, "check_finite": None}
+    )
+    first = ["U", "G"] if op is mtl_fast.dual_cone_projection else ["K"]
+    assert sorted(params) == sorted([*first, *own, *SOLVER_DEFAULTS])
+    for name, default in {**SOLVER_DEFAULTS, **own}.items():
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert params[name].default == default, name
+    args = (torch.eye(2), torch.eye(2)) if op is mtl_fast.dual_cone_projection else (torch.eye(2),)
+    with pytest.raises(TypeError, match="max_iters"):
+        op(*args, max_iters=3)
+    for name, bad in (("norm_eps", -1.0), ("max_iter", -1), ("tol", -1.0)):
+        with pytest.raises(ValueError, match=name):
+            op(*args, **{name: bad})
+    with pytest.raises(TypeError, match="sync_free"):
+        op(*args, sync_free=1)
 
 
 def test_dual_cone_ops_name_the_argument_and_the_tasks() -> None:

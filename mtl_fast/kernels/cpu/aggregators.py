@@ -18,7 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtl_fast._core.contracts import ALIGNED_MTL_SCALE_MODES
+from mtl_fast._core.contracts import (
+    ALIGNED_MTL_SCALE_MODES,
+    AlignedMTLHyper,
+    CAGradHyper,
+    NashMTLHyper,
+    PinvHyper,
+)
 from mtl_fast.kernels.cpu.loader import aggregator_library
 from mtl_fast.kernels.cpu.registered import register_constant_op, traced, weights_like
 
@@ -160,69 +166,50 @@ def pcgrad(K: Tensor, order: Tensor, /) -> Tensor:
     return _pcgrad(K, order)
 
 
-def imtlg(K: Tensor, /, *, rtol: float) -> Tensor:
+def imtlg(K: Tensor, hyper: PinvHyper, /) -> Tensor:
     """IMTL-G weights. K: (B, T, T) fp32/fp64 → (B, T) in K's dtype."""
     if traced(K):
-        out: Tensor = torch.ops.mtl_fast_cpu.imtlg(K, float(rtol))
+        out: Tensor = torch.ops.mtl_fast_cpu.imtlg(K, float(hyper.rtol))
         return out
-    return _imtlg(K, float(rtol))
+    return _imtlg(K, float(hyper.rtol))
 
 
-def cagrad(
-    K: Tensor,
-    /,
-    *,
-    c: float,
-    norm_eps: float,
-    rescale: int,
-    max_iter: int,
-    tol: float,
-    sync_free: bool,
-) -> Tensor:
+def cagrad(K: Tensor, hyper: CAGradHyper, /) -> Tensor:
     """CAGrad weights. K: (B, T, T) fp32/fp64 → (B, T) in K's dtype.
 
-    ``sync_free`` changes nothing here: each problem stops on its own inside the compiled loop,
-    and on the CPU there is no device to synchronise with.
+    ``hyper.sync_free`` changes nothing here: each problem stops on its own inside the compiled
+    loop, and on the CPU there is no device to synchronise with.
     """
-    del sync_free
-    args = (float(c), float(norm_eps), int(rescale), int(max_iter), float(tol))
+    h = hyper
+    args = (float(h.c), float(h.norm_eps), int(h.rescale), int(h.max_iter), float(h.tol))
     if traced(K):
         out: Tensor = torch.ops.mtl_fast_cpu.cagrad(K, *args)
         return out
     return _cagrad(K, *args)
 
 
-def nash_mtl(
-    K: Tensor,
-    prev_alpha: Tensor,
-    /,
-    *,
-    max_norm: float,
-    max_iter: int,
-    tol: float,
-    sync_free: bool,
-) -> tuple[Tensor, Tensor]:
+def nash_mtl(K: Tensor, prev_alpha: Tensor, hyper: NashMTLHyper, /) -> tuple[Tensor, Tensor]:
     """Nash-MTL (weights, alpha). K: (B, T, T) fp32/fp64, prev_alpha: (B, T) fp64 → both (B, T)
-    in K's dtype. ``sync_free`` changes nothing here (see :func:`cagrad`)."""
-    del sync_free
-    args = (float(max_norm), int(max_iter), float(tol))
+    in K's dtype. ``hyper.sync_free`` changes nothing here (see :func:`cagrad`)."""
+    args = (float(hyper.max_norm), int(hyper.max_iter), float(hyper.tol))
     if traced(K):
         weights, alpha = torch.ops.mtl_fast_cpu.nash_mtl(K, prev_alpha, *args)
         return weights, alpha
     return _nash_mtl(K, prev_alpha, *args)
 
 
-def aligned_mtl(K: Tensor, pref: Tensor, /, *, scale_mode: str, rtol: float) -> Tensor:
+def aligned_mtl(K: Tensor, pref: Tensor, hyper: AlignedMTLHyper, /) -> Tensor:
     """Aligned-MTL weights. K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) in K's dtype."""
+    args = (hyper.scale_mode, float(hyper.rtol))
     if traced(K):
-        out: Tensor = torch.ops.mtl_fast_cpu.aligned_mtl(K, pref, scale_mode, float(rtol))
+        out: Tensor = torch.ops.mtl_fast_cpu.aligned_mtl(K, pref, *args)
         return out
-    return _aligned_mtl(K, pref, scale_mode, float(rtol))
+    return _aligned_mtl(K, pref, *args)
 
 
-def config(K: Tensor, pref: Tensor, /, *, rtol: float) -> Tensor:
+def config(K: Tensor, pref: Tensor, hyper: PinvHyper, /) -> Tensor:
     """ConFIG weights. K: (B, T, T) fp32/fp64, pref: (B, T) fp64 → (B, T) in K's dtype."""
     if traced(K):
-        out: Tensor = torch.ops.mtl_fast_cpu.config(K, pref, float(rtol))
+        out: Tensor = torch.ops.mtl_fast_cpu.config(K, pref, float(hyper.rtol))
         return out
-    return _config(K, pref, float(rtol))
+    return _config(K, pref, float(hyper.rtol))

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mtl_fast._core.contracts import DualConeHyper
 from mtl_fast.kernels.cpu.loader import dual_cone_library
 from mtl_fast.kernels.cpu.registered import register_constant_op, traced
 
@@ -28,16 +29,10 @@ _STATUS = {
 
 
 def solve(
-    U: torch.Tensor,
-    G: torch.Tensor,
-    *,
-    norm_eps: float,
-    reg_eps: float,
-    max_iter: int,
-    tol: float,
-    counts: bool = False,
+    U: torch.Tensor, G: torch.Tensor, hyper: DualConeHyper, /, *, counts: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """The library call on CPU tensors U (B, R, T), G (B, T, T) of any float dtype.
+    """The library call on CPU tensors U (B, R, T), G (B, T, T) of any float dtype
+    (``hyper.sync_free`` changes nothing: see :func:`dual_cone`).
 
     Returns:
         W (B, R, T) float64; the factorisations of each row (B, R) int64 when ``counts``, else
@@ -58,10 +53,7 @@ def solve(
         B,
         R,
         T,
-        float(norm_eps),
-        float(reg_eps),
-        int(max_iter),
-        float(tol),
+        *_scalars(hyper),
         None if iters is None else iters.data_ptr(),
     )
     if status < 0:
@@ -70,10 +62,15 @@ def solve(
     return W, iters, int(status)
 
 
+def _scalars(hyper: DualConeHyper) -> tuple[float, float, int, float]:
+    """What the library and the registered op take: norm_eps, reg_eps, max_iter, tol."""
+    return float(hyper.norm_eps), float(hyper.reg_eps), int(hyper.max_iter), float(hyper.tol)
+
+
 def _project(
     U: torch.Tensor, G: torch.Tensor, norm_eps: float, reg_eps: float, max_iter: int, tol: float
 ) -> torch.Tensor:
-    W, _, _ = solve(U, G, norm_eps=norm_eps, reg_eps=reg_eps, max_iter=max_iter, tol=tol)
+    W, _, _ = solve(U, G, DualConeHyper(norm_eps, reg_eps, max_iter, tol, sync_free=False))
     return W if G.dtype == torch.float64 else W.to(G.dtype)
 
 
@@ -86,28 +83,15 @@ def _dual_cone_fake(U: torch.Tensor, G: torch.Tensor, *options: Any) -> torch.Te
 register_constant_op("dual_cone", _project, _dual_cone_fake)
 
 
-def dual_cone(
-    U: torch.Tensor,
-    G: torch.Tensor,
-    /,
-    *,
-    norm_eps: float,
-    reg_eps: float,
-    max_iter: int,
-    tol: float,
-    sync_free: bool,
-) -> torch.Tensor:
+def dual_cone(U: torch.Tensor, G: torch.Tensor, hyper: DualConeHyper, /) -> torch.Tensor:
     """Projection weights. U: (B, R, T), G: (B, T, T) fp32/fp64 CPU tensors → (B, R, T) in G's
     dtype, W ≥ U.
 
-    ``sync_free`` changes nothing here: the compiled loop stops each row on its own once it
-    meets the stopping rule (or after ``max_iter`` factorisations), and on the CPU there is no
-    device to synchronise with.
+    ``hyper.sync_free`` changes nothing here: the compiled loop stops each row on its own once
+    it meets the stopping rule (or after ``max_iter`` factorisations), and on the CPU there is
+    no device to synchronise with.
     """
-    del sync_free
     if traced(U) or traced(G):
-        out: torch.Tensor = torch.ops.mtl_fast_cpu.dual_cone(
-            U, G, float(norm_eps), float(reg_eps), int(max_iter), float(tol)
-        )
+        out: torch.Tensor = torch.ops.mtl_fast_cpu.dual_cone(U, G, *_scalars(hyper))
         return out
-    return _project(U, G, norm_eps, reg_eps, max_iter, tol)
+    return _project(U, G, *_scalars(hyper))

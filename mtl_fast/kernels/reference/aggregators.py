@@ -25,7 +25,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtl_fast._core.contracts import ALIGNED_MTL_SCALE_MODES
+from mtl_fast._core.contracts import (
+    ALIGNED_MTL_SCALE_MODES,
+    AlignedMTLHyper,
+    CAGradHyper,
+    NashMTLHyper,
+    PinvHyper,
+)
 from mtl_fast.kernels.reference.min_norm import away_step_limit, move_within_simplex, vertex_step
 
 # IMTL-G: the weights are zero when |Σv| falls below this (TorchJD's constant, applied here to
@@ -120,7 +126,7 @@ def pcgrad(K: Tensor, order: Tensor, /) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def imtlg(K: Tensor, /, *, rtol: float) -> Tensor:
+def imtlg(K: Tensor, hyper: PinvHyper, /) -> Tensor:
     """IMTL-G weights (Liu et al., ICLR 2021; TorchJD's pseudo-inverse form).
 
     v = K⁺·sqrt(diag K) on K̂ = K / max_i K_ii, with eigenvalues |λ| ≤ rtol·max|λ| treated as
@@ -128,7 +134,7 @@ def imtlg(K: Tensor, /, *, rtol: float) -> Tensor:
 
     Args:
         K: (B, T, T) fp32/fp64.
-        rtol: pseudo-inverse cut-off.
+        hyper: the pseudo-inverse cut-off rtol.
 
     Returns:
         (B, T) in K's dtype.
@@ -138,7 +144,7 @@ def imtlg(K: Tensor, /, *, rtol: float) -> Tensor:
     lam, V = _eigh(Kn)
     sqrt_diag = Kn.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
     mag = lam.abs()
-    keep = mag > rtol * mag.amax(dim=-1, keepdim=True)
+    keep = mag > hyper.rtol * mag.amax(dim=-1, keepdim=True)
     inv = torch.where(keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), 0.0)
     v = _from_basis(V, inv * _in_basis(V, sqrt_diag))
     total = v.sum(dim=-1, keepdim=True)
@@ -152,7 +158,7 @@ def imtlg(K: Tensor, /, *, rtol: float) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def aligned_mtl(K: Tensor, pref: Tensor, /, *, scale_mode: str, rtol: float) -> Tensor:
+def aligned_mtl(K: Tensor, pref: Tensor, hyper: AlignedMTLHyper, /) -> Tensor:
     """Aligned-MTL weights (Senushkin et al., CVPR 2023; TorchJD's form): c = B·p.
 
     On K̂ = K / max_i K_ii = VΛVᵀ, keep λ > rtol·max λ (r of them); σ is the smallest kept
@@ -163,7 +169,7 @@ def aligned_mtl(K: Tensor, pref: Tensor, /, *, scale_mode: str, rtol: float) -> 
         K: (B, T, T) fp32/fp64.
         pref: (B, T) fp64 preference vector.
         scale_mode: "min", "median" or "rmse".
-        rtol: rank cut-off relative to the largest eigenvalue.
+        hyper: the scale mode and the rank cut-off rtol, relative to the largest eigenvalue.
 
     Returns:
         (B, T) in K's dtype.
@@ -173,12 +179,12 @@ def aligned_mtl(K: Tensor, pref: Tensor, /, *, scale_mode: str, rtol: float) -> 
     p = pref.to(_F64)
     Kn = Kd / _max_diag(Kd)[:, None, None]
     lam, V = _eigh(Kn)  # ascending
-    keep = lam > rtol * lam[:, -1:] if B > 0 else lam > 0
+    keep = lam > hyper.rtol * lam[:, -1:] if B > 0 else lam > 0
     rank = keep.sum(dim=-1)
-    if scale_mode == "min":
+    if hyper.scale_mode == "min":
         # The smallest retained eigenvalue: the first kept one in ascending order.
         sigma = lam.gather(1, (T - rank).clamp(max=T - 1).unsqueeze(-1)).squeeze(-1)
-    elif scale_mode == "median":
+    elif hyper.scale_mode == "median":
         # torch.median of the r retained values (the lower middle one for even r).
         idx = (T - rank + (rank - 1).clamp_min(0) // 2).clamp(max=T - 1)
         sigma = lam.gather(1, idx.unsqueeze(-1)).squeeze(-1)
@@ -195,7 +201,7 @@ def aligned_mtl(K: Tensor, pref: Tensor, /, *, scale_mode: str, rtol: float) -> 
 # ----------------------------------------------------------------------------------------------
 
 
-def config(K: Tensor, pref: Tensor, /, *, rtol: float) -> Tensor:
+def config(K: Tensor, pref: Tensor, hyper: PinvHyper, /) -> Tensor:
     """ConFIG weights (Liu et al., ICLR 2025) from the Gram alone.
 
     With D = diag(sqrt K_ii), D⁺ its pseudo-inverse and the cosine matrix C = D⁺KD⁺:
@@ -206,7 +212,7 @@ def config(K: Tensor, pref: Tensor, /, *, rtol: float) -> Tensor:
     Args:
         K: (B, T, T) fp32/fp64.
         pref: (B, T) fp64 target cosine weights.
-        rtol: cut-off of C's pseudo-inverse.
+        hyper: the cut-off rtol of C's pseudo-inverse.
 
     Returns:
         (B, T) in K's dtype.
@@ -221,7 +227,7 @@ def config(K: Tensor, pref: Tensor, /, *, rtol: float) -> Tensor:
     C = dinv[:, :, None] * Kn * dinv[:, None, :]
     lam, V = _eigh(C)
     mag = lam.abs()
-    kept = mag > rtol * mag.amax(dim=-1, keepdim=True)
+    kept = mag > hyper.rtol * mag.amax(dim=-1, keepdim=True)
     coords = _in_basis(V, p)  # p in C's eigenbasis
     inv = torch.where(kept, 1.0 / torch.where(kept, lam, torch.ones_like(lam)), 0.0)
     a = dinv * _from_basis(V, inv * coords)
@@ -233,7 +239,7 @@ def config(K: Tensor, pref: Tensor, /, *, rtol: float) -> Tensor:
     in_range = torch.where(kept, coords, 0.0).norm(dim=-1)
     bound = (a.abs() * norms).sum(dim=-1)
     eps = T * torch.finfo(_F64).eps
-    ok = (in_range > max(rtol, eps) * p.norm(dim=-1)) & (q.clamp_min(0).sqrt() > eps * bound)
+    ok = (in_range > max(hyper.rtol, eps) * p.norm(dim=-1)) & (q.clamp_min(0).sqrt() > eps * bound)
     scale = torch.where(ok, length / torch.where(ok, q, torch.ones_like(q)), 0.0)
     return (scale[:, None] * a).to(K.dtype)
 
@@ -380,17 +386,7 @@ def _cagrad_solve(
     return w
 
 
-def cagrad(
-    K: Tensor,
-    /,
-    *,
-    c: float,
-    norm_eps: float,
-    rescale: int,
-    max_iter: int,
-    tol: float,
-    sync_free: bool,
-) -> Tensor:
+def cagrad(K: Tensor, hyper: CAGradHyper, /) -> Tensor:
     """CAGrad weights (Liu et al., NeurIPS 2021; TorchJD's form).
 
     K̃ = K / trace K (0 when trace K < norm_eps), b = K̃1/T, φ = c·sqrt(1ᵀK̃1)/T;
@@ -400,12 +396,13 @@ def cagrad(
 
     Args:
         K: (B, T, T) fp32/fp64.
-        c, norm_eps, rescale, max_iter, tol, sync_free: see
-            :func:`mtl_fast.ops.aggregators.cagrad_weights`.
+        hyper: c, norm_eps, rescale, max_iter, tol, sync_free (see
+            :func:`mtl_fast.ops.aggregators.cagrad_weights`).
 
     Returns:
         (B, T) in K's dtype.
     """
+    c, norm_eps = hyper.c, hyper.norm_eps
     Kd = _sym64(K)
     T = Kd.shape[-1]
     trace = Kd.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
@@ -417,7 +414,7 @@ def cagrad(
     )
     b = Kn.sum(dim=-1) / T
     phi = c * Kn.sum(dim=(-1, -2)).clamp_min(0).sqrt() / T
-    w = _cagrad_solve(Kn, b, phi, max_iter=max_iter, tol=tol, sync_free=sync_free)
+    w = _cagrad_solve(Kn, b, phi, max_iter=hyper.max_iter, tol=hyper.tol, sync_free=hyper.sync_free)
     ties = b <= b.amin(dim=-1, keepdim=True) + CAGRAD_TIE
     w_lin = ties.to(_F64) / ties.sum(dim=-1, keepdim=True)
     w = torch.where((phi > 0)[:, None], w, w_lin)
@@ -425,9 +422,9 @@ def cagrad(
     keep = (rho >= norm_eps) & (rho > 0)
     bonus = torch.where(keep, phi / torch.where(keep, rho, torch.ones_like(rho)), 0.0)
     weights = torch.where(keep[:, None], 1.0 / T + bonus[:, None] * w, 0.0)
-    if rescale == 1:
+    if hyper.rescale == 1:
         weights = weights / (1 + c * c)
-    elif rescale == 2:
+    elif hyper.rescale == 2:
         weights = weights / (1 + c)
     return weights.to(K.dtype)
 
@@ -437,16 +434,7 @@ def cagrad(
 # ----------------------------------------------------------------------------------------------
 
 
-def nash_mtl(
-    K: Tensor,
-    prev_alpha: Tensor,
-    /,
-    *,
-    max_norm: float,
-    max_iter: int,
-    tol: float,
-    sync_free: bool,
-) -> tuple[Tensor, Tensor]:
+def nash_mtl(K: Tensor, prev_alpha: Tensor, hyper: NashMTLHyper, /) -> tuple[Tensor, Tensor]:
     """Nash-MTL (Navon et al., ICML 2022): α > 0 with Kα = 1/α, then TorchJD's norm clip.
 
     α minimises F(α) = ½αᵀKα − Σ log α_i. Damped Newton on K̃ = K / max_i K_ii
@@ -460,11 +448,13 @@ def nash_mtl(
     Args:
         K: (B, T, T) fp32/fp64.
         prev_alpha: (B, T) fp64 state (positive; others are replaced by 1 as a start).
-        max_norm, max_iter, tol, sync_free: see :func:`mtl_fast.ops.aggregators.nash_mtl_weights`.
+        hyper: max_norm, max_iter, tol, sync_free (see
+            :func:`mtl_fast.ops.aggregators.nash_mtl_step`).
 
     Returns:
         (weights, alpha), both (B, T) in K's dtype: the clipped weights and the new state.
     """
+    max_norm = hyper.max_norm
     Kd = _sym64(K)
     Bn, T, _ = Kd.shape
     device = Kd.device
@@ -482,15 +472,15 @@ def nash_mtl(
     start = torch.where((prev > 0) & torch.isfinite(prev), prev, 1.0) * root
     a = ray(start)
     done = torch.zeros(Bn, dtype=torch.bool, device=device)
-    for _ in range(max_iter):
+    for _ in range(hyper.max_iter):
         grad = torch.einsum("bij,bj->bi", Kn, a) - 1 / a
         hess = Kn + torch.diag_embed(1 / (a * a))
         L, _ = torch.linalg.cholesky_ex(hess)
         step = -torch.cholesky_solve(grad.unsqueeze(-1), L).squeeze(-1)
         dec = (-(grad * step).sum(dim=-1)).clamp_min(0).sqrt()
         good = torch.isfinite(dec) & torch.isfinite(step).all(dim=-1)
-        done = done | (good & (dec <= tol))
-        if not sync_free and bool(done.all()):
+        done = done | (good & (dec <= hyper.tol))
+        if not hyper.sync_free and bool(done.all()):
             break
         moved = ray(a + step / (1 + dec)[:, None])
         moved_ok = good & (moved > 0).all(dim=-1) & torch.isfinite(moved).all(dim=-1)

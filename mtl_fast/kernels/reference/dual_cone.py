@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import torch
 
+from mtl_fast._core.contracts import DualConeHyper
 from mtl_fast._core.dual_cone_problem import normalized_gram
 
 # Full exchanges allowed without reducing the number of infeasible indices (Kim & Park's p̄).
@@ -206,26 +207,22 @@ def _bpp(
 
 
 def project(
-    U: torch.Tensor,
-    G: torch.Tensor,
-    *,
-    norm_eps: float,
-    reg_eps: float,
-    max_iter: int,
-    tol: float,
-    sync_free: bool,
+    U: torch.Tensor, G: torch.Tensor, hyper: DualConeHyper, /
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The projection weights with the iteration counts and convergence flags.
 
     Args:
         U: (B, R, T) rows, any float dtype.
         G: (B, T, T) Gram matrices, any float dtype.
+        hyper: the normalisation of G (see the module docstring), the budget, the stopping
+            rule's tolerance and ``sync_free`` (run exactly ``max_iter`` iterations with masks
+            and no host read-back).
 
     Returns:
         W (B, R, T) float64 with W ≥ U; factorisations per row (B, R) int64; whether each row
         met the stopping rule within ``max_iter`` (B, R) bool.
     """
-    Gn = normalized_gram(G, norm_eps, reg_eps)
+    Gn = normalized_gram(G, hyper.norm_eps, hyper.reg_eps)
     Ud = U.to(torch.float64)
     if Ud.numel() == 0:
         shape = Ud.shape[:-1]
@@ -234,34 +231,11 @@ def project(
             torch.zeros(shape, dtype=torch.int64, device=U.device),
             torch.ones(shape, dtype=torch.bool, device=U.device),
         )
-    return _bpp(Ud, Gn, max_iter=max_iter, tol=tol, sync_free=sync_free)
+    return _bpp(Ud, Gn, max_iter=hyper.max_iter, tol=hyper.tol, sync_free=hyper.sync_free)
 
 
-def dual_cone(
-    U: torch.Tensor,
-    G: torch.Tensor,
-    /,
-    *,
-    norm_eps: float,
-    reg_eps: float,
-    max_iter: int,
-    tol: float,
-    sync_free: bool,
-) -> torch.Tensor:
-    """Projection weights W[b, r] = argmin_{v ≥ U[b, r]} vᵀG̃[b]v, batched.
-
-    Args:
-        U: (B, R, T) float32/float64 rows.
-        G: (B, T, T) float32/float64 Gram matrices.
-        norm_eps, reg_eps: the normalisation of G (see the module docstring).
-        max_iter: factorisations per row at most.
-        tol: the stopping rule's tolerance.
-        sync_free: run exactly ``max_iter`` iterations with masks and no host read-back.
-
-    Returns:
-        (B, R, T) in G's dtype, W ≥ U.
-    """
-    W, _, _ = project(
-        U, G, norm_eps=norm_eps, reg_eps=reg_eps, max_iter=max_iter, tol=tol, sync_free=sync_free
-    )
+def dual_cone(U: torch.Tensor, G: torch.Tensor, hyper: DualConeHyper, /) -> torch.Tensor:
+    """Projection weights W[b, r] = argmin_{v ≥ U[b, r]} vᵀG̃[b]v, batched: U (B, R, T) and
+    G (B, T, T) float32/float64 → (B, R, T) in G's dtype, W ≥ U (:func:`project`)."""
+    W, _, _ = project(U, G, hyper)
     return W.to(G.dtype)

@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mtl_fast._core.contracts import CAGradHyper, NashMTLHyper
 from mtl_fast.kernels.reference.aggregators import CAGRAD_FACE_RIDGE, CAGRAD_SMOOTH, CAGRAD_TIE
 from mtl_fast.kernels.triton.common import pow2
 from mtl_fast.kernels.triton.min_norm import (
@@ -36,10 +37,13 @@ from mtl_fast.kernels.triton.min_norm import (
     _fw_gamma_max,
     _fw_step,
     _fw_vertices,
+    _gram_tile,
     _matvec,
+    _max_diag_scaled,
     _move_toward,
     _not,
     _or,
+    _program,
     _sweep,
 )
 
@@ -47,13 +51,12 @@ MAX_TASKS = 64
 
 
 @triton.jit
-def _load_sym(K, b, sk_b, sk_i, sk_j, idx, valid):
-    """½(K + Kᵀ) of problem b as a (BT, BT) fp64 tile, zero outside T×T."""
-    both = valid[:, None] & valid[None, :]
-    base = K + b * sk_b
-    A = tl.load(base + idx[:, None] * sk_i + idx[None, :] * sk_j, mask=both, other=0.0)
-    At = tl.load(base + idx[None, :] * sk_i + idx[:, None] * sk_j, mask=both, other=0.0)
-    return 0.5 * (A.to(tl.float64) + At.to(tl.float64))
+def _load_sym(K, b, T, idx, valid):
+    """½(K + Kᵀ) of problem b of the contiguous (B, T, T) batch K as a (BT, BT) fp64 tile, zero
+    outside T×T."""
+    A = _gram_tile(K, b, T, T, 1, idx, valid)
+    At = _gram_tile(K, b, T, 1, T, idx, valid)
+    return 0.5 * (A + At)
 
 
 @triton.jit
@@ -121,10 +124,6 @@ def _cagrad_kernel(
     K,
     W,
     T,
-    sk_b,
-    sk_i,
-    sk_j,
-    sw_b,
     c_value: tl.float64,
     norm_eps_value: tl.float64,
     rescale,
@@ -135,10 +134,8 @@ def _cagrad_kernel(
     tie_value: tl.float64,
     BT: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    idx = tl.arange(0, BT)
-    valid = idx < T
-    eye = idx[:, None] == idx[None, :]
+    # K: contiguous (B, T, T); W: contiguous (B, T).
+    b, idx, valid, eye = _program(T, BT)
     cc = tl.full((), c_value, tl.float64)
     norm_eps = tl.full((), norm_eps_value, tl.float64)
     tol = tl.full((), tol_value, tl.float64)
@@ -146,7 +143,7 @@ def _cagrad_kernel(
     eps2 = tl.full((), smooth_value, tl.float64) * smooth_value
     Tf = T.to(tl.float64)
 
-    Kd = _load_sym(K, b, sk_b, sk_i, sk_j, idx, valid)
+    Kd = _load_sym(K, b, T, idx, valid)
     trace = tl.sum(tl.sum(tl.where(eye, Kd, 0.0), axis=1), axis=0)
     small = trace < norm_eps
     Kn = tl.where(small, 0.0, Kd / tl.where(trace > 0, trace, 1.0))
@@ -245,7 +242,7 @@ def _cagrad_kernel(
     bonus = tl.where(keep, phi / tl.where(keep, rho, 1.0), 0.0)
     out = tl.where(keep, 1.0 / Tf + bonus * w, 0.0)
     out = tl.where(rescale == 1, out / (1 + cc * cc), tl.where(rescale == 2, out / (1 + cc), out))
-    tl.store(W + b * sw_b + idx, out.to(W.dtype.element_ty), mask=valid)
+    tl.store(W + b * T + idx, out.to(W.dtype.element_ty), mask=valid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,33 +264,22 @@ def _nash_kernel(
     W,
     A_out,
     T,
-    sk_b,
-    sk_i,
-    sk_j,
-    sp_b,
-    sw_b,
-    sa_b,
     max_norm_value: tl.float64,
     max_iter,
     tol_value: tl.float64,
     BT: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    idx = tl.arange(0, BT)
-    valid = idx < T
-    eye = idx[:, None] == idx[None, :]
+    # K: contiguous (B, T, T); P, W, A_out: contiguous (B, T).
+    b, idx, valid, eye = _program(T, BT)
     both = valid[:, None] & valid[None, :]
     tol = tl.full((), tol_value, tl.float64)
     max_norm = tl.full((), max_norm_value, tl.float64)
     Tf = T.to(tl.float64)
 
-    Kd = _load_sym(K, b, sk_b, sk_i, sk_j, idx, valid)
-    diag = tl.sum(tl.where(eye, Kd, 0.0), axis=1)
-    scale = tl.max(tl.where(valid, diag, float("-inf")), axis=0)
-    scale = tl.where(scale > 0, scale, 1.0)
-    Kn = Kd / scale
+    Kd = _load_sym(K, b, T, idx, valid)
+    Kn, _, scale = _max_diag_scaled(Kd, valid, eye)
     root = tl.sqrt(scale)
-    prev = tl.load(P + b * sp_b + idx, mask=valid, other=1.0).to(tl.float64)
+    prev = tl.load(P + b * T + idx, mask=valid, other=1.0).to(tl.float64)
     start = tl.where(_and(prev > 0, prev < float("inf")), prev, 1.0) * root
     a = _nash_ray(Kn, tl.where(valid, start, 1.0), Tf)
     done = Tf < 0  # False, as a tensor
@@ -315,8 +301,8 @@ def _nash_kernel(
     length = tl.sqrt(tl.maximum(tl.sum(alpha * _matvec(Kd, alpha), axis=0), 0.0))
     over = _and(max_norm > 0, length > max_norm)
     weights = alpha * tl.where(over, max_norm / tl.where(over, length, 1.0), 1.0)
-    tl.store(W + b * sw_b + idx, weights.to(W.dtype.element_ty), mask=valid)
-    tl.store(A_out + b * sa_b + idx, alpha.to(A_out.dtype.element_ty), mask=valid)
+    tl.store(W + b * T + idx, weights.to(W.dtype.element_ty), mask=valid)
+    tl.store(A_out + b * T + idx, alpha.to(A_out.dtype.element_ty), mask=valid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,39 +349,24 @@ def pcgrad(K: torch.Tensor, order: torch.Tensor, /) -> torch.Tensor:
     return out
 
 
-def cagrad(
-    K: torch.Tensor,
-    /,
-    *,
-    c: float,
-    norm_eps: float,
-    rescale: int,
-    max_iter: int,
-    tol: float,
-    sync_free: bool,
-) -> torch.Tensor:
+def cagrad(K: torch.Tensor, hyper: CAGradHyper, /) -> torch.Tensor:
     """(B, T, T) fp32/fp64 K → (B, T) CAGrad weights in K's dtype; T ≤ ``MAX_TASKS``.
 
-    ``sync_free`` is accepted for the calling convention: the kernel never reads back to the
-    host, and each problem stops on its own once converged.
+    ``hyper.sync_free`` changes nothing: the kernel never reads back to the host, and each
+    problem stops on its own once converged.
     """
-    del sync_free
     B, T, _ = K.shape
     bt = _check_tasks("cagrad", T)
     out = torch.empty(B, T, dtype=K.dtype, device=K.device)
     _cagrad_kernel[(B,)](
-        K,
+        K.contiguous(),
         out,
         T,
-        K.stride(0),
-        K.stride(1),
-        K.stride(2),
-        out.stride(0),
-        float(c),
-        float(norm_eps),
-        int(rescale),
-        int(max_iter),
-        float(tol),
+        float(hyper.c),
+        float(hyper.norm_eps),
+        int(hyper.rescale),
+        int(hyper.max_iter),
+        float(hyper.tol),
         CAGRAD_FACE_RIDGE,
         CAGRAD_SMOOTH,
         CAGRAD_TIE,
@@ -406,40 +377,26 @@ def cagrad(
 
 
 def nash_mtl(
-    K: torch.Tensor,
-    prev_alpha: torch.Tensor,
-    /,
-    *,
-    max_norm: float,
-    max_iter: int,
-    tol: float,
-    sync_free: bool,
+    K: torch.Tensor, prev_alpha: torch.Tensor, hyper: NashMTLHyper, /
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, T) fp32/fp64 K, (B, T) fp64 state → (weights, alpha) in K's dtype; T ≤ 64.
 
-    ``sync_free`` is accepted for the calling convention (see :func:`cagrad`).
+    ``hyper.sync_free`` changes nothing (see :func:`cagrad`).
     """
-    del sync_free
     B, T, _ = K.shape
     bt = _check_tasks("nash_mtl", T)
     weights = torch.empty(B, T, dtype=K.dtype, device=K.device)
     alpha = torch.empty(B, T, dtype=K.dtype, device=K.device)
     prev = prev_alpha.to(torch.float64).contiguous()
     _nash_kernel[(B,)](
-        K,
+        K.contiguous(),
         prev,
         weights,
         alpha,
         T,
-        K.stride(0),
-        K.stride(1),
-        K.stride(2),
-        prev.stride(0),
-        weights.stride(0),
-        alpha.stride(0),
-        float(max_norm),
-        int(max_iter),
-        float(tol),
+        float(hyper.max_norm),
+        int(hyper.max_iter),
+        float(hyper.tol),
         BT=bt,
         num_warps=_num_warps(bt),
     )

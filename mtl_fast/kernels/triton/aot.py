@@ -22,7 +22,14 @@ from typing import Any
 
 import torch
 
-from mtl_fast._core.contracts import AdamHyper, AdamRows, AdamState
+from mtl_fast._core.contracts import (
+    AdamHyper,
+    AdamRows,
+    AdamState,
+    CAGradHyper,
+    DualConeHyper,
+    NashMTLHyper,
+)
 from mtl_fast._core.precision import accumulation_dtype
 
 _TORCH_TO_TRITON = {
@@ -124,25 +131,15 @@ def record(quick: bool = False) -> list[Launch]:
             K = torch.zeros(4, T, T, dtype=dtype)
             order = torch.zeros(4, T, T, dtype=torch.int64)
             _agg.pcgrad(K, order)
-            _agg.cagrad(K, c=0.5, norm_eps=1e-4, rescale=0, max_iter=10, tol=1e-12, sync_free=True)
-            _agg.nash_mtl(
-                K,
-                torch.ones(4, T, dtype=torch.float64),
-                max_norm=1.0,
-                max_iter=10,
-                tol=1e-10,
-                sync_free=True,
-            )
+            _agg.cagrad(K, CAGradHyper(0.5, 1e-4, 0, max_iter=10, tol=1e-12, sync_free=True))
+            nash = NashMTLHyper(max_norm=1.0, max_iter=10, tol=1e-10, sync_free=True)
+            _agg.nash_mtl(K, torch.ones(4, T, dtype=torch.float64), nash)
     for dtype in (torch.float32,) if quick else (torch.float32, torch.float64):
         for T in (2, 16, 32, 64) if quick else (1, 2, 3, 5, 8, 16, 17, 32, 40, 64):
             _dual_cone.dual_cone(
                 torch.zeros(2, 3, T, dtype=torch.float64),
                 torch.zeros(2, T, T, dtype=dtype),
-                norm_eps=1e-4,
-                reg_eps=1e-4,
-                max_iter=64,
-                tol=1e-10,
-                sync_free=True,
+                DualConeHyper(1e-4, 1e-4, max_iter=64, tol=1e-10, sync_free=True),
             )
     for pdtype in (
         (torch.float32, torch.bfloat16) if quick else (torch.float32, torch.bfloat16, torch.float64)

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mtl_fast._core.contracts import DualConeHyper
 from mtl_fast.kernels.reference.dual_cone import BACKUP_EXCHANGES, FAIL_RIDGE, PIVOT_TOL
 from mtl_fast.kernels.triton.common import pow2
 
@@ -187,24 +188,13 @@ def _num_warps(bt: int) -> int:
     return 1 if bt <= 16 else 4 if bt == 32 else 16
 
 
-def dual_cone(
-    U: torch.Tensor,
-    G: torch.Tensor,
-    /,
-    *,
-    norm_eps: float,
-    reg_eps: float,
-    max_iter: int,
-    tol: float,
-    sync_free: bool,
-) -> torch.Tensor:
+def dual_cone(U: torch.Tensor, G: torch.Tensor, hyper: DualConeHyper, /) -> torch.Tensor:
     """U: (B, R, T), G: (B, T, T) fp32/fp64 → (B, R, T) projection weights in G's dtype;
     T ≤ ``MAX_TASKS``.
 
-    ``sync_free`` is accepted for the calling convention: the kernel never reads back to the
-    host, and each row stops on its own once it meets the stopping rule.
+    ``hyper.sync_free`` changes nothing: the kernel never reads back to the host, and each row
+    stops on its own once it meets the stopping rule.
     """
-    del sync_free
     B, R, T = U.shape
     if T > MAX_TASKS:
         raise ValueError(
@@ -229,10 +219,10 @@ def dual_cone(
         G.stride(2),
         W.stride(0),
         W.stride(1),
-        max_iter,
-        float(norm_eps),
-        float(reg_eps),
-        float(tol),
+        int(hyper.max_iter),
+        float(hyper.norm_eps),
+        float(hyper.reg_eps),
+        float(hyper.tol),
         FAIL_RIDGE,
         PIVOT_TOL,
         BT=bt,

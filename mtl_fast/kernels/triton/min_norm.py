@@ -138,35 +138,47 @@ def _move_toward(w, y, active, idx, ok):
 
 
 @triton.jit
+def _program(T, BT: tl.constexpr):
+    """This program's problem b (int64), the task indices, which are tasks (< T) and the (BT, BT)
+    identity mask: what every one-problem-per-program kernel starts from."""
+    b = tl.program_id(0).to(tl.int64)
+    idx = tl.arange(0, BT)
+    return b, idx, idx < T, idx[:, None] == idx[None, :]
+
+
+@triton.jit
+def _gram_tile(K, b, T, si, sj, idx, valid):
+    """K[b] of the contiguous (B, T, T) batch K as a (BT, BT) fp64 tile, zero outside T×T; the
+    strides (si, sj) = (T, 1) load K[b], (1, T) its transpose."""
+    both = valid[:, None] & valid[None, :]
+    A = tl.load(K + b * T * T + idx[:, None] * si + idx[None, :] * sj, mask=both, other=0.0)
+    return A.to(tl.float64)
+
+
+@triton.jit
+def _max_diag_scaled(Kd, valid, eye):
+    """Kd / s with s = max_i Kd_ii (1 when that is ≤ 0), its diagonal, and s."""
+    diag = tl.sum(tl.where(eye, Kd, 0.0), axis=1)
+    scale = tl.max(tl.where(valid, diag, float("-inf")), axis=0)
+    scale = tl.where(scale > 0, scale, 1.0)
+    return Kd / scale, diag / scale, scale
+
+
+@triton.jit
 def _min_norm_kernel(
     K,
     W,
     T,
-    sk_b,
-    sk_i,
-    sk_j,
-    sw_b,
     max_iter,
     tol_value: tl.float64,
     ridge_value: tl.float64,
     BT: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    idx = tl.arange(0, BT)
-    valid = idx < T
-    eye = idx[:, None] == idx[None, :]
+    # K: contiguous (B, T, T); W: contiguous (B, T).
+    b, idx, valid, eye = _program(T, BT)
+    Kn, dn, _ = _max_diag_scaled(_gram_tile(K, b, T, T, 1, idx, valid), valid, eye)
     tol = tl.full((), tol_value, tl.float64)
     ridge = tl.full((), ridge_value, tl.float64)
-    Kd = tl.load(
-        K + b * sk_b + idx[:, None] * sk_i + idx[None, :] * sk_j,
-        mask=valid[:, None] & valid[None, :],
-        other=0.0,
-    ).to(tl.float64)
-    diag = tl.sum(tl.where(eye, Kd, 0.0), axis=1)
-    scale = tl.max(tl.where(valid, diag, float("-inf")), axis=0)
-    scale = tl.where(scale > 0, scale, 1.0)
-    Kn = Kd / scale
-    dn = diag / scale
 
     s0 = tl.argmin(tl.where(valid, dn, float("inf")), axis=0)
     w = tl.where(idx == s0, 1.0, 0.0).to(tl.float64)
@@ -209,7 +221,7 @@ def _min_norm_kernel(
         w = tl.where(done, w, w_next)
         g = tl.where(done, g, g_next)
         it = tl.where(done, max_iter, it + 1)
-    tl.store(W + b * sw_b + idx, w.to(W.dtype.element_ty), mask=valid)
+    tl.store(W + b * T + idx, w.to(W.dtype.element_ty), mask=valid)
 
 
 def _num_warps(bt: int) -> int:
@@ -234,13 +246,9 @@ def min_norm(K: torch.Tensor, /, *, max_iter: int, tol: float, sync_free: bool) 
     W = torch.empty(B, T, dtype=K.dtype, device=K.device)
     bt = max(pow2(T), 2)
     _min_norm_kernel[(B,)](
-        K,
+        K.contiguous(),
         W,
         T,
-        K.stride(0),
-        K.stride(1),
-        K.stride(2),
-        W.stride(0),
         max_iter,
         float(tol),
         FACE_RIDGE,
