@@ -173,25 +173,20 @@ class CAGradWeighting(Weighting):  # type: ignore[misc]
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        cagrad_weights(torch.eye(1), c=c, norm_eps=norm_eps, rescale=rescale)  # validate
         self.c = c
         self.norm_eps = norm_eps
-        self.rescale: Literal[0, 1, 2] = rescale
-        self.max_iter = max_iter
-        self.tol = tol
-        self.backend = backend
+        # The options TorchJD's class does not have, passed on as they are.
+        self.options: dict[str, Any] = dict(
+            rescale=rescale, max_iter=max_iter, tol=tol, backend=backend
+        )
+        # Validate once, here (the backend is checked where it runs).
+        cagrad_weights(
+            torch.eye(1), c=c, norm_eps=norm_eps, rescale=rescale, max_iter=max_iter, tol=tol
+        )
 
     def forward(self, gramian: Tensor, /) -> Tensor:
         with torch.no_grad():
-            return cagrad_weights(
-                gramian,
-                c=self.c,
-                norm_eps=self.norm_eps,
-                rescale=self.rescale,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                backend=self.backend,
-            )
+            return cagrad_weights(gramian, c=self.c, norm_eps=self.norm_eps, **self.options)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(c={self.c}, norm_eps={self.norm_eps})"
