@@ -7,11 +7,14 @@ Each function's signature is the ``__call__`` of the op's Protocol below; a test
 backend to it. Inputs reach a backend already validated by the public op (shapes, dtypes,
 devices, finiteness where asked), with the leading batch dimensions flattened into one.
 
-Every op takes its hyperparameters as one frozen dataclass, positional after the tensors
+An op with hyperparameters takes them as one frozen dataclass, positional after the tensors
 (:class:`AdamHyper`, :class:`DualConeHyper`, ...); the optimizer ops take their tensors as
 :class:`AdamState` and a multi-state step's gradient rows as :class:`AdamRows`, so the calling
 convention is one short line everywhere; the public op checks the values before they reach a
-backend.
+backend. The one exception is ``min_norm``, whose three scalars (``max_iter``, ``tol``,
+``sync_free``) stay keyword-only: it is the op a training step calls once per step, and the
+MGDA strategies and the compiled ops (whose schemas take the scalars) pass them straight
+through.
 """
 
 from __future__ import annotations
