@@ -70,6 +70,35 @@ def test_time_slices_share_the_budget_and_pass_unused_time_on(tmp_path: Path) ->
     shutil.rmtree(run.tmp)
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--budget", "abc"], "argument --budget: expected seconds, got 'abc'"),
+        (["--budget", "nan"], "argument --budget: expected a finite number of seconds above"),
+        (["--budget", "-5"], "argument --budget: expected a finite number of seconds above"),
+        (["--budget", str(_driver.RESERVE_S)], "argument --budget: expected a finite number"),
+        (["--out", "{file}"], "argument --out: {file} exists and is not a folder"),
+        (["--preference", "{missing}"], "argument --preference: no such file: {missing}"),
+    ],
+)
+def test_bad_options_are_refused_by_name_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    names = {"file": str(tmp_path / "a-file"), "missing": str(tmp_path / "none.json")}
+    (tmp_path / "a-file").write_text("")
+    argv = [a.format(**names) for a in argv]
+    with pytest.raises(SystemExit) as info:
+        _driver.main(argv)
+    assert info.value.code == 2
+    assert message.format(**names) in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing was written
+
+
+def test_good_options_parse() -> None:
+    args = _driver.build_parser().parse_args(["--budget", "120", "--out", "x"])
+    assert (args.budget, args.out) == (120.0, Path("x"))
+
+
 def test_names_and_runtime_kinds() -> None:
     assert _driver._slug("NVIDIA H200") == "h200"
     assert _driver._slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import re
 import resource
@@ -693,16 +694,46 @@ class Run:
             res.reason = f"exit status {proc.rc}: {proc.last_lines()}"
 
 
+def _seconds(text: str) -> float:
+    """``--budget``: a finite number of seconds, more than the reserve kept for the files."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= RESERVE_S:
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number of seconds above {RESERVE_S:g} (kept back for writing "
+            f"the files), got {text}"
+        )
+    return value
+
+
+def _folder(text: str) -> Path:
+    """``--out``: a folder, or a path where one can be made (not an existing file)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    return path
+
+
+def _bench_json(text: str) -> Path:
+    """``--preference``: an existing file."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpu_report",
         description="GPU evidence in one call: env, CUDA build, GPU tests, verify, "
         "compute-sanitizer, benchmarks; result files in --out (docs/gpu.md)",
     )
-    parser.add_argument("--out", type=Path, default=Path("gpu-report-out"), help="result folder")
+    parser.add_argument("--out", type=_folder, default=Path("gpu-report-out"), help="result folder")
     parser.add_argument(
         "--budget",
-        type=float,
+        type=_seconds,
         default=None,
         help=f"seconds for all stages (default {_plan.GPU_BUDGET_S:.0f}; dry run "
         f"{_plan.DRY_BUDGET_S:.0f}); each stage gets a weighted slice",
@@ -712,7 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--preference",
-        type=Path,
+        type=_bench_json,
         metavar="BENCH_JSON",
         help="print auto's per-op Triton/CUDA order from a GPU bench JSON, and exit",
     )
