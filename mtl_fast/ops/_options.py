@@ -9,6 +9,8 @@ from typing import Any, TypedDict, TypeVar
 
 import torch
 
+from mtl_fast._core.validate import require_optional_bool
+
 H = TypeVar("H")
 
 
@@ -30,6 +32,10 @@ class BackendOptions:
     backend: str | None = None
     check_finite: bool | None = None
     sync_free: bool | None = None
+
+    def __post_init__(self) -> None:
+        # ``backend`` is checked where it is resolved, ``check_finite`` where it is used.
+        require_optional_bool("sync_free", self.sync_free)
 
     def sync_free_on(self, device: torch.device) -> bool:
         """``sync_free`` for tensors on ``device``."""

@@ -494,6 +494,7 @@ class CAGradOptions(BackendOptions):
     tol: float = CAGRAD_TOL
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _finite_float("norm_eps", self.norm_eps)
         if isinstance(self.rescale, bool) or self.rescale not in (0, 1, 2):
             raise ValueError(f"rescale must be 0, 1 or 2, got {self.rescale!r}")
@@ -586,6 +587,7 @@ class NashMTLOptions(BackendOptions):
     max_norm: float = NASH_MAX_NORM
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _finite_float("max_norm", self.max_norm)
         require_positive_int("max_iter", self.max_iter)
         _finite_float("tol", self.tol)

@@ -30,7 +30,6 @@ from mtl_fast._core.validate import (
     require_gram,
     require_min_dim,
     require_nonneg_float,
-    require_optional_bool,
     require_positive_int,
     require_same_device,
     require_tensor,
@@ -77,8 +76,8 @@ class SolverOptions(BackendOptions):
     tol: float = DEFAULT_TOL
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_options(self.norm_eps, self.reg_eps, self.max_iter, self.tol)
-        require_optional_bool("sync_free", self.sync_free)
 
 
 def project(U: torch.Tensor, G: torch.Tensor, options: SolverOptions) -> torch.Tensor:

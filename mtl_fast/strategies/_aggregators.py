@@ -153,16 +153,22 @@ class CAGrad(GramAggregator):
         self.rescale: Literal[0, 1, 2] = rescale
         self.max_iter = max_iter
         self.tol = tol
-        ops.cagrad_weights(torch.eye(1), **self._solver_options())  # validated once, here
-
-    def _solver_options(self) -> dict[str, Any]:
-        """The arguments of :func:`mtl_fast.cagrad_weights` this strategy keeps."""
-        names = ("c", "norm_eps", "rescale", "max_iter", "tol")
-        return {name: getattr(self, name) for name in names}
+        # Validated once, here (the backend is checked where it runs).
+        ops.cagrad_weights(
+            torch.eye(1), c=c, norm_eps=norm_eps, rescale=rescale, max_iter=max_iter, tol=tol
+        )
 
     def coefficients(self, K: torch.Tensor) -> torch.Tensor:
-        options = self._solver_options()
-        return ops.cagrad_weights(K, **options, backend=self.backend, check_finite=False)
+        return ops.cagrad_weights(
+            K,
+            c=self.c,
+            norm_eps=self.norm_eps,
+            rescale=self.rescale,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            backend=self.backend,
+            check_finite=False,
+        )
 
 
 @spells(GramAggregator.__init__, ArenaKwargs)

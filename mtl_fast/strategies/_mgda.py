@@ -167,5 +167,12 @@ class MGDA(CombineStrategy):
                     K.unsqueeze(0), max_iter=self.max_iter, tol=self.tol, sync_free=self._sync_free
                 )[0]
             return w, w
-        names = ("normalization", "apply_to", "max_iter", "tol", "backend")
-        return solve_weights(K, lv, **{name: getattr(self, name) for name in names})
+        return solve_weights(
+            K,
+            lv,
+            normalization=self.normalization,
+            apply_to=self.apply_to,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            backend=self.backend,
+        )

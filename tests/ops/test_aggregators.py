@@ -1019,6 +1019,16 @@ def test_keyword_groups_are_spelled_out_and_misspellings_refused(name: str) -> N
             op(torch.eye(2), max_norm=1.0)
 
 
+@pytest.mark.parametrize("name", [*SPELLED, "upgrad_weights", "dualproj_weights"])
+def test_sync_free_must_be_a_bool_or_none(name: str) -> None:
+    """Every op whose options build on the shared backend group refuses a sync_free that is not
+    True, False or None, naming it (a string was silently read as True before)."""
+    op = getattr(mtl_fast, name)
+    extra = {"c": 0.5} if name == "cagrad_weights" else {}
+    with pytest.raises(TypeError, match=r"sync_free must be True, False or None, got str 'no'"):
+        op(torch.eye(2), sync_free="no", **extra)
+
+
 def test_explicit_backend_without_the_op_says_why() -> None:
     cuda = _load("cuda")
     if isinstance(cuda, str):
