@@ -37,13 +37,16 @@ def _isas() -> tuple[str, ...]:
         (3, 13, 1031),
         (2, 24, 4113),
         (1, 41, 2050),
+        # several of the Gram's prefetch blocks (8,192-16,384 columns here), the last partial
+        (1, 5, 40003),
+        (2, 10, 20011),
     ],
 )
 def test_gram_and_combine_match_the_reference(
     isa: str, dtype: torch.dtype, B: int, T: int, P: int
 ) -> None:
     """Every instruction set the processor has (the portable kernels included): edge tiles of
-    every size, partial blocks and partial vectors."""
+    every size, partial blocks (of the fp32 sums and of the prefetch) and partial vectors."""
     gen = torch.Generator().manual_seed(B * 100 + T)
     J = torch.randn(B, T, P, generator=gen, dtype=dtype)
     w = torch.rand(B, T, generator=gen, dtype=dtype)

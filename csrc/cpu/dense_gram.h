@@ -1,10 +1,11 @@
 // The Gram kernel on one instruction set's vectors: included by dense.cpp once per set, inside
 // that set's namespace, which defines before the include
 //   vzero(const S*), vloadu(const S*), vstoreu(S*, v), vfma(a, b, c) for S = float and double,
-//   kVecBytes (the vector width), kMI × kMJ (the largest tile), block_columns(T, sizeof(S)),
+//   kVecBytes (the vector width), kMI × kMJ (the largest tile), flush_columns(T, sizeof(S)) (the
+//   columns a tile sums in S before it adds the sums into Kd in fp64: the rounding of the kernel),
 //   MTL_TARGET (the set's __attribute__((target(...)))).
-// No include guard, on purpose. Only tiles with j ≥ i (the upper triangle, diagonal tiles whole)
-// are computed; the caller mirrors.
+// and, before the first include, PrefetchCursor (dense.cpp). No include guard, on purpose. Only
+// tiles with j ≥ i (the upper triangle, diagonal tiles whole) are computed; the caller mirrors.
 
 // The sum of a vector's lanes in fp64, in order.
 template <typename S, typename V>
@@ -16,11 +17,12 @@ MTL_TARGET inline double vsum(const S*, const V& v) {
   return s;
 }
 
-// Adds the (i0.., j0..) tile of one column block [c0, c0 + n) into Kd (fp64, T × T): an MI × MJ
-// tile of accumulators in registers, summed in fp64 once per block.
+// Adds the (i0.., j0..) tile of the columns [c0, c0 + n) (at most flush_columns) into Kd (fp64,
+// T × T): an MI × MJ tile of accumulators in registers, summed in fp64 at the end. Each step of
+// the loop also issues the next few prefetches of the next block (pf).
 template <typename S, int MI, int MJ>
 MTL_TARGET inline void tile(const S* J, int64_t ld, int64_t T, int64_t i0, int64_t j0, int64_t c0,
-                            int64_t n, double* Kd) {
+                            int64_t n, double* Kd, PrefetchCursor& pf) {
   using V = decltype(vzero(J));
   constexpr int64_t kLanes = kVecBytes / sizeof(S);
   const S* x[MI];
@@ -32,6 +34,7 @@ MTL_TARGET inline void tile(const S* J, int64_t ld, int64_t T, int64_t i0, int64
     for (int b = 0; b < MJ; ++b) acc[a][b] = vzero(J);
   int64_t p = 0;
   for (; p + kLanes <= n; p += kLanes) {
+    pf.step();
     V xv[MI];
     for (int a = 0; a < MI; ++a) xv[a] = vloadu(x[a] + p);
     for (int b = 0; b < MJ; ++b) {
@@ -51,26 +54,39 @@ MTL_TARGET inline void tile(const S* J, int64_t ld, int64_t T, int64_t i0, int64
 // tile<S, mi, mj> for run-time mi ≤ MI and mj ≤ MJ (the edges of the triangle).
 template <typename S, int MI, int MJ>
 MTL_TARGET inline void edge_tile(int64_t mi, int64_t mj, const S* J, int64_t ld, int64_t T,
-                                 int64_t i0, int64_t j0, int64_t c0, int64_t n, double* Kd) {
+                                 int64_t i0, int64_t j0, int64_t c0, int64_t n, double* Kd,
+                                 PrefetchCursor& pf) {
   if constexpr (MI > 1) {
-    if (mi < MI) return edge_tile<S, MI - 1, MJ>(mi, mj, J, ld, T, i0, j0, c0, n, Kd);
+    if (mi < MI) return edge_tile<S, MI - 1, MJ>(mi, mj, J, ld, T, i0, j0, c0, n, Kd, pf);
   }
   if constexpr (MJ > 1) {
-    if (mj < MJ) return edge_tile<S, MI, MJ - 1>(mi, mj, J, ld, T, i0, j0, c0, n, Kd);
+    if (mj < MJ) return edge_tile<S, MI, MJ - 1>(mi, mj, J, ld, T, i0, j0, c0, n, Kd, pf);
   }
-  tile<S, MI, MJ>(J, ld, T, i0, j0, c0, n, Kd);
+  tile<S, MI, MJ>(J, ld, T, i0, j0, c0, n, Kd, pf);
 }
 
+// J is read in blocks of whole flush spans, about kPrefetchBytes of T rows each: while the tiles
+// of one block run on it (from L2), the block after it is prefetched into L2, spread evenly over
+// the block's tile steps, so that reading memory overlaps the arithmetic instead of following it.
 template <typename S>
 MTL_TARGET void gram(const S* J, int64_t T, int64_t ld, int64_t p0, int64_t p1, double* Kd) {
-  const int64_t block = block_columns(T, int64_t(sizeof(S)));
-  for (int64_t c0 = p0; c0 < p1; c0 += block) {
-    const int64_t n = std::min(block, p1 - c0);
-    for (int64_t i0 = 0; i0 < T; i0 += kMI) {
-      const int64_t mi = std::min<int64_t>(kMI, T - i0);
-      for (int64_t j0 = i0; j0 < T; j0 += kMJ) {
-        const int64_t mj = std::min<int64_t>(kMJ, T - j0);
-        edge_tile<S, kMI, kMJ>(mi, mj, J, ld, T, i0, j0, c0, n, Kd);
+  constexpr int64_t kLanes = kVecBytes / sizeof(S);
+  const int64_t flush = flush_columns(T, int64_t(sizeof(S)));
+  const int64_t block = flush * std::max<int64_t>(1, kPrefetchBytes / (T * flush * int64_t(sizeof(S))));
+  int64_t tiles = 0;  // tile launches per block
+  for (int64_t i0 = 0; i0 < T; i0 += kMI) tiles += (T - i0 + kMJ - 1) / kMJ;
+  for (int64_t b0 = p0; b0 < p1; b0 += block) {
+    const int64_t nb = std::min(block, p1 - b0);
+    const int64_t next = std::min(block, std::max<int64_t>(0, p1 - b0 - nb));
+    PrefetchCursor pf(J + b0 + nb, ld, T, next, int64_t(sizeof(S)), tiles * (nb / kLanes));
+    for (int64_t c0 = b0; c0 < b0 + nb; c0 += flush) {
+      const int64_t n = std::min(flush, b0 + nb - c0);
+      for (int64_t i0 = 0; i0 < T; i0 += kMI) {
+        const int64_t mi = std::min<int64_t>(kMI, T - i0);
+        for (int64_t j0 = i0; j0 < T; j0 += kMJ) {
+          const int64_t mj = std::min<int64_t>(kMJ, T - j0);
+          edge_tile<S, kMI, kMJ>(mi, mj, J, ld, T, i0, j0, c0, n, Kd, pf);
+        }
       }
     }
   }
