@@ -25,8 +25,12 @@
 namespace {
 
 constexpr int64_t kBlock = 512;  // columns per block: T = 10 rows × 512 × 4 B = 20 KB
-// The combination's block: its partial sum (4 KB in fp32) stays in L1 while the rows stream.
-constexpr int64_t kBlockComb = 1024;
+// The combination's block: its partial sum (16 KB) stays in L1 while the rows stream, and the
+// next block's rows are prefetched into L2 meanwhile. Measured on one thread of an AMD EPYC
+// (Zen 4, thread CPU time, medians of 15 alternating runs, T = 10, P = 21.6 M fp32, into a kept
+// buffer): 59-61 ms for blocks of 1,024 columns without the prefetch (the kernel before), 50-52
+// ms with it (1,024 to 8,192 columns alike); one plain read of J takes 33-37 ms.
+constexpr int64_t kBlockCombBytes = 16 * 1024;
 
 #if defined(__GNUC__)
 #define MTL_INLINE inline __attribute__((always_inline))
@@ -184,7 +188,8 @@ inline int64_t flush_columns(int64_t, int64_t) { return kBlock; }
 // the portable kernel (the same rounding).
 template <typename S, int M>
 MTL_AVX2 inline void comb_rows(const S* J, const S* w, int64_t ld, int64_t t0, int64_t c0,
-                               int64_t n, bool first, bool last, S* buf, S* d) {
+                               int64_t n, bool first, bool last, S* buf, S* d,
+                               PrefetchCursor& pf) {
   using V = decltype(vzero(J));
   constexpr int64_t kLanes = 32 / sizeof(S);
   const S* row[M];
@@ -195,6 +200,7 @@ MTL_AVX2 inline void comb_rows(const S* J, const S* w, int64_t ld, int64_t t0, i
   }
   int64_t p = 0;
   for (; p + kLanes <= n; p += kLanes) {
+    pf.step();
     V acc = first ? vzero(J) : vload(buf + p);
     for (int r = 0; r < M; ++r) acc = vfma(wt[r], vloadu(row[r] + p), acc);
     if (last) {
@@ -218,21 +224,26 @@ template <typename S>
 MTL_AVX2 void comb(const S* J, const S* w, int64_t T, int64_t ld, int64_t p0, int64_t p1,
                         S* d) {
   constexpr int kGroup = 8;
+  constexpr int64_t kLanes = 32 / sizeof(S);
+  constexpr int64_t kBlockComb = kBlockCombBytes / sizeof(S);
   alignas(32) S buf[kBlockComb];
+  const int64_t passes = (T + kGroup - 1) / kGroup;
   for (int64_t c0 = p0; c0 < p1; c0 += kBlockComb) {
     const int64_t n = std::min(kBlockComb, p1 - c0);
+    const int64_t next = std::min(kBlockComb, std::max<int64_t>(0, p1 - c0 - n));
+    PrefetchCursor pf(J + c0 + n, ld, T, next, int64_t(sizeof(S)), passes * (n / kLanes));
     for (int64_t t0 = 0; t0 < T; t0 += kGroup) {
       const bool first = t0 == 0;
       const bool last = t0 + kGroup >= T;
       switch (std::min<int64_t>(kGroup, T - t0)) {
-        case 8: comb_rows<S, 8>(J, w, ld, t0, c0, n, first, last, buf, d); break;
-        case 7: comb_rows<S, 7>(J, w, ld, t0, c0, n, first, last, buf, d); break;
-        case 6: comb_rows<S, 6>(J, w, ld, t0, c0, n, first, last, buf, d); break;
-        case 5: comb_rows<S, 5>(J, w, ld, t0, c0, n, first, last, buf, d); break;
-        case 4: comb_rows<S, 4>(J, w, ld, t0, c0, n, first, last, buf, d); break;
-        case 3: comb_rows<S, 3>(J, w, ld, t0, c0, n, first, last, buf, d); break;
-        case 2: comb_rows<S, 2>(J, w, ld, t0, c0, n, first, last, buf, d); break;
-        default: comb_rows<S, 1>(J, w, ld, t0, c0, n, first, last, buf, d); break;
+        case 8: comb_rows<S, 8>(J, w, ld, t0, c0, n, first, last, buf, d, pf); break;
+        case 7: comb_rows<S, 7>(J, w, ld, t0, c0, n, first, last, buf, d, pf); break;
+        case 6: comb_rows<S, 6>(J, w, ld, t0, c0, n, first, last, buf, d, pf); break;
+        case 5: comb_rows<S, 5>(J, w, ld, t0, c0, n, first, last, buf, d, pf); break;
+        case 4: comb_rows<S, 4>(J, w, ld, t0, c0, n, first, last, buf, d, pf); break;
+        case 3: comb_rows<S, 3>(J, w, ld, t0, c0, n, first, last, buf, d, pf); break;
+        case 2: comb_rows<S, 2>(J, w, ld, t0, c0, n, first, last, buf, d, pf); break;
+        default: comb_rows<S, 1>(J, w, ld, t0, c0, n, first, last, buf, d, pf); break;
       }
     }
   }

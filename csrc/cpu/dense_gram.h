@@ -5,7 +5,7 @@
 //   columns a tile sums in S before it adds the sums into Kd in fp64: the rounding of the kernel),
 //   MTL_TARGET (the set's __attribute__((target(...)))).
 // and, before the first include, PrefetchCursor (dense.cpp). No include guard, on purpose. Only
-// tiles with j ≥ i (the upper triangle, diagonal tiles whole) are computed; the caller mirrors.
+// pairs with j ≥ i (the upper triangle) are computed; the caller mirrors.
 
 // The sum of a vector's lanes in fp64, in order.
 template <typename S, typename V>
@@ -18,9 +18,11 @@ MTL_TARGET inline double vsum(const S*, const V& v) {
 }
 
 // Adds the (i0.., j0..) tile of the columns [c0, c0 + n) (at most flush_columns) into Kd (fp64,
-// T × T): an MI × MJ tile of accumulators in registers, summed in fp64 at the end. Each step of
-// the loop also issues the next few prefetches of the next block (pf).
-template <typename S, int MI, int MJ>
+// T × T): an MI × MJ tile of accumulators in registers, summed in fp64 at the end. A tile on the
+// diagonal (DIAG: i0 = j0) skips the pairs below it and reuses its row loads: at T = 10, 55
+// vector FMAs per column step instead of 68. Each step of the loop also issues the next few
+// prefetches of the next block (pf).
+template <typename S, int MI, int MJ, bool DIAG>
 MTL_TARGET inline void tile(const S* J, int64_t ld, int64_t T, int64_t i0, int64_t j0, int64_t c0,
                             int64_t n, double* Kd, PrefetchCursor& pf) {
   using V = decltype(vzero(J));
@@ -38,12 +40,14 @@ MTL_TARGET inline void tile(const S* J, int64_t ld, int64_t T, int64_t i0, int64
     V xv[MI];
     for (int a = 0; a < MI; ++a) xv[a] = vloadu(x[a] + p);
     for (int b = 0; b < MJ; ++b) {
-      const V yv = vloadu(y[b] + p);
-      for (int a = 0; a < MI; ++a) acc[a][b] = vfma(xv[a], yv, acc[a][b]);
+      const V yv = DIAG && b < MI ? xv[b] : vloadu(y[b] + p);
+      for (int a = 0; a < MI; ++a) {
+        if (!DIAG || a <= b) acc[a][b] = vfma(xv[a], yv, acc[a][b]);
+      }
     }
   }
   for (int a = 0; a < MI; ++a) {
-    for (int b = 0; b < MJ; ++b) {
+    for (int b = DIAG ? a : 0; b < MJ; ++b) {
       double s = vsum(J, acc[a][b]);
       for (int64_t q = p; q < n; ++q) s += static_cast<double>(x[a][q]) * y[b][q];
       Kd[(i0 + a) * T + (j0 + b)] += s;
@@ -51,7 +55,7 @@ MTL_TARGET inline void tile(const S* J, int64_t ld, int64_t T, int64_t i0, int64
   }
 }
 
-// tile<S, mi, mj> for run-time mi ≤ MI and mj ≤ MJ (the edges of the triangle).
+// tile<S, mi, mj, i0 == j0> for run-time mi ≤ MI and mj ≤ MJ (the edges of the triangle).
 template <typename S, int MI, int MJ>
 MTL_TARGET inline void edge_tile(int64_t mi, int64_t mj, const S* J, int64_t ld, int64_t T,
                                  int64_t i0, int64_t j0, int64_t c0, int64_t n, double* Kd,
@@ -62,7 +66,8 @@ MTL_TARGET inline void edge_tile(int64_t mi, int64_t mj, const S* J, int64_t ld,
   if constexpr (MJ > 1) {
     if (mj < MJ) return edge_tile<S, MI, MJ - 1>(mi, mj, J, ld, T, i0, j0, c0, n, Kd, pf);
   }
-  tile<S, MI, MJ>(J, ld, T, i0, j0, c0, n, Kd, pf);
+  if (i0 == j0) return tile<S, MI, MJ, true>(J, ld, T, i0, j0, c0, n, Kd, pf);
+  tile<S, MI, MJ, false>(J, ld, T, i0, j0, c0, n, Kd, pf);
 }
 
 // J is read in blocks of whole flush spans, about kPrefetchBytes of T rows each: while the tiles
