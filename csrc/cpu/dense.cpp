@@ -29,7 +29,8 @@ constexpr int64_t kBlock = 512;  // columns per block: T = 10 rows × 512 × 4 B
 // next block's rows are prefetched into L2 meanwhile. Measured on one thread of an AMD EPYC
 // (Zen 4, thread CPU time, medians of 15 alternating runs, T = 10, P = 21.6 M fp32, into a kept
 // buffer): 59-61 ms for blocks of 1,024 columns without the prefetch (the kernel before), 50-52
-// ms with it (1,024 to 8,192 columns alike); one plain read of J takes 33-37 ms.
+// ms with it (1,024 to 8,192 columns alike), in two runs; 42 ms both in a third. T = 40,
+// P = 11.2 M: 129 ms and 99 ms. One plain read of J takes 33-37 ms at T = 10.
 constexpr int64_t kBlockCombBytes = 16 * 1024;
 
 #if defined(__GNUC__)
@@ -42,10 +43,13 @@ constexpr int64_t kBlockCombBytes = 16 * 1024;
 
 // The Gram's blocks: about this many bytes of J (T rows), so that the block being summed and the
 // next one, prefetched meanwhile, fit in a 1 MB L2 together. Measured on one thread of an AMD
-// EPYC (Zen 4, idle machine, thread CPU time, medians of 9 alternating runs), T = 10,
-// P = 21.6 M fp32: 78-91 ms without the prefetch (blocks of 2,048 columns, the kernel before),
-// 58-65 ms with it; T = 40, P = 11.2 M: 317-325 ms and 240-257 ms (the arithmetic alone, J in
-// cache: about 235 ms).
+// EPYC (Zen 4, quiet machine, thread CPU time, medians of 7 to 15 alternating runs), T = 10,
+// P = 21.6 M fp32: 70-90 ms without the prefetch (blocks of 2,048 columns: 8 KB runs per row,
+// which the hardware prefetcher follows badly; a mere read of T rows in such blocks takes twice
+// as long as one of 128 KB runs), 58-68 ms with it, 47-58 ms with the diagonal tiles too
+// (dense_gram.h), against 33-37 ms for a plain read of J; T = 40, P = 11.2 M: 318-336 ms,
+// 265-286 ms, 249-277 ms, where 820 vector FMAs per 16 columns at this core's one per cycle
+// bound the Gram at about 200 ms.
 constexpr int64_t kPrefetchBytes = 320 * 1024;
 
 // Prefetches the cache lines of `rows` rows × `columns` columns of a (·, ld) matrix, row after
@@ -260,7 +264,7 @@ MTL_VECTOR_OVERLOADS(MTL_AVX512, __m512, __m512d, _mm512)
 constexpr int64_t kVecBytes = 64;
 // Tiles of up to 4 × 6 rows (24 accumulators + 4 row loads + 1 column load of the 32 AVX-512
 // registers, 24 FMAs per 10 loads), summed in fp32 over up to 2048 columns (T rows of them within
-// 512 KB). Measured on one thread of a loaded AMD EPYC (Zen 4, thread CPU time, T = 40,
+// 512 KB). Measured before the prefetch on one thread of a loaded AMD EPYC (Zen 4, T = 40,
 // P = 11.2 M fp32): 450-460 ms with the AVX2 kernel, 305-335 ms with this one; T = 10,
 // P = 21.6 M: 86-87 ms, 73-83 ms (about a read of J: 41-50 ms).
 constexpr int kMI = 4;
