@@ -76,14 +76,14 @@ MTL_TARGET inline void edge_tile(int64_t mi, int64_t mj, const S* J, int64_t ld,
 template <typename S>
 MTL_TARGET void gram(const S* J, int64_t T, int64_t ld, int64_t p0, int64_t p1, double* Kd) {
   constexpr int64_t kLanes = kVecBytes / sizeof(S);
-  const int64_t flush = flush_columns(T, int64_t(sizeof(S)));
-  const int64_t block = flush * std::max<int64_t>(1, kPrefetchBytes / (T * flush * int64_t(sizeof(S))));
+  constexpr int64_t kSize = sizeof(S);
+  const int64_t flush = flush_columns(T, kSize);
+  const int64_t block = flush * std::max<int64_t>(1, kPrefetchBytes / (T * flush * kSize));
   int64_t tiles = 0;  // tile launches per block
   for (int64_t i0 = 0; i0 < T; i0 += kMI) tiles += (T - i0 + kMJ - 1) / kMJ;
   for (int64_t b0 = p0; b0 < p1; b0 += block) {
     const int64_t nb = std::min(block, p1 - b0);
-    const int64_t next = std::min(block, std::max<int64_t>(0, p1 - b0 - nb));
-    PrefetchCursor pf(J + b0 + nb, ld, T, next, int64_t(sizeof(S)), tiles * (nb / kLanes));
+    PrefetchCursor pf(J, ld, T, b0 + nb, p1, block, tiles * (nb / kLanes));
     for (int64_t c0 = b0; c0 < b0 + nb; c0 += flush) {
       const int64_t n = std::min(flush, b0 + nb - c0);
       for (int64_t i0 = 0; i0 < T; i0 += kMI) {
