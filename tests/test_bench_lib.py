@@ -145,6 +145,14 @@ def test_whole_step_rows_ratios_memory_and_targets() -> None:
             assert by[(name, f"{phase}_ms")] >= 0
     assert by[("sum", "overhead_vs_sum")] == 1.0 and by[("floor", "vs_floor")] == 1.0
     assert by[("mgda", "combination_ms")] > 0  # timed inside the strategy
+    rows = {(r.provider, r.metric): r for r in report.rows if r.section == "strategy"}
+    assert ("floor", "vs_floor_paired") not in rows
+    for name in set(names) - {"floor"}:
+        paired = rows[(name, "vs_floor_paired")]
+        assert paired.q20 is not None and paired.q80 is not None
+        assert 0 < paired.q20 <= paired.value <= paired.q80
+    for name in names:
+        assert by[(name, "page_faults")] >= 0 and by[(name, "sys_ms")] >= 0
     if "torchjd-upgrad" in names:
         assert (
             min(
@@ -174,3 +182,79 @@ def test_peak_memory_counts_what_a_block_allocates() -> None:
     if mem.peak is None:
         pytest.skip("no /proc/self/clear_refs here")
     assert mem.peak >= 24 * 2**20
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps whose times drift from round to round: the paired ratio follows each round's floor,
+    the ratio of medians does not."""
+    from mtl_fast.tools.bench import _strategies
+    from mtl_fast.tools.bench._report import Report
+
+    # Per provider: the throwaway summed step, the two alone steps, then three timed rounds.
+    times = {
+        "sum": iter([9.0]),
+        "floor": iter([9.0, 9.0, 1.0, 2.0, 4.0]),
+        "x": iter([9.0, 9.0, 1.5, 2.2, 4.4]),
+    }
+
+    def make(name: str, prob: object, device: torch.device) -> object:
+        def step(tm: _strategies.PhaseTimer) -> None:
+            tm.acc["backward"] = next(times[name])
+
+        return step
+
+    monkeypatch.setattr(_strategies, "_make_step", make)
+    report = Report({})
+    setting = _strategies.StrategySetting("mlp", 2, 8, 0)
+    _strategies.run_setting(
+        setting, ["floor", "x"], torch.device("cpu"), report, steps=3, warmup=0, timing={}
+    )
+    rows = {(r.provider, r.metric): r for r in report.rows}
+    paired = rows[("x", "vs_floor_paired")]
+    assert paired.value == pytest.approx(1.1)  # ratios 1.5, 1.1, 1.1
+    assert (paired.q20, paired.q80) == (pytest.approx(1.1), pytest.approx(1.5))
+    assert rows[("x", "vs_floor")].value == pytest.approx(2.2 / 2.0)
+
+
+def test_steady_malloc_keeps_freed_gradients_resident() -> None:
+    """Two 24 MiB blocks allocated, touched and freed, eight times, as a backward pass frees its
+    gradients: glibc's defaults trim them off the heap and fault all 12 k pages in every time,
+    the steady settings reuse them. In child processes: the settings hold for the whole process."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from mtl_fast.tools.bench._malloc import KernelCounters, steady_malloc
+if sys.argv[1] == "steady":
+    print(steady_malloc())
+for _ in range(8):
+    k0 = KernelCounters.now()
+    a, b = torch.ones(6 * 2**20), torch.ones(6 * 2**20)
+    del a, b
+print(KernelCounters.now().since(k0).faults)
+"""
+    faults = {}
+    for mode in ("default", "steady"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, timeout=120
+        )
+        if "needs glibc" in out.stderr:
+            pytest.skip("no glibc mallopt here")
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.split()
+        faults[mode] = int(lines[-1])
+        if mode == "steady":
+            assert "M_MMAP_THRESHOLD=33554432" in out.stdout
+    pages = 2 * 6 * 2**20 * 4 // 4096
+    assert faults["steady"] < pages // 10
+    assert faults["default"] >= faults["steady"]
+
+
+def test_unknown_malloc_mode_is_refused_before_anything_runs() -> None:
+    from mtl_fast.tools.bench import default_config, run
+
+    cfg = default_config(torch.device("cpu"), quick=True)
+    cfg.malloc = "huge"
+    with pytest.raises(ValueError, match="malloc must be one of"):
+        run(cfg)

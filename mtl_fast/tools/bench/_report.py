@@ -128,6 +128,8 @@ def markdown(report: Report) -> str:
             f"- CPU load average when started: {m['load_average_1m']:.2f} on {m.get('cpu_count')} "
             "cores (other processes make CPU timings noisier)"
         )
+    if m.get("malloc") is not None:
+        lines.append(f"- malloc: {m['malloc']}")
     lines.append(f"- command: `{m.get('command')}`")
     if m.get("warning"):
         lines.append(f"- **warning**: {m['warning']}")
@@ -158,8 +160,9 @@ def markdown(report: Report) -> str:
             "",
             "| trunk | T | provider | "
             + " | ".join(_STRATEGY_PHASES)
-            + " | × sum | × floor | × TorchJD best | peak MB |",
-            "|" + "---|" * (8 + len(_STRATEGY_PHASES)),
+            + " | × sum | × floor | × floor, paired (q20–q80) | × TorchJD best | peak MB"
+            + " | faults | sys ms |",
+            "|" + "---|" * (10 + len(_STRATEGY_PHASES)),
         ]
         groups: dict[tuple[str, Any, str], dict[str, Row]] = defaultdict(dict)
         for r in st_rows:
@@ -168,13 +171,23 @@ def markdown(report: Report) -> str:
         def cell(d: dict[str, Row], key: str, suffix: str = "") -> str:
             return _fmt(d[key].value) + suffix if key in d else ""
 
+        def spread(d: dict[str, Row], key: str) -> str:
+            r = d.get(key)
+            if r is None:
+                return ""
+            return f"{_fmt(r.value)}× ({_fmt(r.q20)}–{_fmt(r.q80)})"
+
         for (trunk, T, strat), d in groups.items():
             cells = [cell(d, f"{p}_ms") for p in _STRATEGY_PHASES]
-            ratios = [cell(d, k, "×") for k in ("overhead_vs_sum", "vs_floor", "vs_torchjd_best")]
+            ratios = [
+                cell(d, "overhead_vs_sum", "×"),
+                cell(d, "vs_floor", "×"),
+                spread(d, "vs_floor_paired"),
+                cell(d, "vs_torchjd_best", "×"),
+            ]
+            extra = [cell(d, k) for k in ("peak_memory_MB", "page_faults", "sys_ms")]
             lines.append(
-                f"| {trunk} | {T} | {strat} | "
-                + " | ".join(cells + ratios + [cell(d, "peak_memory_MB")])
-                + " |"
+                f"| {trunk} | {T} | {strat} | " + " | ".join(cells + ratios + extra) + " |"
             )
         notes = sorted({r.note for r in st_rows if r.note and r.metric == "total_ms"})
         first = st_rows[0].shape
@@ -189,6 +202,10 @@ def markdown(report: Report) -> str:
             "the fused combine + Adam)",
             "- peak MB: growth of the peak memory while the provider is built and takes two "
             "steps, alone (CPU: resident-set high-water mark; GPU: max_memory_allocated)",
+            "- × floor, paired: the median over rounds of each step over the floor's step of the "
+            "same round; faults, sys ms: the process's minor page faults and system CPU time per "
+            "step, medians (CPU only: gradient memory the C library returned to the kernel and "
+            "faults in again; see --malloc)",
         ]
         lines += [f"- {n}" for n in notes]
         for r in st_rows:

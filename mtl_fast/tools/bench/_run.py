@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import torch
 
 from mtl_fast.tools.bench._device import copy_bandwidth, run_metadata, spec_bandwidth
+from mtl_fast.tools.bench._malloc import MODES, steady_malloc
 from mtl_fast.tools.bench._ops import UPGRAD_FAMILIES, OpGrid, op_cases, run_case
 from mtl_fast.tools.bench._report import Report, write_json, write_markdown, write_plot
 from mtl_fast.tools.bench._strategies import (
@@ -56,6 +57,8 @@ class BenchConfig:
     timing: dict[str, Any] = field(default_factory=dict)
     loop_timing: dict[str, Any] = field(default_factory=dict)
     copy_bytes: int | None = None
+    # "steady": glibc keeps freed heap memory for every provider alike (see _malloc).
+    malloc: str = "default"
     # UPGrad weights vs TorchJD (providers interleaved on the CPU; see upgrad_case).
     upgrad_timing: dict[str, Any] = field(
         default_factory=lambda: {"warmup": 1, "min_repeat": 5, "max_repeat": 40, "min_time": 0.3}
@@ -306,6 +309,9 @@ def run(
     meta = run_metadata(dev)
     meta["command"] = command
     meta["quick"] = config.quick
+    if config.malloc not in MODES:
+        raise ValueError(f"malloc must be one of {MODES}, got {config.malloc!r}")
+    meta["malloc"] = "default" if config.malloc == "default" else "steady: " + steady_malloc()
     t0 = time.perf_counter()
     meta["copy_bandwidth_GBps"] = copy_bandwidth(dev, nbytes=config.copy_bytes) / 1e9
     spec = spec_bandwidth(dev)

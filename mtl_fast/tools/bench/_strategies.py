@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 import mtl_fast
+from mtl_fast.tools.bench._malloc import KernelCounters
 from mtl_fast.tools.bench._models import make_trunk, synthetic_batch
 from mtl_fast.tools.bench._ops import OpCase, op_backends, run_case
 from mtl_fast.tools.bench._report import Report, Row
@@ -589,8 +590,10 @@ def run_setting(
         keep[name] = base.copy()
         live[name] = _make_step(name, keep[name], device)
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in live}
+    kernel: dict[str, list[KernelCounters]] = {name: [] for name in live}
     for i in range(warmup + steps):
         for name in list(live):
+            k0 = KernelCounters.now()
             try:
                 acc = _one_step(live[name], device)
             except Exception as exc:
@@ -600,6 +603,7 @@ def run_setting(
                 continue
             if i >= warmup:
                 samples[name].append(acc)
+                kernel[name].append(KernelCounters.now().since(k0))
     totals: dict[str, float] = {}
     note = f"median of {steps} interleaved steps after {warmup} warm-up"
     for name, smp in samples.items():
@@ -618,6 +622,13 @@ def run_setting(
             if k == "total":
                 q = {"q20": _quantile(smp, 0.2), "q80": _quantile(smp, 0.8)}
             row(name, f"{k}_ms", "ms", v * 1e3, note=note, **q)
+        if device.type == "cpu":
+            # The process's page faults and kernel time during the step (the CPU heap's part:
+            # see _malloc); on a GPU the host's counters say little about the step.
+            faults = statistics.median(k.faults for k in kernel[name])
+            row(name, "page_faults", "count", faults, note="minor page faults per step, median")
+            sys_ms = statistics.median(k.sys_s for k in kernel[name]) * 1e3
+            row(name, "sys_ms", "ms", sys_ms, note="system CPU time per step, median")
         peak = peaks.get(name)
         if peak is not None:
             note_peak = "growth of the peak while built and stepped twice, alone"
@@ -645,6 +656,22 @@ def run_setting(
         ):
             if ref:
                 row(name, metric, "×", tot / ref)
+        if "floor" in samples and name != "floor":
+            # Each step over the floor's step of the same round: drift of the machine between
+            # rounds cancels; q20-q80 shows how far single steps scatter.
+            paired = sorted(
+                sum(x.values()) / sum(f.values())
+                for x, f in zip(samples[name], samples["floor"], strict=True)
+            )
+            row(
+                name,
+                "vs_floor_paired",
+                "×",
+                statistics.median(paired),
+                q20=_pick(paired, 0.2),
+                q80=_pick(paired, 0.8),
+                note="median over rounds of the step / the floor's step of the same round",
+            )
     mgda_J = None
     for name in ("mgda", "mgda-fused"):
         provider = live.get(name)
@@ -667,9 +694,13 @@ def run_setting(
     gc.collect()
 
 
+def _pick(ordered: list[float], q: float) -> float:
+    """The element of the sorted ``ordered`` nearest the q-quantile."""
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
 def _quantile(samples: list[dict[str, float]], q: float) -> float:
-    tots = sorted(sum(x.values()) for x in samples)
-    return tots[min(len(tots) - 1, max(0, round(q * (len(tots) - 1))))] * 1e3
+    return _pick(sorted(sum(x.values()) for x in samples), q) * 1e3
 
 
 def _mgda_combination(J: torch.Tensor, backend: str) -> torch.Tensor:

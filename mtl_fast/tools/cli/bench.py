@@ -24,6 +24,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mtl_fast.tools.bench import OPS, STRATEGIES
+    from mtl_fast.tools.bench._malloc import MODES
     from mtl_fast.tools.bench._models import TRUNKS
 
     positive = int_at_least(1)
@@ -71,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (default: torch's); 1 gives steadier CPU timings on a shared "
         "machine, where OpenMP threads wait for each other",
     )
+    parser.add_argument(
+        "--malloc",
+        choices=MODES,
+        default=MODES[0],
+        help="steady: glibc keeps freed heap memory (mallopt), so the CPU steps stop paying page "
+        "faults for gradients it returned to the kernel; the same for every provider",
+    )
     parser.add_argument("--tag", type=tag, default="", help="suffix of the result file names")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
 
@@ -99,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.trunks = args.trunks
     if args.tasks is not None:
         cfg.tasks = args.tasks
+    cfg.malloc = args.malloc
     for name in ("batch", "image", "steps"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
