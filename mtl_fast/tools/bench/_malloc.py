@@ -5,7 +5,7 @@ glibc's default settings the freed blocks go back to the kernel (an ``munmap``, 
 heap's top) and the next allocation of that size faults its pages in again. Measured on a 2-core
 AMD EPYC VM, one torch thread, ResNet-18 at T = 40 (P = 11.2 M): 550 k minor page faults and
 0.9 s of kernel time in every step of both the floor and MGDA, 40 % of a 2.4 s step; with the
-settings of :func:`steady_malloc` none after the first step, and steps of 1.4-2.0 s. How many
+settings of :func:`steady_malloc` none after the first step, and steps of 1.4-2.1 s. How many
 faults a step takes depends on the heap's layout left by earlier steps, so it moves with the order
 of the providers, and one setting alone can make it worse (the trim threshold alone: 1.35 M faults
 per step). ``mtl-fast bench --malloc steady`` sets all three for every provider alike.
