@@ -28,6 +28,10 @@ from mtl_fast._core.validate import (
 # more memory traffic and a CPU has no idle units for it to fill. On a GPU small-batch backward
 # passes leave the device idle, which is what batching fills; the GPU report's strategy bench times
 # both ("mgda" and "mgda-batched") and decides. Until it has, the GPU default stays sequential.
+# With glibc told to keep freed memory (docs/strategies.md, "The CPU heap's part") the batched
+# pass was the faster one on ViT-S, T = 10 (613 ms against 740 ms; 1.01× the floor's step): the
+# CPU default stays sequential because with glibc's own settings its T gradients per parameter
+# are faulted in afresh every step (1,006 ms against 915 ms), and a library cannot pick them.
 BATCHED_DEFAULT: dict[str, bool] = {"cpu": False, "cuda": False}
 
 
