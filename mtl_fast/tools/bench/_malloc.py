@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import resource
 from dataclasses import dataclass
+
+try:
+    import resource
+except ImportError:  # not a Unix: no getrusage, no counters
+    resource = None  # type: ignore[assignment]
 
 # mallopt's parameter numbers (glibc's malloc.h) and the values "steady" sets: the largest
 # mmap threshold glibc accepts on 64-bit systems (larger blocks are still mapped and unmapped),
@@ -34,8 +38,8 @@ MODES = ("default", "steady")
 
 def steady_malloc() -> str:
     """Keep freed heap memory in the process (glibc ``mallopt``); returns what was set, for the
-    result file. Raises RuntimeError where the C library has no ``mallopt`` or refuses one (not
-    glibc): nothing is left half set there, since glibc is the only library that has it."""
+    result file. Raises RuntimeError where the C library has no ``mallopt`` (it is glibc's) or
+    refuses a setting."""
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt if name else None
@@ -57,8 +61,13 @@ class KernelCounters:
     faults: int
     sys_s: float
 
+    # Whether this platform has them (getrusage is Unix's).
+    AVAILABLE = resource is not None
+
     @staticmethod
     def now() -> KernelCounters:
+        if resource is None:
+            return KernelCounters(0, 0.0)
         r = resource.getrusage(resource.RUSAGE_SELF)
         return KernelCounters(r.ru_minflt, r.ru_stime)
 

@@ -622,7 +622,7 @@ def run_setting(
             if k == "total":
                 q = {"q20": _quantile(smp, 0.2), "q80": _quantile(smp, 0.8)}
             row(name, f"{k}_ms", "ms", v * 1e3, note=note, **q)
-        if device.type == "cpu":
+        if device.type == "cpu" and KernelCounters.AVAILABLE:
             # The process's page faults and kernel time during the step (the CPU heap's part:
             # see _malloc); on a GPU the host's counters say little about the step.
             faults = statistics.median(k.faults for k in kernel[name])
