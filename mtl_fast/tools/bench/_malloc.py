@@ -1,14 +1,11 @@
 """The CPU heap's part in a training step: glibc's malloc settings and the page faults a step pays.
 
 A CPU backward pass allocates every parameter's gradient afresh and frees it soon after. With
-glibc's default settings the freed blocks go back to the kernel (an ``munmap``, or a trim of the
-heap's top) and the next allocation of that size faults its pages in again. Measured on a 2-core
-AMD EPYC VM, one torch thread, ResNet-18 at T = 40 (P = 11.2 M): 550 k minor page faults and
-0.9 s of kernel time in every step of both the floor and MGDA, 40 % of a 2.4 s step; with the
-settings of :func:`steady_malloc` none after the first step, and steps of 1.4-2.1 s. How many
-faults a step takes depends on the heap's layout left by earlier steps, so it moves with the order
-of the providers, and one setting alone can make it worse (the trim threshold alone: 1.35 M faults
-per step). ``mtl-fast bench --malloc steady`` sets all three for every provider alike.
+glibc's default settings the freed blocks often go back to the kernel (an ``munmap``, or a trim of
+the heap's top) and the next allocation faults their pages in again; how often depends on the
+heap's layout left by earlier steps, so it moves with the order of the providers.
+``mtl-fast bench --malloc steady`` sets the three settings of :data:`STEADY` for every provider
+alike; what they changed, measured, is in docs/strategies.md ("The CPU heap's part").
 """
 
 from __future__ import annotations
@@ -66,8 +63,7 @@ class KernelCounters:
 
     @staticmethod
     def now() -> KernelCounters:
-        if resource is None:
-            return KernelCounters(0, 0.0)
+        """The counters now; only where :attr:`AVAILABLE`."""
         r = resource.getrusage(resource.RUSAGE_SELF)
         return KernelCounters(r.ru_minflt, r.ru_stime)
 

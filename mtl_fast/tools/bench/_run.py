@@ -58,7 +58,7 @@ class BenchConfig:
     loop_timing: dict[str, Any] = field(default_factory=dict)
     copy_bytes: int | None = None
     # "steady": glibc keeps freed heap memory for every provider alike (see _malloc).
-    malloc: str = "default"
+    malloc: str = MODES[0]
     # UPGrad weights vs TorchJD (providers interleaved on the CPU; see upgrad_case).
     upgrad_timing: dict[str, Any] = field(
         default_factory=lambda: {"warmup": 1, "min_repeat": 5, "max_repeat": 40, "min_time": 0.3}

@@ -590,10 +590,13 @@ def run_setting(
         keep[name] = base.copy()
         live[name] = _make_step(name, keep[name], device)
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in live}
+    # The process's page faults and kernel time per step, on the CPU (the heap's part: see
+    # _malloc); on a GPU the host's counters say little about the step.
+    counted = device.type == "cpu" and KernelCounters.AVAILABLE
     kernel: dict[str, list[KernelCounters]] = {name: [] for name in live}
     for i in range(warmup + steps):
         for name in list(live):
-            k0 = KernelCounters.now()
+            k0 = KernelCounters.now() if counted else None
             try:
                 acc = _one_step(live[name], device)
             except Exception as exc:
@@ -603,7 +606,8 @@ def run_setting(
                 continue
             if i >= warmup:
                 samples[name].append(acc)
-                kernel[name].append(KernelCounters.now().since(k0))
+                if k0 is not None:
+                    kernel[name].append(KernelCounters.now().since(k0))
     totals: dict[str, float] = {}
     note = f"median of {steps} interleaved steps after {warmup} warm-up"
     for name, smp in samples.items():
@@ -622,9 +626,7 @@ def run_setting(
             if k == "total":
                 q = {"q20": _quantile(smp, 0.2), "q80": _quantile(smp, 0.8)}
             row(name, f"{k}_ms", "ms", v * 1e3, note=note, **q)
-        if device.type == "cpu" and KernelCounters.AVAILABLE:
-            # The process's page faults and kernel time during the step (the CPU heap's part:
-            # see _malloc); on a GPU the host's counters say little about the step.
+        if counted:
             faults = statistics.median(k.faults for k in kernel[name])
             row(name, "page_faults", "count", faults, note="minor page faults per step, median")
             sys_ms = statistics.median(k.sys_s for k in kernel[name]) * 1e3
