@@ -173,6 +173,60 @@ def test_whole_step_rows_ratios_memory_and_targets() -> None:
     assert "× floor" in markdown(report)
 
 
+def test_least_mgda_vs_floor_adds_the_gram_at_the_fma_rate_and_the_cheaper_combination() -> None:
+    from mtl_fast.tools.bench._run import least_mgda_vs_floor
+
+    T, P, floor = 40, 11_176_512, 1500.0
+    gram_ms = 820 * P / 58.6e9 * 1e3  # T(T+1)/2 FMAs per column at 58.6 G/s
+    read_ms = T * P * 4 / 19.3e9 * 1e3  # the fp32 arena read once at 19.3 GB/s
+    by_read = least_mgda_vs_floor(T, P, floor, None, 58.6, 19.3)
+    assert by_read == pytest.approx((floor + gram_ms + read_ms) / floor)
+    # One more backward pass is the cheaper way to d when the summed backward takes 39 ms ...
+    by_backward = least_mgda_vs_floor(T, P, floor, 39.0, 58.6, 19.3)
+    assert by_backward == pytest.approx((floor + gram_ms + 39.0) / floor)
+    # ... and not when it takes longer than the read.
+    assert least_mgda_vs_floor(T, P, floor, 10 * read_ms, 58.6, 19.3) == pytest.approx(by_read)
+    assert least_mgda_vs_floor(T, P, 2 * floor, 39.0, 58.6, 19.3) < by_backward
+    assert least_mgda_vs_floor(T, P, floor, 39.0, None, 19.3) is None
+    assert least_mgda_vs_floor(T, P, floor, 39.0, 58.6, None) is None
+
+
+def test_whole_step_targets_say_whether_the_floor_target_is_reachable() -> None:
+    """From the rows and the two measured rates: the least MGDA / floor row per (trunk, T), on
+    the CPU and for fp32 only."""
+    from mtl_fast.tools.bench._report import Report, Row
+    from mtl_fast.tools.bench._run import least_mgda_vs_floor, whole_step_targets
+
+    P = 11_176_512
+
+    def report(floor_ms: float, device: str = "cpu", dtype: str = "float32") -> Report:
+        rep = Report({"device_type": device, "fma_rate_GFMAps": 58.6, "copy_bandwidth_GBps": 19.3})
+        shape = {"trunk": "resnet18", "T": 40, "P": P, "batch": 8, "image": 32}
+        for provider, metric, value in (
+            ("floor", "total_ms", floor_ms),
+            ("sum", "backward_ms", 39.0),
+            ("mgda", "vs_floor", 1.24),
+            ("mgda", "vs_torchjd_best", 0.4),
+        ):
+            rep.rows.append(Row("strategy", "step", provider, shape, dtype, metric, "ms", value))
+        return rep
+
+    def least(rep: Report) -> dict:
+        (row,) = [t for t in whole_step_targets(rep) if "least mgda / floor" in t["name"]]
+        return row
+
+    near = least(report(1500.0))
+    assert near["measured"] == pytest.approx(least_mgda_vs_floor(40, P, 1500.0, 39.0, 58.6, 19.3))
+    assert near["met"] is False  # the Gram's FMAs alone are 10.4 % of this floor
+    assert least(report(15000.0))["met"] is True
+    assert not [
+        t for t in whole_step_targets(report(1500.0, device="cuda")) if "least" in t["name"]
+    ]
+    assert not [
+        t for t in whole_step_targets(report(1500.0, dtype="bfloat16")) if "least" in t["name"]
+    ]
+
+
 def test_peak_memory_counts_what_a_block_allocates() -> None:
     from mtl_fast.tools.bench._strategies import PeakMemory
 

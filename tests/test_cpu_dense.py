@@ -3,6 +3,10 @@ MGDA's combination-and-optimizer part compiles as one graph on the CPU."""
 
 from __future__ import annotations
 
+import ctypes
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -72,6 +76,32 @@ def test_use_isa_refuses_what_the_processor_lacks_and_restores() -> None:
         with dense.use_isa("portable"):
             raise RuntimeError
     assert dense.isa() == best
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", _isas())
+def test_fma_burst_does_the_fmas_it_counts(isa: str) -> None:
+    """The FMA-rate loop on every instruction set: it reports chains × lanes FMAs per step, with
+    at least 8 chains (to cover the FMA latency on two pipes), and its accumulators hold what
+    that many steps of acc ← acc · ½ + ¼ in fp32 give; bad arguments are refused."""
+    burst = loader.dense_kernels()["fma_burst_f32"]
+    lanes = 16 if isa == "avx512" else 8
+    out = (ctypes.c_double * 2)()
+    with dense.use_isa(isa):
+        assert burst(1, ctypes.addressof(out)) == 0
+        per_step = int(out[0])
+        assert per_step % lanes == 0 and per_step // lanes >= 8
+        for steps in (0, 3, 40):
+            assert burst(steps, ctypes.addressof(out)) == 0
+            acc = np.float32(0.0)
+            for _ in range(steps):
+                acc = np.float32(acc * np.float32(0.5) + np.float32(0.25))
+            assert out[0] == steps * per_step
+            assert out[1] == per_step * float(acc)
+        assert burst(-1, ctypes.addressof(out)) == 1
+        assert burst(1, None) == 1
+        rate = dense.fma_rate(min_time=0.05)
+    assert rate > 0 and math.isfinite(rate)
 
 
 @needs_kernels

@@ -123,6 +123,7 @@ constexpr int kMJ = 4;
 inline int64_t flush_columns(int64_t, int64_t) { return kBlock; }
 #define MTL_TARGET
 #include "dense_gram.h"
+#include "dense_peak.h"
 #undef MTL_TARGET
 
 }  // namespace portable
@@ -191,6 +192,7 @@ constexpr int kMJ = 3;
 inline int64_t flush_columns(int64_t, int64_t) { return kBlock; }
 #define MTL_TARGET MTL_AVX2
 #include "dense_gram.h"
+#include "dense_peak.h"
 #undef MTL_TARGET
 
 // M rows at a time (their weights in registers): one load and one store of the partial sum per
@@ -279,6 +281,7 @@ inline int64_t flush_columns(int64_t T, int64_t size) {
 }
 #define MTL_TARGET MTL_AVX512
 #include "dense_gram.h"
+#include "dense_peak.h"
 #undef MTL_TARGET
 
 }  // namespace avx512
@@ -327,6 +330,17 @@ auto pick_comb() {
   if (current_isa() >= kAvx2) return avx2::comb<S>;
 #endif
   return comb_base<S>;
+}
+
+int64_t fma_burst_on_isa(int64_t steps, double* sum) {
+#ifdef MTL_HAVE_AVX2
+  switch (current_isa()) {
+    case kAvx512: return avx512::fma_burst(steps, sum);
+    case kAvx2: return avx2::fma_burst(steps, sum);
+    default: break;
+  }
+#endif
+  return portable::fma_burst(steps, sum);
 }
 
 // Column ranges of at least kMinPerThread columns per thread, block-aligned.
@@ -425,6 +439,14 @@ int mtl_combine_f32(const float* J, const float* w, int64_t batch, int64_t T, in
 int mtl_combine_f64(const double* J, const double* w, int64_t batch, int64_t T, int64_t P,
                     int64_t ld, double* d, int64_t threads) {
   return combine_impl(J, w, batch, T, P, ld, d, threads, pick_comb<double>());
+}
+
+int mtl_fma_burst_f32(int64_t steps, double* out) {
+  if (steps < 0 || out == nullptr) return MTL_DENSE_BAD_ARGUMENT;
+  double sum = 0.0;
+  out[0] = static_cast<double>(fma_burst_on_isa(steps, &sum));
+  out[1] = sum;
+  return MTL_DENSE_OK;
 }
 
 }  // extern "C"

@@ -11,7 +11,7 @@ extern "C" {
 #endif
 
 // Bumped whenever a signature or the meaning of an argument changes.
-#define MTL_DENSE_ABI_VERSION 2
+#define MTL_DENSE_ABI_VERSION 3
 
 #define MTL_DENSE_OK 0
 #define MTL_DENSE_BAD_ARGUMENT 1  // batch < 0, T < 1, P < 0, ld < P, threads < 1, a null pointer
@@ -41,6 +41,12 @@ int mtl_combine_f32(const float* J, const float* w, int64_t batch, int64_t T, in
                     int64_t ld, float* d, int64_t threads);
 int mtl_combine_f64(const double* J, const double* w, int64_t batch, int64_t T, int64_t P,
                     int64_t ld, double* d, int64_t threads);
+
+// The core's fp32 FMA rate on the kernels' instruction set (mtl_dense_isa): `steps` rounds of
+// independent vector FMAs on registers (dense_peak.h). out[0]: the scalar FMAs done; out[1]: the
+// accumulators' sum (a value to keep the loop from being optimised away). The caller times it.
+// steps < 0 or a null out: MTL_DENSE_BAD_ARGUMENT.
+int mtl_fma_burst_f32(int64_t steps, double* out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -10,6 +10,8 @@ reference (the kernels take fp32 and fp64)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import time
 from collections.abc import Iterator
 
 import torch
@@ -55,6 +57,29 @@ def use_isa(name: str) -> Iterator[None]:
         yield
     finally:
         fns["dense_set_isa"](previous)
+
+
+def fma_rate(min_time: float = 0.2) -> float:
+    """fp32 FMAs per second that one thread of this core sustains on the kernels' instruction set
+    (:func:`isa`): independent chains of vector FMAs on registers, no memory touched
+    (csrc/cpu/dense_peak.h). The best of bursts of about 20 ms each, timed in thread CPU time
+    over at least ``min_time`` seconds, so that time slices given to other processes do not
+    count. The ceiling of any fp32 Gram on this core: it needs T(T+1)/2 FMAs per column."""
+    burst = _kernels()["fma_burst_f32"]
+    out = (ctypes.c_double * 2)()
+    steps, best, spent = 1 << 16, 0.0, 0.0
+    while spent < min_time:
+        t0 = time.thread_time()
+        status = burst(steps, ctypes.addressof(out))
+        elapsed = time.thread_time() - t0
+        if status != 0:
+            raise RuntimeError(f"backend='cpu' fma_burst failed with status {status}")
+        spent += elapsed
+        if elapsed < 0.02:  # too short to time: longer bursts
+            steps *= 2
+            continue
+        best = max(best, out[0] / elapsed)
+    return best
 
 
 def _rows(J: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ ABI_VERSION = 1
 # Must equal MTL_AGGREGATORS_ABI_VERSION in csrc/cpu/aggregators.h.
 AGGREGATORS_ABI_VERSION = 1
 # Must equal MTL_DENSE_ABI_VERSION in csrc/cpu/dense.h.
-DENSE_ABI_VERSION = 2
+DENSE_ABI_VERSION = 3
 # Must equal MTL_DUAL_CONE_ABI_VERSION in csrc/cpu/dual_cone.h.
 DUAL_CONE_ABI_VERSION = 1
 
@@ -135,8 +135,8 @@ def aggregator_library() -> dict[str, Callable[..., int]] | str:
 @functools.cache
 def dense_kernels() -> dict[str, _Kernel] | str:
     """The Gram and combination kernels of csrc/cpu/dense.cpp (``gram_f32``, ``gram_f64``,
-    ``combine_f32``, ``combine_f64``, and ``dense_isa``/``dense_best_isa``/``dense_set_isa``, the
-    instruction set they use) with their C signatures set, or why they cannot be loaded (a library built before
+    ``combine_f32``, ``combine_f64``, ``dense_isa``/``dense_best_isa``/``dense_set_isa``, the
+    instruction set they use, and ``fma_burst_f32``, the core's FMA rate on it) with their C signatures set, or why they cannot be loaded (a library built before
     they existed lacks them)."""
     loaded = library()
     if isinstance(loaded, str):
@@ -154,6 +154,7 @@ def dense_kernels() -> dict[str, _Kernel] | str:
             "dense_isa": [],
             "dense_best_isa": [],
             "dense_set_isa": [ctypes.c_int],
+            "fma_burst_f32": [_i64, _vp],  # steps, out (2 doubles)
         },
         ctypes.c_int,
         missing=_NOT_BUILT,

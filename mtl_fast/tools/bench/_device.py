@@ -74,6 +74,18 @@ def copy_bandwidth(
     return 2 * n * 4 / t.median
 
 
+def cpu_fma_rate(device: torch.device) -> float | None:
+    """One thread's fp32 FMA rate on the CPU (G per second, the compiled kernels' instruction
+    set: :func:`mtl_fast.kernels.cpu.dense.fma_rate`); None on another device or when the CPU
+    kernels are not built."""
+    from mtl_fast.kernels.cpu import dense
+    from mtl_fast.kernels.cpu.loader import dense_kernels
+
+    if device.type != "cpu" or isinstance(dense_kernels(), str):
+        return None
+    return dense.fma_rate() / 1e9
+
+
 def git_commit() -> str | None:
     """The commit of the source tree this package was imported from (+ "-dirty"), or None."""
     root = Path(__file__).resolve().parents[3]
@@ -134,4 +146,10 @@ def run_metadata(device: torch.device) -> dict[str, Any]:
         # Other processes on a small machine skew CPU timings; the load says how much.
         meta["load_average_1m"] = os.getloadavg()[0]
         meta["cpu_count"] = os.cpu_count()
+    if device.type == "cpu":
+        from mtl_fast.kernels.cpu import dense
+        from mtl_fast.kernels.cpu.loader import dense_kernels
+
+        # The instruction set of the compiled Gram and combination kernels (None: not built).
+        meta["cpu_isa"] = None if isinstance(dense_kernels(), str) else dense.isa()
     return meta

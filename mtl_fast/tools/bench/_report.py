@@ -123,6 +123,11 @@ def markdown(report: Report) -> str:
         lines.append(f"- measured copy bandwidth: {_fmt(m['copy_bandwidth_GBps'])} GB/s")
     if m.get("spec_bandwidth_GBps") is not None:
         lines.append(f"- spec-sheet bandwidth: {_fmt(m['spec_bandwidth_GBps'])} GB/s")
+    if m.get("fma_rate_GFMAps") is not None:
+        lines.append(
+            f"- measured fp32 FMA rate, one thread ({m.get('cpu_isa')}): "
+            f"{_fmt(m['fma_rate_GFMAps'])} G/s"
+        )
     if m.get("load_average_1m") is not None:
         lines.append(
             f"- CPU load average when started: {m['load_average_1m']:.2f} on {m.get('cpu_count')} "
