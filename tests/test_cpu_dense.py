@@ -100,7 +100,7 @@ def test_fma_burst_does_the_fmas_it_counts(isa: str) -> None:
             assert out[1] == per_step * float(acc)
         assert burst(-1, ctypes.addressof(out)) == 1
         assert burst(1, None) == 1
-        rate = dense.fma_rate(min_time=0.05)
+        rate = dense.fma_rate(min_time=0.0)  # still one timed burst
     assert rate > 0 and math.isfinite(rate)
 
 

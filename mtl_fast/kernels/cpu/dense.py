@@ -62,13 +62,14 @@ def use_isa(name: str) -> Iterator[None]:
 def fma_rate(min_time: float = 0.2) -> float:
     """fp32 FMAs per second that one thread of this core sustains on the kernels' instruction set
     (:func:`isa`): independent chains of vector FMAs on registers, no memory touched
-    (csrc/cpu/dense_peak.h). The best of bursts of about 20 ms each, timed in thread CPU time
-    over at least ``min_time`` seconds, so that time slices given to other processes do not
-    count. The ceiling of any fp32 Gram on this core: it needs T(T+1)/2 FMAs per column."""
+    (csrc/cpu/dense_peak.h). The best of bursts of at least 20 ms each, over at least
+    ``min_time`` seconds and one such burst, timed in thread CPU time so that time slices given
+    to other processes do not count. The ceiling of any fp32 Gram on this core: it needs
+    T(T+1)/2 FMAs per column of J."""
     burst = _kernels()["fma_burst_f32"]
     out = (ctypes.c_double * 2)()
     steps, best, spent = 1 << 16, 0.0, 0.0
-    while spent < min_time:
+    while spent < min_time or best == 0.0:
         t0 = time.thread_time()
         status = burst(steps, ctypes.addressof(out))
         elapsed = time.thread_time() - t0
