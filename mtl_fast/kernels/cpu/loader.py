@@ -136,8 +136,9 @@ def aggregator_library() -> dict[str, Callable[..., int]] | str:
 def dense_kernels() -> dict[str, _Kernel] | str:
     """The Gram and combination kernels of csrc/cpu/dense.cpp (``gram_f32``, ``gram_f64``,
     ``combine_f32``, ``combine_f64``, ``dense_isa``/``dense_best_isa``/``dense_set_isa``, the
-    instruction set they use, and ``fma_burst_f32``, the core's FMA rate on it) with their C signatures set, or why they cannot be loaded (a library built before
-    they existed lacks them)."""
+    instruction set they use, and ``fma_burst_f32``, the core's FMA rate on it) with their C
+    signatures set, or why they cannot be loaded (a library built before they existed lacks
+    them)."""
     loaded = library()
     if isinstance(loaded, str):
         return loaded

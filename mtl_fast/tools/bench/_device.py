@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -74,16 +75,21 @@ def copy_bandwidth(
     return 2 * n * 4 / t.median
 
 
+def _cpu_kernels(device: torch.device) -> ModuleType | None:
+    """:mod:`mtl_fast.kernels.cpu.dense` when ``device`` is the CPU and its compiled kernels
+    load, else None."""
+    from mtl_fast.kernels.cpu import dense
+    from mtl_fast.kernels.cpu.loader import dense_kernels
+
+    return dense if device.type == "cpu" and not isinstance(dense_kernels(), str) else None
+
+
 def cpu_fma_rate(device: torch.device) -> float | None:
     """One thread's fp32 FMA rate on the CPU (G per second, the compiled kernels' instruction
     set: :func:`mtl_fast.kernels.cpu.dense.fma_rate`); None on another device or when the CPU
     kernels are not built."""
-    from mtl_fast.kernels.cpu import dense
-    from mtl_fast.kernels.cpu.loader import dense_kernels
-
-    if device.type != "cpu" or isinstance(dense_kernels(), str):
-        return None
-    return dense.fma_rate() / 1e9
+    dense = _cpu_kernels(device)
+    return None if dense is None else dense.fma_rate() / 1e9
 
 
 def git_commit() -> str | None:
@@ -147,9 +153,7 @@ def run_metadata(device: torch.device) -> dict[str, Any]:
         meta["load_average_1m"] = os.getloadavg()[0]
         meta["cpu_count"] = os.cpu_count()
     if device.type == "cpu":
-        from mtl_fast.kernels.cpu import dense
-        from mtl_fast.kernels.cpu.loader import dense_kernels
-
         # The instruction set of the compiled Gram and combination kernels (None: not built).
-        meta["cpu_isa"] = None if isinstance(dense_kernels(), str) else dense.isa()
+        dense = _cpu_kernels(device)
+        meta["cpu_isa"] = None if dense is None else dense.isa()
     return meta
