@@ -50,9 +50,9 @@ constexpr int64_t kBlockCombBytes = 16 * 1024;
 // which the hardware prefetcher follows badly; a mere read of T rows in such blocks takes twice
 // as long as one of 128 KB runs), 58-68 ms with it, 47-58 ms with the diagonal tiles too
 // (dense_gram.h), against 33-37 ms for a plain read of J; T = 40, P = 11.2 M: 318-336 ms,
-// 265-286 ms, 249-277 ms, where 820 vector FMAs per 16 columns bound the Gram at about 170 ms
-// (this core's measured peak: 53-55 G fp32 FMAs per second). The AVX2 kernel (4 × 3 tiles: half the arithmetic per step)
-// at T = 40: 412-481 ms without the prefetch, 485-515 ms with it, within this machine's run-to-run
+// 265-286 ms, 249-277 ms, where 820 vector FMAs per 16 columns bound the Gram at about 157 ms
+// (this core's fp32 FMA rate: 57-59 G per second, dense_peak.h). The AVX2 kernel (4 × 3 tiles:
+// half the arithmetic per step) at T = 40: 412-481 ms without the prefetch, 485-515 ms with it, within this machine's run-to-run
 // noise (identical code measured 15 % apart); a rule that turned the prefetch off there was not
 // kept for want of a clear gain.
 constexpr int64_t kPrefetchBytes = 320 * 1024;
