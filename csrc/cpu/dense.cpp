@@ -52,9 +52,9 @@ constexpr int64_t kBlockCombBytes = 16 * 1024;
 // (dense_gram.h), against 33-37 ms for a plain read of J; T = 40, P = 11.2 M: 318-336 ms,
 // 265-286 ms, 249-277 ms, where 820 vector FMAs per 16 columns bound the Gram at about 157 ms
 // (this core's fp32 FMA rate: 57-59 G per second, dense_peak.h). The AVX2 kernel (4 × 3 tiles:
-// half the arithmetic per step) at T = 40: 412-481 ms without the prefetch, 485-515 ms with it, within this machine's run-to-run
-// noise (identical code measured 15 % apart); a rule that turned the prefetch off there was not
-// kept for want of a clear gain.
+// half the arithmetic per step) at T = 40: 412-481 ms without the prefetch, 485-515 ms with it,
+// within this machine's run-to-run noise (identical code measured 15 % apart); a rule that
+// turned the prefetch off there was not kept for want of a clear gain.
 constexpr int64_t kPrefetchBytes = 320 * 1024;
 
 // Prefetches into L2 the cache lines of the block that follows the one being worked on: rows
@@ -312,35 +312,24 @@ int current_isa() {
   return isa < 0 ? best_isa() : isa;
 }
 
+// The variant of a kernel for the current instruction set, among those this build has (the AVX2
+// and AVX-512 ones only with MTL_HAVE_AVX2): one rule for every kernel of this file.
+#ifdef MTL_HAVE_AVX2
+#define MTL_PICK(on_avx512, on_avx2, fallback) \
+  (current_isa() == kAvx512 ? (on_avx512) : current_isa() == kAvx2 ? (on_avx2) : (fallback))
+#else
+#define MTL_PICK(on_avx512, on_avx2, fallback) (fallback)
+#endif
+
 template <typename S>
 auto pick_gram() {
-#ifdef MTL_HAVE_AVX2
-  switch (current_isa()) {
-    case kAvx512: return avx512::gram<S>;
-    case kAvx2: return avx2::gram<S>;
-    default: break;
-  }
-#endif
-  return portable::gram<S>;
+  return MTL_PICK(avx512::gram<S>, avx2::gram<S>, portable::gram<S>);
 }
 
+// The combination is bandwidth-bound: AVX2 on an AVX-512 processor too.
 template <typename S>
 auto pick_comb() {
-#ifdef MTL_HAVE_AVX2
-  if (current_isa() >= kAvx2) return avx2::comb<S>;
-#endif
-  return comb_base<S>;
-}
-
-int64_t fma_burst_on_isa(int64_t steps, double* sum) {
-#ifdef MTL_HAVE_AVX2
-  switch (current_isa()) {
-    case kAvx512: return avx512::fma_burst(steps, sum);
-    case kAvx2: return avx2::fma_burst(steps, sum);
-    default: break;
-  }
-#endif
-  return portable::fma_burst(steps, sum);
+  return MTL_PICK(avx2::comb<S>, avx2::comb<S>, comb_base<S>);
 }
 
 // Column ranges of at least kMinPerThread columns per thread, block-aligned.
@@ -444,7 +433,8 @@ int mtl_combine_f64(const double* J, const double* w, int64_t batch, int64_t T, 
 int mtl_fma_burst_f32(int64_t steps, double* out) {
   if (steps < 0 || out == nullptr) return MTL_DENSE_BAD_ARGUMENT;
   double sum = 0.0;
-  out[0] = static_cast<double>(fma_burst_on_isa(steps, &sum));
+  const auto burst = MTL_PICK(avx512::fma_burst, avx2::fma_burst, portable::fma_burst);
+  out[0] = static_cast<double>(burst(steps, &sum));
   out[1] = sum;
   return MTL_DENSE_OK;
 }

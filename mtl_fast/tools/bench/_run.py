@@ -26,6 +26,7 @@ from mtl_fast.tools.bench._strategies import (
     StrategySetting,
     run_setting,
 )
+from mtl_fast.tools.bench._traffic import combine_bytes
 
 OPS = ("gram", "combine", "min_norm", "multi_adam", "combine_adam", "upgrad", "aggregators")
 # The CPU default: the whole-step comparison (the arena variants, MultiAdam and per-task steps
@@ -333,14 +334,15 @@ def least_mgda_vs_floor(
     reach on this core, against a floor measured at ``floor_ms``: on top of the floor's work
     (one forward, the T backward passes, the optimizer step) it must form the Gram entry by
     entry, T(T+1)/2 fp32 FMAs per column of J, at most at the core's FMA rate, and then touch
-    every gradient once more for d = Jᵀw: read the (T, P) fp32 arena at the measured copy
-    bandwidth, or take one more backward pass of Σ w_t L_t, at least the summed step's backward
-    pass (``sum_backward_ms``, when measured). Writing the rows, the solve and the memory traffic
+    every gradient once more for d = Jᵀw: the combination's least traffic (read the (T, P) fp32
+    arena, write d: :func:`~mtl_fast.tools.bench._traffic.combine_bytes`) at the measured copy
+    bandwidth, or one more backward pass of Σ w_t L_t, at least the summed step's backward pass
+    (``sum_backward_ms``, when measured). Writing the rows, the solve and the memory traffic
     of the Gram are not counted, so the true least is higher. None when a rate is missing."""
     if fma_GFMAps is None or copy_GBps is None or floor_ms <= 0:
         return None
     gram_ms = T * (T + 1) / 2 * P / (fma_GFMAps * 1e9) * 1e3
-    combine_ms = T * P * 4 / (copy_GBps * 1e9) * 1e3
+    combine_ms = combine_bytes(1, T, P, torch.float32) / (copy_GBps * 1e9) * 1e3
     if sum_backward_ms is not None:
         combine_ms = min(combine_ms, sum_backward_ms)
     return (floor_ms + gram_ms + combine_ms) / floor_ms
